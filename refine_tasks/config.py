@@ -59,12 +59,97 @@ class ModelConfig(Section):
     init_from: str | None = Field(None, description="checkpoint directory to start from")
 
 
+class PositionsConfig(Section):
+    """Where rollouts start: entropy over the sequence, smoothed, one position per chunk."""
+
+    n_chunks: int = Field(8, ge=1, description="equal chunks of the valid span; one rollout position in each")
+    selection: Literal["entropy", "uniform", "argmax", "argmin"] = Field(
+        "entropy",
+        description="entropy: sample from softmax(smoothed entropy) in each chunk; others for ablations",
+    )
+    margin: int = Field(20, ge=1, description="rollout starts stay at least this many tokens from both ends")
+    policy: Literal["online", "precomputed"] = Field(
+        "online", description="online: computed in each step; precomputed: from the DuckDB cache"
+    )
+    refresh_every: int = Field(
+        100,
+        ge=1,
+        description="precomputed: recompute cached positions with the current weights every N steps",
+    )
+    entropy_chunk: int = Field(
+        1024,
+        ge=1,
+        description="tokens per lm_head chunk when computing entropy (bounds the [chunk, V] logits)",
+    )
+
+
+class RefineConfig(Section):
+    """Rollouts, reward and GRPO loss of one ReFINE step (defaults: the paper's mid-training)."""
+
+    rollout_len: int = Field(
+        5, ge=1, description="tokens per rollout; also the entropy smoothing window (odd)"
+    )
+    n_rollouts: int = Field(1, ge=1, description="rollouts per position; 1 groups a sequence's positions")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 disables top-k")
+    reward: str = Field(
+        "cosine", description="cosine | exact | hybrid | a registered name | 'module:function'"
+    )
+    coef: float = Field(0.2, ge=0, description="L = NTP + coef * L_GRPO; 0 is the NTP-SFT baseline")
+    clip_low: float = Field(0.2, ge=0, lt=1)
+    clip_high: float = Field(0.2, ge=0)
+    dual_clip_c: float | None = Field(
+        3.0, gt=1, description="dual-clip bound for negative advantages; null: off"
+    )
+    scale_by_std: bool = Field(True, description="divide advantages by the group std (False: Dr.GRPO)")
+    adv_eps: float = Field(1e-6, gt=0)
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
+    kl_coef: float = Field(0.0, ge=0, description="weight of KL(pi || frozen initial model); 0: no reference")
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    mode: Literal["branched", "naive"] = Field(
+        "branched",
+        description="branched: one forward_branched pass; naive: prefix+rollout re-run per position",
+    )
+
+
+class TrainConfig(Section):
+    """Mid-training on long documents."""
+
+    seq_len: int = Field(512, ge=2, description="tokens per training sequence")
+    packing: Literal["pack", "truncate"] = Field(
+        "truncate",
+        description="truncate: one document per sequence (shorter ones skipped); pack: concatenate",
+    )
+    batch_size: int = Field(1, ge=1, description="sequences per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_steps: int | None = Field(20, ge=1, description="optimizer steps; null: one pass over the corpus")
+    lr: float = Field(3e-4, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine schedule ends at lr * this")
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(2, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    dtype: Literal["auto", "float32", "float64"] = Field(
+        "auto", description="auto: bf16 autocast on GPU, float32 on CPU"
+    )
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    out_dir: Path = Field(Path("data/runs/midtrain"), description="metrics, TensorBoard and checkpoints")
+    checkpoint_every: int = Field(10, ge=1, description="write a checkpoint every N optimizer steps")
+    max_bad_steps: int = Field(3, ge=1, description="stop after this many non-finite losses in a row")
+
+
 class PipelineConfig(Section):
     seed: int = 0
     paths: PathsConfig = PathsConfig()
     corpus: CorpusConfig = CorpusConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()
+    positions: PositionsConfig = PositionsConfig()
+    refine: RefineConfig = RefineConfig()
+    train: TrainConfig = TrainConfig()
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:
