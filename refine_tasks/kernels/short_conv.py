@@ -1,0 +1,54 @@
+"""Depthwise causal short convolution with SiLU, as in fla's `ShortConvolution`.
+
+The conv state of a stream is its last W inputs in fla's cache layout [N, D, W] (slot W-1 the
+newest). A width-W conv reads only slots 1..W-1; slot 0 keeps the layout equal to fla's so
+the same tensor can go to fla's kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from refine_tasks.kernels.backend import Backend
+
+
+def short_conv(x: Tensor, weight: Tensor, backend: Backend, initial_state: Tensor | None = None) -> Tensor:
+    """silu(causal depthwise conv(x)) -> [B, T, D]; x: [B, T, D], weight: [D, W], initial_state: [B, D, W]."""
+    if backend == "fla":
+        from fla.modules.causal_conv1d import causal_conv1d
+
+        y, _ = causal_conv1d(x=x, weight=weight, initial_state=initial_state, activation="silu")
+        return y
+    W = weight.shape[-1]
+    if initial_state is None:
+        history = x.new_zeros(x.shape[0], W - 1, x.shape[-1])
+    else:
+        history = initial_state[..., 1:].transpose(1, 2).to(x.dtype)
+    window = torch.cat([history, x], dim=1).transpose(1, 2)
+    return F.silu(F.conv1d(window, weight[:, None, :].to(x.dtype), groups=x.shape[-1])).transpose(1, 2)
+
+
+def conv_states(x: Tensor, positions: Tensor, width: int, initial_state: Tensor | None = None) -> Tensor:
+    """The conv state after each prefix length: [B, P, D, W] for x: [B, T, D], positions: [B, P] in 0..T.
+
+    The state after p tokens holds the inputs p-W..p-1; those before the sequence come from
+    `initial_state` ([B, D, W]), else zeros. A gather, so gradients flow back into x.
+    """
+    if initial_state is None:
+        history = x.new_zeros(x.shape[0], width, x.shape[-1])
+    else:
+        history = initial_state.transpose(1, 2).to(x.dtype)
+    padded = torch.cat([history, x], dim=1)  # token t of x sits at W + t
+    index = positions[:, :, None] + torch.arange(width, device=x.device)  # [B, P, W]: inputs p-W..p-1
+    B, P, _ = index.shape
+    windows = padded.gather(1, index.reshape(B, P * width, 1).expand(-1, -1, x.shape[-1]))
+    return windows.reshape(B, P, width, -1).transpose(2, 3)
+
+
+def short_conv_step(x: Tensor, state: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """One token per stream: x [N, D], state [N, D, W] -> (silu(conv) [N, D], new state [N, D, W])."""
+    window = torch.cat([state[..., 1:], x[..., None].to(state.dtype)], dim=-1)
+    y = (window * weight.to(window.dtype)).sum(-1)
+    return F.silu(y).to(x.dtype), window

@@ -1,0 +1,32 @@
+"""Named model sizes and `build_model`, the one way the pipeline makes a fresh model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from refine_tasks.models.configuration import FastWeightConfig
+from refine_tasks.models.modeling import FastWeightForCausalLM
+
+# Shapes only; vocab_size comes from the tokenizer. `paper-1.3b` is fla's 1.3B DeltaNet,
+# `paper-760m` the paper's LaCT (its mixer options are LaCT's own defaults).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_heads": 2, "intermediate_size": 128},
+    "small": {"hidden_size": 384, "num_hidden_layers": 8, "num_heads": 6},
+    "paper-1.3b": {"hidden_size": 2048, "num_hidden_layers": 24, "num_heads": 16},
+    "paper-760m": {"hidden_size": 1536, "num_hidden_layers": 24, "num_heads": 4},
+}
+
+
+def preset_config(
+    preset: str, vocab_size: int, mixer: str = "deltanet", **overrides: Any
+) -> FastWeightConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"model preset {preset!r}: unknown; choose one of {', '.join(PRESETS)}")
+    return FastWeightConfig(**{**PRESETS[preset], "vocab_size": vocab_size, "mixer": mixer, **overrides})
+
+
+def build_model(
+    preset: str, vocab_size: int, mixer: str = "deltanet", **overrides: Any
+) -> FastWeightForCausalLM:
+    """A randomly initialised model of `preset`'s shape; `overrides` set any FastWeightConfig field."""
+    return FastWeightForCausalLM(preset_config(preset, vocab_size, mixer, **overrides))

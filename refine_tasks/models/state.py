@@ -1,0 +1,103 @@
+"""The recurrent state of a fast-weight LM and the outputs of the state API.
+
+A `State` is one dict of tensors per layer, each tensor with the stream (batch) as dim 0; what
+the tensors are is the mixer's business (DeltaNet: the delta-rule matrix and the short-conv
+tails). Everything here works on any such dicts, so it serves every mixer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+LayerState = dict[str, Tensor]
+
+
+@dataclass
+class State:
+    """Per-layer recurrent state of N independent streams (every tensor is [N, ...])."""
+
+    layers: list[LayerState]
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.layers[0].values())).shape[0]
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> State:
+        """A new State with `fn` applied to every tensor."""
+        return State([{name: fn(t) for name, t in layer.items()} for layer in self.layers])
+
+    def select(self, idx: Tensor) -> State:
+        """Streams `idx` (LongTensor [M]) in that order: a State of M streams."""
+        return self.map(lambda t: t.index_select(0, idx.to(t.device)))
+
+    def repeat_interleave(self, n: int) -> State:
+        """Each stream repeated n times in place: stream i becomes streams i*n .. i*n+n-1."""
+        return self.map(lambda t: t.repeat_interleave(n, dim=0))
+
+    @staticmethod
+    def cat(states: Sequence[State]) -> State:
+        """Streams of all `states`, in order (same layers and tensor names in each)."""
+        if not states:
+            raise ValueError("State.cat needs at least one State")
+        return State(
+            [
+                {name: torch.cat([s.layers[i][name] for s in states], dim=0) for name in layer}
+                for i, layer in enumerate(states[0].layers)
+            ]
+        )
+
+    def to(self, *args, **kwargs) -> State:
+        """Like Tensor.to (device and/or dtype); a dtype applies to floating-point tensors only."""
+        return self.map(
+            lambda t: t.to(*args, **kwargs) if t.is_floating_point() else _device_only(t, args, kwargs)
+        )
+
+    def detach(self) -> State:
+        return self.map(Tensor.detach)
+
+    def clone(self) -> State:
+        return self.map(Tensor.clone)
+
+    def tensors(self) -> list[Tensor]:
+        """All tensors, layer by layer in a fixed order (for bulk copies)."""
+        return [t for layer in self.layers for t in layer.values()]
+
+
+def _device_only(t: Tensor, args: tuple, kwargs: dict) -> Tensor:
+    device = kwargs.get("device") or next((a for a in args if isinstance(a, (str, torch.device))), None)
+    return t if device is None else t.to(device)
+
+
+@dataclass
+class PrefillOutput:
+    """`prefill`: hidden [B, T, D] (after the final norm), logits [B, T, V] or None,
+    captured (B*P streams; row b*P+j consumed input_ids[b, :capture[b, j]]), final (B streams)."""
+
+    hidden: Tensor
+    logits: Tensor | None
+    captured: State | None
+    final: State
+
+
+@dataclass
+class DecodeOutput:
+    """`decode`: logits [N, V], hidden [N, D] (after the final norm) and the new State."""
+
+    logits: Tensor
+    hidden: Tensor
+    state: State
+
+
+@dataclass
+class BranchedOutput:
+    """`forward_branched`: main sequence logits [B, T, V] / hidden [B, T, D]; branches
+    branch_logits [B, P, L, V] / branch_hidden [B, P, L, D]."""
+
+    logits: Tensor
+    hidden: Tensor
+    branch_logits: Tensor
+    branch_hidden: Tensor
