@@ -49,6 +49,60 @@ MIGRATIONS: list[tuple[int, str]] = [
         )
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE positions (
+            doc_id VARCHAR NOT NULL,        -- training sequence id (the document id when not packed)
+            checkpoint VARCHAR NOT NULL,    -- weights version whose entropy chose these positions
+            params_hash VARCHAR NOT NULL,   -- hash of the selection parameters (see position_cache)
+            params JSON NOT NULL,
+            seq_len INTEGER NOT NULL,
+            positions INTEGER[] NOT NULL,   -- rollout starts as prefix lengths, ascending
+            entropy_at DOUBLE[] NOT NULL,   -- smoothed entropy that scored each position
+            entropy_mean DOUBLE NOT NULL,
+            entropy_std DOUBLE NOT NULL,
+            entropy_max DOUBLE NOT NULL,
+            step INTEGER,                   -- training step that computed them (NULL: offline)
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            PRIMARY KEY (doc_id, checkpoint, params_hash)
+        )
+        """,
+    ),
+    (
+        3,
+        """
+        CREATE TABLE runs (
+            run_id VARCHAR PRIMARY KEY,
+            kind VARCHAR NOT NULL,          -- 'midtrain', ...
+            status VARCHAR NOT NULL,        -- running | finished | stopped | failed
+            out_dir VARCHAR NOT NULL,
+            base_checkpoint VARCHAR NOT NULL,
+            config JSON NOT NULL,
+            step INTEGER NOT NULL DEFAULT 0,
+            last_loss DOUBLE,
+            message VARCHAR,
+            started_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            updated_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )
+        """,
+    ),
+    (
+        4,
+        """
+        CREATE TABLE eval_results (
+            run VARCHAR NOT NULL,           -- evaluation run name: base, sft, refine, ...
+            checkpoint VARCHAR NOT NULL,    -- model directory evaluated ('' for a fresh random model)
+            family VARCHAR NOT NULL,        -- niah | ruler_qa | longbench
+            task VARCHAR NOT NULL,          -- NIAH variant, RULER QA task or LongBench task
+            length INTEGER,                 -- context-length bucket in tokens (NULL when unknown)
+            depth DOUBLE,                   -- NIAH needle depth in percent (NULL for other families)
+            n_samples INTEGER NOT NULL,
+            score DOUBLE NOT NULL,          -- mean per-sample score x 100
+            created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )
+        """,
+    ),
 ]
 
 

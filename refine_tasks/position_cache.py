@@ -21,31 +21,14 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-import duckdb
 import torch
 from torch import Tensor
 
+from refine_tasks.catalog import open_writer
 from refine_tasks.config import PositionsConfig
 from refine_tasks.positions import entropy_window, select_positions, smooth_entropy
-
-POSITIONS_DDL = """
-CREATE TABLE IF NOT EXISTS positions (
-    doc_id VARCHAR NOT NULL,
-    checkpoint VARCHAR NOT NULL,
-    params_hash VARCHAR NOT NULL,
-    params JSON NOT NULL,
-    seq_len INTEGER NOT NULL,
-    positions INTEGER[] NOT NULL,
-    entropy_at DOUBLE[] NOT NULL,
-    entropy_mean DOUBLE NOT NULL,
-    entropy_std DOUBLE NOT NULL,
-    entropy_max DOUBLE NOT NULL,
-    step INTEGER,
-    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
-    PRIMARY KEY (doc_id, checkpoint, params_hash)
-)
-"""
 
 EntropyFn = Callable[[Tensor], Tensor]  # input_ids [B, T] -> raw next-token entropy [B, T]
 
@@ -83,29 +66,35 @@ class CachedPositions:
 
 
 class PositionCache:
-    """Reads and writes the `positions` table of a DuckDB catalog connection."""
+    """The `positions` table of the DuckDB catalog (migration 2 in `refine_tasks.catalog`).
+
+    Each call opens the catalog as its one writer for just that call, so a long training run
+    never holds the catalog locked between steps.
+    """
 
     COLUMNS = tuple(CachedPositions.__dataclass_fields__)
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self.con = con
+    def __init__(self, catalog: Path) -> None:
+        self.catalog = Path(catalog)
 
     def get(self, doc_ids: list[str], checkpoint: str, params_hash: str) -> dict[str, CachedPositions]:
-        rows = self.con.execute(
-            f"SELECT {', '.join(self.COLUMNS)} FROM positions "
-            "WHERE checkpoint = ? AND params_hash = ? AND doc_id IN (SELECT unnest(?))",
-            [checkpoint, params_hash, doc_ids],
-        ).fetchall()
+        with open_writer(self.catalog) as con:
+            rows = con.execute(
+                f"SELECT {', '.join(self.COLUMNS)} FROM positions "
+                "WHERE checkpoint = ? AND params_hash = ? AND list_contains(?, doc_id)",
+                [checkpoint, params_hash, doc_ids],
+            ).fetchall()
         return {r[0]: CachedPositions(*r) for r in rows}
 
     def put(self, records: list[CachedPositions]) -> None:
         if not records:
             return
         marks = ", ".join("?" for _ in self.COLUMNS)
-        self.con.executemany(
-            f"INSERT OR REPLACE INTO positions ({', '.join(self.COLUMNS)}) VALUES ({marks})",
-            [[getattr(r, c) for c in self.COLUMNS] for r in records],
-        )
+        with open_writer(self.catalog) as con:
+            con.executemany(
+                f"INSERT OR REPLACE INTO positions ({', '.join(self.COLUMNS)}) VALUES ({marks})",
+                [[getattr(r, c) for c in self.COLUMNS] for r in records],
+            )
 
 
 def draw_generator(seed: int, *keys: object) -> torch.Generator:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import duckdb
 import pytest
 import torch
 
+from refine_tasks.catalog import open_writer
 from refine_tasks.config import PositionsConfig
-from refine_tasks.position_cache import POSITIONS_DDL, PositionCache, PositionSelector
+from refine_tasks.position_cache import PositionCache, PositionSelector
 from refine_tasks.positions import entropy_window, smooth_entropy
 
 T = 200
@@ -26,10 +26,12 @@ class CountingEntropy:
 
 @pytest.fixture
 def cache(tmp_path):
-    con = duckdb.connect(str(tmp_path / "catalog.duckdb"))
-    con.execute(POSITIONS_DDL)
-    yield PositionCache(con)
-    con.close()
+    return PositionCache(tmp_path / "refine.duckdb")
+
+
+def query(cache: PositionCache, sql: str) -> list[tuple]:
+    with open_writer(cache.catalog) as con:
+        return con.execute(sql).fetchall()
 
 
 def batch(seed: int, rows: int = 3) -> tuple[torch.Tensor, list[str]]:
@@ -76,7 +78,7 @@ def test_cache_of_another_checkpoint_is_not_used(cache):
     fn = CountingEntropy()
     other = selector(cache, checkpoint="ckB").select(ids, docs, 0, fn)
     assert fn.batches == [3] and other.cache_hits == 0
-    rows = cache.con.execute("SELECT checkpoint, count(*) FROM positions GROUP BY 1 ORDER BY 1").fetchall()
+    rows = query(cache, "SELECT checkpoint, count(*) FROM positions GROUP BY 1 ORDER BY 1")
     assert rows == [("ckA", 3), ("ckB", 3)]
 
 
@@ -95,9 +97,7 @@ def test_precomputed_positions_refresh_every_n_steps(cache):
     for step in range(25):
         sel.select(ids, docs, step, fn)
     assert fn.batches == [3, 3, 3]  # steps 0, 10 and 20 recompute with the weights of the moment
-    versions = [
-        r[0] for r in cache.con.execute("SELECT DISTINCT checkpoint FROM positions ORDER BY 1").fetchall()
-    ]
+    versions = [r[0] for r in query(cache, "SELECT DISTINCT checkpoint FROM positions ORDER BY 1")]
     assert versions == ["ckA", "ckA@run1:10", "ckA@run1:20"]
     assert sel.weights_version(19) == "ckA@run1:10"
 
