@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -16,4 +17,5 @@ def cross_entropy(logits: Tensor, targets: Tensor, backend: Backend) -> Tensor:
         from fla.modules import FusedCrossEntropyLoss
 
         return FusedCrossEntropyLoss(inplace_backward=True)(logits, targets)
-    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(wide, targets, ignore_index=IGNORE_INDEX)

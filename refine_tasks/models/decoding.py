@@ -54,8 +54,10 @@ class GraphDecoder:
 
 
 class DecodeStream:
-    """Step N streams token by token. `step` returns views of the decoder's output buffers,
-    valid until the next `step` on any stream of this decoder: clone what you keep."""
+    """Step N streams token by token without copying the State in and out each step.
+
+    `step` returns views of the decoder's output buffers, valid until the next step or decode
+    call of this decoder: clone what you keep. One stream per decoder at a time."""
 
     def __init__(self, decoder: GraphDecoder, state: State) -> None:
         self.decoder = decoder
@@ -63,6 +65,7 @@ class DecodeStream:
         self._fresh = True
 
     def step(self, tokens: Tensor) -> DecodeOutput:
+        """tokens [N] -> logits [N, V], hidden [N, D], state (views of the decoder's buffers)."""
         d = self.decoder
         if not self._fresh:
             torch._foreach_copy_(d._inputs, d._outputs)
@@ -70,3 +73,17 @@ class DecodeStream:
         d.tokens.copy_(tokens)
         d.graph.replay()
         return d.out
+
+
+class EagerDecodeStream:
+    """The CPU counterpart of DecodeStream: plain eager steps, same interface."""
+
+    def __init__(self, model: FastWeightForCausalLM, state: State) -> None:
+        self.model = model
+        self.state = state
+
+    def step(self, tokens: Tensor) -> DecodeOutput:
+        with torch.no_grad():
+            out = self.model._decode_eager(self.state, tokens)
+        self.state = out.state
+        return out

@@ -8,6 +8,8 @@ pluggable (`mixer.py`); this file knows nothing of its internals.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -134,6 +136,19 @@ class FastWeightForCausalLM(PreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Hugging Face loading, plus: a local directory's tensors are checked first (a missing or
+        wrongly shaped tensor is an error naming it), and fla DeltaNet directories load too."""
+        from refine_tasks.models.checkpoint import check_checkpoint, load_config
+
+        path = Path(pretrained_model_name_or_path)
+        if path.is_dir():
+            config = kwargs.get("config") or load_config(path)
+            check_checkpoint(path, config)
+            kwargs["config"] = config
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # our cache is the fixed-size State, not a growing key/value cache
 
@@ -246,6 +261,16 @@ class FastWeightForCausalLM(PreTrainedModel, GenerationMixin):
             if self.lm_head.weight.device.type == "cuda":
                 return self.graph_decoder(state.batch_size).decode(state, tokens)
             return self._decode_eager(state, tokens)
+
+    def decode_stream(self, state: State):
+        """Rollouts without per-step State copies: `.step(tokens [N]) -> DecodeOutput` advances the
+        streams from `state` (copied once). On CUDA the outputs are views valid until the next
+        step (see decoding.DecodeStream); use `decode` when each step's State must be kept."""
+        from refine_tasks.models.decoding import EagerDecodeStream
+
+        if self.lm_head.weight.device.type == "cuda":
+            return self.graph_decoder(state.batch_size).stream(state)
+        return EagerDecodeStream(self, state)
 
     def graph_decoder(self, batch_size: int):
         """The CUDA-graph decoder for `batch_size` streams (built on first use, then reused)."""

@@ -1,0 +1,34 @@
+"""State: selecting, repeating, concatenating, moving streams."""
+
+from __future__ import annotations
+
+import torch
+
+from refine_tasks.models import State
+
+
+def make_state(n: int, offset: float = 0.0) -> State:
+    rows = torch.arange(n, dtype=torch.float64)[:, None] + offset
+    return State([{"a": rows.repeat(1, 3), "b": rows.repeat(1, 2).float()}, {"c": rows.clone()}])
+
+
+def test_select_repeat_cat():
+    s = make_state(4)
+    assert s.batch_size == 4
+    picked = s.select(torch.tensor([3, 0]))
+    assert picked.layers[0]["a"][:, 0].tolist() == [3.0, 0.0]
+    rep = s.repeat_interleave(2)
+    assert rep.batch_size == 8 and rep.layers[1]["c"][:, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    both = State.cat([s, make_state(2, offset=10)])
+    assert both.layers[0]["b"][:, 0].tolist() == [0, 1, 2, 3, 10, 11]
+
+
+def test_to_detach_clone():
+    s = make_state(2)
+    half = s.to(torch.float32)
+    assert half.layers[0]["a"].dtype == torch.float32
+    leaf = s.layers[1]["c"].requires_grad_()
+    assert not s.detach().layers[1]["c"].requires_grad and leaf.requires_grad
+    copy = s.clone()
+    copy.layers[0]["a"].add_(1)
+    assert s.layers[0]["a"][0, 0] == 0
