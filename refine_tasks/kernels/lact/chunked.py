@@ -16,15 +16,8 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
-from refine_tasks.kernels.lact.reference import (
-    FastWeights,
-    momentum_step,
-    newton_schulz,
-    renormalised_update,
-    row_norms,
-    swiglu_apply,
-    swiglu_fast_weight_grad,
-)
+from refine_tasks.kernels.lact import reference as ref
+from refine_tasks.kernels.lact.reference import FastWeights
 
 LaCTBackend = Literal["torch", "triton"]
 
@@ -45,7 +38,12 @@ class ChunkOps(Protocol):
     ) -> tuple[Tensor, FastWeights]: ...
 
     def update(
-        self, w: FastWeights, step: FastWeights, norms: FastWeights, previous: FastWeights | None, gate: Tensor | None
+        self,
+        w: FastWeights,
+        step: FastWeights,
+        norms: FastWeights,
+        previous: FastWeights | None,
+        gate: Tensor | None,
     ) -> tuple[FastWeights, FastWeights | None]: ...
 
     def orthogonalise(self, step: Tensor) -> Tensor: ...
@@ -55,19 +53,19 @@ class TorchOps:
     """The reference, step by step; torch autograd differentiates it."""
 
     def apply(self, w: FastWeights, q: Tensor) -> Tensor:
-        return swiglu_apply(w, q)
+        return ref.swiglu_apply(w, q)
 
     def apply_and_step(self, w, q, k, v, lr0, lr1, lr2):
-        return swiglu_apply(w, q), swiglu_fast_weight_grad(w, k, v, lr0, lr1, lr2)
+        return ref.swiglu_apply(w, q), ref.swiglu_fast_weight_grad(w, k, v, lr0, lr1, lr2)
 
     def update(self, w, step, norms, previous, gate):
         if previous is not None:
-            step = momentum_step(step, previous, gate)
-        new = FastWeights(*(renormalised_update(*m) for m in zip(w, step, norms, strict=True)))
+            step = ref.momentum_step(step, previous, gate)
+        new = FastWeights(*(ref.renormalised_update(*m) for m in zip(w, step, norms, strict=True)))
         return new, (step if previous is not None else None)
 
     def orthogonalise(self, step: Tensor) -> Tensor:
-        return newton_schulz(step)
+        return ref.newton_schulz(step)
 
 
 def chunk_ops(backend: LaCTBackend) -> ChunkOps:
@@ -92,7 +90,7 @@ def fast_weight_update(
     momentum gate (None: momentum off). Muon orthogonalises the step after momentum."""
     if not use_muon:
         return FastWeightState(*ops.update(state.weights, step, norms, state.momentum, gate))
-    momentum = momentum_step(step, state.momentum, gate) if state.momentum is not None else None
+    momentum = ref.momentum_step(step, state.momentum, gate) if state.momentum is not None else None
     direction = FastWeights(*(ops.orthogonalise(m) for m in (momentum or step)))
     weights, _ = ops.update(state.weights, direction, norms, None, None)
     return FastWeightState(weights, momentum)
@@ -121,7 +119,9 @@ def _check(q: Tensor, k: Tensor, v: Tensor, lrs: tuple[Tensor, ...], w: FastWeig
     expect = ((batch, h, d), (batch, d, h), (batch, h, d))
     for name, m, shape in zip(("w0", "w1", "w2"), w, expect, strict=True):
         if m.shape != shape:
-            raise ValueError(f"lact_fast_weight: {name} {tuple(m.shape)}, expected {shape} for q {tuple(q.shape)}")
+            raise ValueError(
+                f"lact_fast_weight: {name} {tuple(m.shape)}, expected {shape} for q {tuple(q.shape)}"
+            )
 
 
 def lact_fast_weight(
@@ -156,7 +156,7 @@ def lact_fast_weight(
     ops = chunk_ops(backend)
     t = q.shape[1]
     updates = t // chunk_size if update_last_full_chunk else max(t - 1, 0) // chunk_size
-    norms = row_norms(weights) if norms is None else norms
+    norms = ref.row_norms(weights) if norms is None else norms
     if momentum is None and momentum_gate is not None:
         momentum = FastWeights(*(torch.zeros_like(m) for m in weights))
     state = FastWeightState(weights, momentum if momentum_gate is not None else None)
@@ -167,7 +167,9 @@ def lact_fast_weight(
         if c >= updates:
             outputs.append(ops.apply(state.weights, q[:, chunk]))
             continue
-        o, step = ops.apply_and_step(state.weights, q[:, chunk], k[:, chunk], v[:, chunk], *(x[:, chunk] for x in lrs))
+        o, step = ops.apply_and_step(
+            state.weights, q[:, chunk], k[:, chunk], v[:, chunk], *(x[:, chunk] for x in lrs)
+        )
         outputs.append(o)
         gate = momentum_gate[:, chunk].mean(1) if momentum_gate is not None else None
         state = fast_weight_update(ops, state, step, norms, gate, use_muon)

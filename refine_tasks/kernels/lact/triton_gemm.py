@@ -4,6 +4,8 @@ Every operand is addressed through its strides, so transposed views cost nothing
 layer needs token-major products (f's output, the input gradients) and token reductions (the
 weight steps and weight gradients), often as a sum of two products that share the output.
 Operands share one dtype (the wrapper casts); accumulation is float32; out may be any float dtype.
+The reduction lengths are compile-time constants: the loop unrolls, and Triton 3.6's interpreter
+(the CPU test path) cannot take a run-time loop bound under numpy >= 2.4.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from refine_tasks.kernels.lact.triton_launch import interpreting, pow2_block
 
 
 @triton.jit
-def _accumulate(acc, a_ptr, b_ptr, rm, rn, M, N, K, s_am, s_ak, s_bk, s_bn, BLOCK_K: tl.constexpr):
+def _accumulate(
+    acc, a_ptr, b_ptr, rm, rn, M, N, K: tl.constexpr, s_am, s_ak, s_bk, s_bn, BLOCK_K: tl.constexpr
+):
     rk = tl.arange(0, BLOCK_K)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
@@ -37,7 +41,7 @@ def _accumulate(acc, a_ptr, b_ptr, rm, rn, M, N, K, s_am, s_ak, s_bk, s_bn, BLOC
 @triton.jit
 def _bmm_kernel(
     a1_ptr, b1_ptr, a2_ptr, b2_ptr, out_ptr,
-    M, N, K1, K2,
+    M, N, K1: tl.constexpr, K2: tl.constexpr,
     s_a1b, s_a1m, s_a1k, s_b1b, s_b1k, s_b1n,
     s_a2b, s_a2m, s_a2k, s_b2b, s_b2k, s_b2n,
     s_ob, s_om, s_on,

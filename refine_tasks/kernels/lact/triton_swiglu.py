@@ -51,7 +51,7 @@ def _store(ptr, rt, rh, row_stride, col0, val, T, H):
 @triton.jit
 def _swiglu_tokens_kernel(
     x_ptr, y_ptr, w02_ptr, w1_ptr, g02_ptr, g1_ptr, lr_ptr, out_a_ptr, out_b_ptr, dlr_ptr,
-    T, D, H,
+    T, D: tl.constexpr, H,
     s_xb, s_xt, s_yb, s_yt, s_lrb, s_lrk, s_ab, s_at, s_bb, s_bt, s_db, s_dk, s_dh,
     MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip

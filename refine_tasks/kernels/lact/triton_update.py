@@ -17,10 +17,26 @@ from refine_tasks.kernels.lact.triton_launch import interpreting
 
 
 @triton.jit
-def _row_offsets(pid, R, N, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
-    rr = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+def _stepped_rows(
+    w_ptr, step_ptr, prev_ptr, gate_ptr, norm_ptr, R, N, s_w, s_step, s_prev, s_norm,
+    MOMENTUM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """This program's rows: (row ids, offsets, mask, gate, previous momentum, d, w + d, norm0)."""
+    bid = tl.program_id(1).to(tl.int64)
+    rr = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rn = tl.arange(0, BLOCK_N)
-    return rr, rr[:, None] * N + rn[None, :], (rr[:, None] < R) & (rn[None, :] < N)
+    off = rr[:, None] * N + rn[None, :]
+    mask = (rr[:, None] < R) & (rn[None, :] < N)
+    d = tl.load(step_ptr + bid * s_step + off, mask=mask, other=0.0).to(tl.float32)
+    gate = 0.0
+    prev = d
+    if MOMENTUM:
+        gate = tl.load(gate_ptr + bid).to(tl.float32)
+        prev = tl.load(prev_ptr + bid * s_prev + off, mask=mask, other=0.0).to(tl.float32)
+        d += gate * prev
+    new = tl.load(w_ptr + bid * s_w + off, mask=mask, other=0.0).to(tl.float32) + d
+    norm0 = tl.load(norm_ptr + bid * s_norm + rr, mask=rr < R, other=0.0).to(tl.float32)
+    return rr, off, mask, gate, prev, d, new, norm0
 
 
 @triton.jit
@@ -30,14 +46,11 @@ def _update_fwd_kernel(
     MOMENTUM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     bid = tl.program_id(1).to(tl.int64)
-    rr, off, mask = _row_offsets(tl.program_id(0), R, N, BLOCK_R, BLOCK_N)
-    d = tl.load(step_ptr + bid * s_step + off, mask=mask, other=0.0).to(tl.float32)
+    rr, off, mask, gate, prev, d, new, norm0 = _stepped_rows(
+        w_ptr, step_ptr, prev_ptr, gate_ptr, norm_ptr, R, N, s_w, s_step, s_prev, s_norm, MOMENTUM, BLOCK_R, BLOCK_N
+    )  # fmt: skip
     if MOMENTUM:
-        gate = tl.load(gate_ptr + bid).to(tl.float32)
-        d += gate * tl.load(prev_ptr + bid * s_prev + off, mask=mask, other=0.0).to(tl.float32)
         tl.store(mom_out_ptr + bid * s_mo + off, d.to(mom_out_ptr.dtype.element_ty), mask=mask)
-    new = tl.load(w_ptr + bid * s_w + off, mask=mask, other=0.0).to(tl.float32) + d
-    norm0 = tl.load(norm_ptr + bid * s_norm + rr, mask=rr < R, other=0.0).to(tl.float32)
     scale = norm0 / (tl.sqrt(tl.sum(new * new, axis=1)) + eps)
     tl.store(w_out_ptr + bid * s_wo + off, (new * scale[:, None]).to(w_out_ptr.dtype.element_ty), mask=mask)
 
@@ -51,14 +64,9 @@ def _update_bwd_kernel(
 ):  # fmt: skip
     """Outputs are contiguous [B, R, N] (gw, gstep, gprev) and [B, R] (gnorm, per-row gate partials)."""
     bid = tl.program_id(1).to(tl.int64)
-    rr, off, mask = _row_offsets(tl.program_id(0), R, N, BLOCK_R, BLOCK_N)
-    d = tl.load(step_ptr + bid * s_step + off, mask=mask, other=0.0).to(tl.float32)
-    if MOMENTUM:
-        gate = tl.load(gate_ptr + bid).to(tl.float32)
-        prev = tl.load(prev_ptr + bid * s_prev + off, mask=mask, other=0.0).to(tl.float32)
-        d += gate * prev
-    new = tl.load(w_ptr + bid * s_w + off, mask=mask, other=0.0).to(tl.float32) + d
-    norm0 = tl.load(norm_ptr + bid * s_norm + rr, mask=rr < R, other=0.0).to(tl.float32)
+    rr, off, mask, gate, prev, d, new, norm0 = _stepped_rows(
+        w_ptr, step_ptr, prev_ptr, gate_ptr, norm_ptr, R, N, s_w, s_step, s_prev, s_norm, MOMENTUM, BLOCK_R, BLOCK_N
+    )  # fmt: skip
     g = tl.load(gw_out_ptr + bid * s_gwo + off, mask=mask, other=0.0).to(tl.float32)
     length = tl.sqrt(tl.sum(new * new, axis=1))
     inv = 1.0 / (length + eps)
@@ -79,7 +87,7 @@ def _update_bwd_kernel(
 
 def _blocks(n: int) -> tuple[int, int]:
     block_n = max(16, triton.next_power_of_2(n))
-    return (2 if interpreting() else max(1, 4096 // block_n)), block_n
+    return (2 if interpreting() else max(1, 2048 // block_n)), block_n
 
 
 def _check_rows(w: Tensor, *others: Tensor | None) -> None:
