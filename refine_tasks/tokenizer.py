@@ -118,6 +118,7 @@ def save_tokenizer(tok: PreTrainedTokenizerFast, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the tokenizer is for everyone
     try:
         tok.save_pretrained(str(tmp))
         old = out_dir.with_name(f".{out_dir.name}.old")
