@@ -1,0 +1,146 @@
+"""Batched greedy generation through the state API: prefill each prompt once, decode the batch.
+
+A fast-weight model's whole past is its state, so prompts of any lengths batch without padding:
+prompts of equal length share one `prefill`, the final states are concatenated, and every decode
+step advances all unfinished streams at once (finished ones leave the batch via `State.select`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from refine_tasks.evaluate.sizing import Tokenizer
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Prompt token ids, budget, and whether a newline ends the answer."""
+
+    prompt: Sequence[int]
+    max_new_tokens: int
+    stop_on_newline: bool = False
+
+
+class NewlineStop:
+    """Decides when a newline ends a stream, from the text of each generated token.
+
+    A stream stops at a newline that follows some non-newline text, so leading newlines do
+    not end it. Under both first-line rules (RULER's split and LongBench's lstrip-then-split)
+    the scored line is then exactly that of generating the whole budget.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tokenizer = tokenizer
+        self._text: dict[int, str] = {}
+
+    def text(self, token: int) -> str:
+        if token not in self._text:
+            self._text[token] = self._tokenizer.decode([token], skip_special_tokens=True)
+        return self._text[token]
+
+    def step(self, token: int, seen_text: bool) -> tuple[bool, bool]:
+        """(stop now, seen non-newline text so far) after generating `token`."""
+        piece = self.text(token)
+        stop = "\n" in (("x" if seen_text else "") + piece).lstrip("\n")
+        return stop, seen_text or bool(piece.strip("\n"))
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _prefill(model, prompts: list[Sequence[int]]):
+    """Final states (batch in `prompts` order) and next-token logits [B, V] of each prompt."""
+    device = _model_device(model)
+    head = model.get_output_embeddings()
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError("cannot generate from an empty prompt")
+        by_length.setdefault(len(p), []).append(i)
+    states, logits, order = [], [], []
+    for rows in by_length.values():
+        ids = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
+        out = model.prefill(ids, return_logits=False)
+        states.append(out.final)
+        logits.append(head(out.hidden[:, -1]).float())
+        order.extend(rows)
+    state = type(states[0]).cat(states) if len(states) > 1 else states[0]
+    logits_all = torch.cat(logits)
+    # Back to the caller's order: position of each prompt in `order`.
+    back = torch.tensor(sorted(range(len(order)), key=order.__getitem__), device=device)
+    return state.select(back), logits_all[back]
+
+
+@torch.no_grad()
+def greedy_generate(
+    model,
+    requests: Sequence[GenerationRequest],
+    tokenizer: Tokenizer,
+    *,
+    batch_size: int = 8,
+    eos_token_id: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[list[int]]:
+    """Greedy continuations (EOS not included) of every request, in request order.
+
+    Prompts are batched longest first so a batch holds similar lengths. `on_batch(n)` is
+    called after each batch with the number of requests it finished.
+    """
+    if batch_size < 1:
+        raise ValueError(f"evaluate.batch_size must be >= 1, got {batch_size}")
+    newline = NewlineStop(tokenizer)
+    outputs: list[list[int]] = [[] for _ in requests]
+    order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        state, logits = _prefill(model, [requests[i].prompt for i in chunk])
+        _decode(
+            model,
+            state,
+            logits,
+            [requests[i] for i in chunk],
+            [outputs[i] for i in chunk],
+            newline,
+            eos_token_id,
+        )
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return outputs
+
+
+def _decode(model, state, logits, requests, outputs, newline: NewlineStop, eos_token_id: int | None) -> None:
+    # Batch row j serves request rows[j]. A finished row stays in the batch (its outputs are
+    # ignored) until at most half the rows are alive; then the batch is compacted. So a batch
+    # of B runs at no more than log2(B) + 1 sizes (each a CUDA graph of its own on a GPU).
+    rows = list(range(len(requests)))
+    alive = [True] * len(rows)
+    seen_text = [False] * len(requests)
+    next_tokens = logits.argmax(-1)
+    while True:
+        for j, token in enumerate(next_tokens.tolist()):
+            b = rows[j]
+            if not alive[j]:
+                continue
+            if token == eos_token_id:
+                alive[j] = False
+                continue
+            outputs[b].append(token)
+            stop = len(outputs[b]) >= requests[b].max_new_tokens
+            if requests[b].stop_on_newline:
+                at_newline, seen_text[b] = newline.step(token, seen_text[b])
+                stop = stop or at_newline
+            alive[j] = not stop
+        n_alive = sum(alive)
+        if n_alive == 0:
+            return
+        if n_alive <= len(rows) // 2:
+            keep = [j for j, a in enumerate(alive) if a]
+            index = torch.tensor(keep, device=next_tokens.device)
+            state, next_tokens = state.select(index), next_tokens[index]
+            rows, alive = [rows[j] for j in keep], [True] * len(keep)
+        out = model.decode(state, next_tokens)
+        state, next_tokens = out.state, out.logits.argmax(-1)

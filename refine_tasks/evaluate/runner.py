@@ -1,0 +1,170 @@
+"""The evaluation step: build the records, generate greedily, score, and store the results.
+
+    cfg = load_config("params.yaml")
+    model, tokenizer, checkpoint = load_eval_model(cfg)
+    run = run_evaluation(cfg, model, tokenizer, checkpoint=checkpoint)
+
+writes `<output_dir>/<run>/samples.parquet` and `scores.json`, and the run's rows of the
+catalog's `eval_results` table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from refine_tasks.catalog import open_writer
+from refine_tasks.config import EvalConfig, PipelineConfig
+from refine_tasks.evaluate.generate import GenerationRequest, greedy_generate
+from refine_tasks.evaluate.longbench import available_tasks, read_longbench, truncate_middle
+from refine_tasks.evaluate.metrics import score_sample
+from refine_tasks.evaluate.niah import niah_records
+from refine_tasks.evaluate.qa import read_ruler_qa
+from refine_tasks.evaluate.records import EvalRecord
+from refine_tasks.evaluate.results import SampleResult, cell_rows, store_eval_results, write_outputs
+from refine_tasks.evaluate.sizing import Tokenizer
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class EvalRun:
+    run: str
+    checkpoint: str
+    results: list[SampleResult]
+    paths: dict[str, Path]
+    seconds: float
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(r.new_tokens for r in self.results)
+
+
+def build_records(cfg: EvalConfig, tokenizer: Tokenizer, seed: int = 0) -> list[EvalRecord]:
+    """Every record the configuration asks for, family by family."""
+    records: list[EvalRecord] = []
+    if "niah" in cfg.families:
+        too_long = [n for n in cfg.niah_lengths if n - cfg.niah_max_new_tokens > cfg.max_prompt_tokens]
+        if too_long:
+            raise ValueError(
+                f"evaluate.niah_lengths {too_long}: prompts would exceed evaluate.max_prompt_tokens="
+                f"{cfg.max_prompt_tokens} and lose the middle of the haystack; raise max_prompt_tokens"
+            )
+        records += niah_records(
+            cfg.niah_variants,
+            tokenizer,
+            cfg.niah_lengths,
+            cfg.niah_depths,
+            samples=cfg.niah_samples,
+            seed=seed,
+            max_new_tokens=cfg.niah_max_new_tokens,
+            haystack=cfg.haystack,
+        )
+    if "ruler_qa" in cfg.families:
+        for path in cfg.ruler_qa_files:
+            records += read_ruler_qa(path, limit=cfg.qa_samples, max_new_tokens=cfg.qa_max_new_tokens)
+    if "longbench" in cfg.families:
+        for task in cfg.longbench_tasks or available_tasks(cfg.longbench_source):
+            records += read_longbench(cfg.longbench_source, task, limit=cfg.longbench_samples)
+    return records
+
+
+def evaluate_records(
+    model,
+    tokenizer: Tokenizer,
+    records: list[EvalRecord],
+    *,
+    batch_size: int = 8,
+    max_prompt_tokens: int = 4096,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[SampleResult]:
+    """Generate an answer for every record and score it."""
+    prompts = [truncate_middle(tokenizer.encode(r.prompt), max_prompt_tokens) for r in records]
+    requests = [
+        GenerationRequest(ids, r.max_new_tokens, r.stop_on_newline)
+        for r, (ids, _) in zip(records, prompts, strict=True)
+    ]
+    generations = greedy_generate(
+        model,
+        requests,
+        tokenizer,
+        batch_size=batch_size,
+        eos_token_id=tokenizer.eos_token_id,
+        on_batch=on_batch,
+    )
+    results = []
+    for record, (ids, truncated), tokens in zip(records, prompts, generations, strict=True):
+        prediction = tokenizer.decode(tokens, skip_special_tokens=True)
+        score = score_sample(
+            record.metric, record.task, prediction, record.references, record.meta.get("all_classes", ())
+        )
+        results.append(SampleResult(record, prediction, score, len(ids), len(tokens), truncated))
+    return results
+
+
+def load_eval_model(cfg: PipelineConfig):
+    """(model, tokenizer, checkpoint label): `evaluate.checkpoint`, else `model.init_from`, else a
+    fresh `model.preset` (seeded with `seed`) with the project tokenizer; on evaluate.device/dtype."""
+    from transformers import AutoModelForCausalLM
+
+    from refine_tasks.models import build_model
+    from refine_tasks.tokenizer import load_tokenizer
+
+    ev = cfg.evaluate
+    checkpoint = ev.checkpoint or cfg.model.init_from
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"evaluate.checkpoint = {checkpoint!r}: no config.json; not a model directory"
+            )
+        model = AutoModelForCausalLM.from_pretrained(str(path))
+        tokenizer = load_tokenizer(path if (path / "tokenizer.json").is_file() else _tokenizer_path(cfg))
+        label = str(path)
+    else:
+        tokenizer = load_tokenizer(_tokenizer_path(cfg))
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model.preset, vocab_size=len(tokenizer), mixer=cfg.model.mixer)
+        label = f"random:{cfg.model.preset}:{cfg.model.mixer}:seed{cfg.seed}"
+    model = model.to(device=torch.device(ev.device), dtype=_DTYPES[ev.dtype]).eval()
+    return model, tokenizer, label
+
+
+def _tokenizer_path(cfg: PipelineConfig) -> Path:
+    return Path(cfg.tokenizer.path) if cfg.tokenizer.path else cfg.paths.tokenizer_dir
+
+
+def run_evaluation(
+    cfg: PipelineConfig,
+    model,
+    tokenizer: Tokenizer,
+    *,
+    checkpoint: str,
+    records: list[EvalRecord] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> EvalRun:
+    """Evaluate `model` on `records` (default: `build_records`) and store everything for run
+    `evaluate.run`: files under `<output_dir>/<run>/` and the rows of `eval_results`."""
+    ev = cfg.evaluate
+    if records is None:
+        records = build_records(ev, tokenizer, cfg.seed)
+    if not records:
+        raise ValueError("evaluate: no records; check evaluate.families and the data paths")
+    start = time.perf_counter()
+    results = evaluate_records(
+        model,
+        tokenizer,
+        records,
+        batch_size=ev.batch_size,
+        max_prompt_tokens=ev.max_prompt_tokens,
+        on_batch=on_batch,
+    )
+    seconds = time.perf_counter() - start
+    paths = write_outputs(results, ev.output_dir / ev.run, ev.run, checkpoint)
+    with open_writer(cfg.paths.catalog) as con:
+        store_eval_results(con, cell_rows(results, ev.run, checkpoint))
+    return EvalRun(ev.run, checkpoint, results, paths, seconds)
