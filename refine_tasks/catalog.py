@@ -92,7 +92,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         """
         CREATE TABLE eval_results (
             run VARCHAR NOT NULL,           -- evaluation run name: base, sft, refine, ...
-            checkpoint VARCHAR NOT NULL,    -- model directory evaluated ('' for a fresh random model)
+            checkpoint VARCHAR NOT NULL,    -- model directory evaluated, or 'random:<preset>:<mixer>:seed<n>'
             family VARCHAR NOT NULL,        -- niah | ruler_qa | longbench
             task VARCHAR NOT NULL,          -- NIAH variant, RULER QA task or LongBench task
             length INTEGER,                 -- context-length bucket in tokens (NULL when unknown)
