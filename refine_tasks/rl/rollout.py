@@ -76,6 +76,9 @@ def sample_tokens(
     """Sample one token per row: logits [N, V] -> (tokens [N], their log-probs [N] under the tempered policy)."""
     logp = scaled_log_probs(logits, params.temperature)
     probs = filter_logits(logp, params.top_k, params.top_p).softmax(dim=-1)
+    # A diverged model (NaN/inf logits) samples uniformly instead of crashing: its loss is
+    # non-finite anyway, and the trainer skips and counts such steps.
+    probs = torch.where(torch.isfinite(probs).all(dim=-1, keepdim=True), probs, 1.0)
     tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
