@@ -158,15 +158,16 @@ def ingest(
 ) -> IngestReport:
     """Build `paths.corpus_dir` (shards + manifest) from `corpus.source` and fill the catalog."""
     start = time.perf_counter()
+    out = Path(cfg.paths.corpus_dir)
+    report = IngestReport(out)
+    documents = corpus_documents(cfg, report.drops)  # a source that cannot be read fails here, first
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.paths.tokenizer_dir)
     tok_id = tokenizer_id(tokenizer)
-    out = Path(cfg.paths.corpus_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = IngestReport(out)
     with writer_lock(out.with_name(out.name + ".lock"), f"corpus directory {out}"):
         remove_temporaries(out)
         shards: list[ShardInfo] = []
-        for index, batch in enumerate(_batched(corpus_documents(cfg, report.drops), cfg.corpus.shard_docs)):
+        for index, batch in enumerate(_batched(documents, cfg.corpus.shard_docs)):
             key = shard_key(tok_id, [(d.doc_id, d.source) for d in batch])
             path = out / shard_name(index, key)
             if path.exists():
