@@ -50,5 +50,6 @@ def conv_states(x: Tensor, positions: Tensor, width: int, initial_state: Tensor 
 def short_conv_step(x: Tensor, state: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
     """One token per stream: x [N, D], state [N, D, W] -> (silu(conv) [N, D], new state [N, D, W])."""
     window = torch.cat([state[..., 1:], x[..., None].to(state.dtype)], dim=-1)
-    y = (window * weight.to(window.dtype)).sum(-1)
+    wide = torch.promote_types(window.dtype, torch.float32)  # accumulate as fla's kernels do
+    y = (window.to(wide) * weight.to(wide)).sum(-1)
     return F.silu(y).to(x.dtype), window

@@ -62,7 +62,7 @@ class DeltaNetMixer(TokenMixer):
         self.num_heads, self.head_k, self.head_v = H, Dk // H, Dv // H
         self.width = config.conv_size
         self.use_gate = config.use_gate
-        self.beta_scale = 2.0 if config.allow_neg_eigval else 1.0
+        self.allow_neg_eigval = config.allow_neg_eigval
         self.q_proj = nn.Linear(D, Dk, bias=False)
         self.k_proj = nn.Linear(D, Dk, bias=False)
         self.v_proj = nn.Linear(D, Dv, bias=False)
@@ -91,7 +91,8 @@ class DeltaNetMixer(TokenMixer):
         return t.unflatten(-1, (self.num_heads, dim))
 
     def _beta(self, x: Tensor) -> Tensor:
-        return torch.sigmoid(self.b_proj(x)) * self.beta_scale
+        beta = torch.sigmoid(self.b_proj(x))
+        return beta * 2.0 if self.allow_neg_eigval else beta  # negative eigenvalues: beta in (0, 2)
 
     def _output(self, x: Tensor, o: Tensor, backend: Backend) -> Tensor:
         """Per-head norm (gated), heads merged, o_proj. o: [..., H, V]."""
