@@ -7,15 +7,11 @@
 - `generate`: batched greedy generation through the state API (prefill, then decode).
 - `runner`: build records, generate, score, store (Parquet, JSON, catalog `eval_results`).
 - `report`, `plots`: markdown tables, comparison across runs, NIAH heat-map, LongBench bars.
+
+Import the step from `refine_tasks.evaluate.runner` (this package itself stays light, so the CLI
+starts fast).
 """
 
-from refine_tasks.evaluate.records import EvalRecord
-from refine_tasks.evaluate.runner import (
-    EvalRun,
-    build_records,
-    evaluate_records,
-    load_eval_model,
-    run_evaluation,
-)
+from refine_tasks.evaluate.records import EvalError, EvalRecord
 
-__all__ = ["EvalRecord", "EvalRun", "build_records", "evaluate_records", "load_eval_model", "run_evaluation"]
+__all__ = ["EvalError", "EvalRecord"]

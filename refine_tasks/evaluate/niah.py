@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from refine_tasks.evaluate.haystack import NOISE_PARAGRAPH, essay_sentences, key_words
-from refine_tasks.evaluate.records import EvalRecord
+from refine_tasks.evaluate.records import EvalError, EvalRecord
 from refine_tasks.evaluate.sizing import Tokenizer, largest_fitting
 
 NeedleType = Literal["words", "numbers", "uuids"]
@@ -90,7 +90,7 @@ class _NiahSample:
 
     def __init__(self, name: str, variant: NiahVariant, seed: int, length: int, depth: float, index: int):
         if not 0 <= depth <= 100:
-            raise ValueError(f"NIAH depth must be in [0, 100] percent, got {depth}")
+            raise EvalError(f"NIAH depth must be in [0, 100] percent, got {depth}")
         self.variant = variant
         self.key = f"niah:{seed}:{name}:{length}:{depth:g}:{index}"
         rng = random.Random(self.key)
@@ -163,14 +163,14 @@ def make_niah_record(
 ) -> EvalRecord:
     """One NIAH record of variant `name` whose prompt plus `max_new_tokens` fits `length` tokens."""
     if name not in VARIANTS:
-        raise ValueError(f"unknown NIAH variant {name!r}; known: {', '.join(VARIANTS)}")
+        raise EvalError(f"unknown NIAH variant {name!r}; known: {', '.join(VARIANTS)}")
     sample = _NiahSample(name, VARIANTS[name], seed, length, depth, index)
     sentences = essay_sentences(haystack) if sample.variant.haystack == "essay" else ()
     budget = length - max_new_tokens
     try:
         n, prompt, tokens = largest_fitting(lambda k: sample.prompt(k, sentences), tokenizer, budget)
     except ValueError as e:
-        raise ValueError(
+        raise EvalError(
             f"NIAH {name} at length {length}: {e}; raise the length or lower max_new_tokens"
         ) from None
     return EvalRecord(

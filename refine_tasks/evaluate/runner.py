@@ -24,7 +24,7 @@ from refine_tasks.evaluate.longbench import available_tasks, read_longbench, tru
 from refine_tasks.evaluate.metrics import score_sample
 from refine_tasks.evaluate.niah import niah_records
 from refine_tasks.evaluate.qa import read_ruler_qa
-from refine_tasks.evaluate.records import EvalRecord
+from refine_tasks.evaluate.records import EvalError, EvalRecord
 from refine_tasks.evaluate.results import SampleResult, cell_rows, store_eval_results, write_outputs
 from refine_tasks.evaluate.sizing import Tokenizer
 
@@ -50,7 +50,7 @@ def build_records(cfg: EvalConfig, tokenizer: Tokenizer, seed: int = 0) -> list[
     if "niah" in cfg.families:
         too_long = [n for n in cfg.niah_lengths if n - cfg.niah_max_new_tokens > cfg.max_prompt_tokens]
         if too_long:
-            raise ValueError(
+            raise EvalError(
                 f"evaluate.niah_lengths {too_long}: prompts would exceed evaluate.max_prompt_tokens="
                 f"{cfg.max_prompt_tokens} and lose the middle of the haystack; raise max_prompt_tokens"
             )
@@ -119,9 +119,7 @@ def load_eval_model(cfg: PipelineConfig):
     if checkpoint is not None:
         path = Path(checkpoint)
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"evaluate.checkpoint = {checkpoint!r}: no config.json; not a model directory"
-            )
+            raise EvalError(f"evaluate.checkpoint = {checkpoint!r}: no config.json; not a model directory")
         model = AutoModelForCausalLM.from_pretrained(str(path))
         tokenizer = load_tokenizer(path if (path / "tokenizer.json").is_file() else _tokenizer_path(cfg))
         label = str(path)
@@ -153,7 +151,7 @@ def run_evaluation(
     if records is None:
         records = build_records(ev, tokenizer, cfg.seed)
     if not records:
-        raise ValueError("evaluate: no records; check evaluate.families and the data paths")
+        raise EvalError("evaluate: no records; check evaluate.families and the data paths")
     start = time.perf_counter()
     results = evaluate_records(
         model,

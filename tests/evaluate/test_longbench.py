@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from refine_tasks.evaluate import EvalError
 from refine_tasks.evaluate.longbench import available_tasks, read_longbench, truncate_middle
 
 SHARED_LB = Path(__file__).resolve().parents[3] / "shared/data/longbench"
@@ -56,9 +57,9 @@ def test_datasets_copy_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_reader_errors_name_the_problem(tmp_path: Path):
     with pytest.raises(ValueError, match="unknown task"):
         read_longbench(str(SHARED_LB), "dureader")
-    with pytest.raises(FileNotFoundError, match="no file for task 'qasper'"):
+    with pytest.raises(EvalError, match="no file for task 'qasper'"):
         read_longbench(str(SHARED_LB), "qasper")
-    with pytest.raises(FileNotFoundError, match="longbench_source"):
+    with pytest.raises(EvalError, match="longbench_source"):
         read_longbench(str(tmp_path / "nowhere"), "trec")
     (tmp_path / "trec.jsonl").write_text(json.dumps({"input": "x", "answers": ["y"]}) + "\n")
     with pytest.raises(ValueError, match="needs 'prompt' and 'answers'"):

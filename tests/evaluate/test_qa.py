@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from refine_tasks.evaluate import EvalError
 from refine_tasks.evaluate.qa import (
     INSTRUCTION,
     make_qa_records,
@@ -135,7 +136,7 @@ def test_read_shared_ruler_qa_file():
     assert [list(r.references) for r in records] == [row["answer"] for row in table]
     assert {r.task for r in records} == {"ruler_squadqa"} and {r.length for r in records} == {4096}
     assert len(read_ruler_qa(path)) == 200
-    with pytest.raises(FileNotFoundError, match="ruler_qa_files"):
+    with pytest.raises(EvalError, match="ruler_qa_files"):
         read_ruler_qa(SHARED_QA / "missing.parquet")
 
 
