@@ -14,6 +14,7 @@ from rich.markup import escape
 from refine_tasks.catalog import CatalogError
 from refine_tasks.config import ConfigError, PipelineConfig, load_config
 from refine_tasks.corpus import CorpusError, DropLog, corpus_texts, ingest
+from refine_tasks.evaluate import EvalError
 from refine_tasks.progress import print_summary, progress_bar
 from refine_tasks.tokenizer import TokenizerError, build_tokenizer
 
@@ -46,7 +47,7 @@ def show_config(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) ->
 Summary = list[tuple[str, str]]
 StepFn = Callable[[PipelineConfig], Summary]
 # Errors a step reports as one red line (they name the file/field and what to do); others are bugs.
-STEP_ERRORS: tuple[type[Exception], ...] = (CorpusError, TokenizerError, CatalogError, ConfigError)
+STEP_ERRORS: tuple[type[Exception], ...] = (CorpusError, TokenizerError, CatalogError, ConfigError, EvalError)
 DROP_EXAMPLES_SHOWN = 3
 
 
@@ -120,3 +121,81 @@ def ingest_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None)
 def run_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Run the default pipeline (tokenizer, ingest, ...) on params.yaml or the embedded defaults."""
     run_steps(resolve(params, set_), RUN_STEPS)
+
+
+# --- evaluation and reports -----------------------------------------------------------------------
+
+
+def evaluate_step(cfg: PipelineConfig) -> Summary:
+    from rich.table import Table
+
+    from refine_tasks.evaluate.report import FAMILY_TITLES
+    from refine_tasks.evaluate.results import task_summary
+    from refine_tasks.evaluate.runner import build_records, load_eval_model, run_evaluation
+
+    model, tokenizer, checkpoint = load_eval_model(cfg)
+    with console.status("evaluate: building records"):
+        records = build_records(cfg.evaluate, tokenizer, cfg.seed)
+    with progress_bar("evaluate: samples", total=len(records)) as advance:
+        run = run_evaluation(cfg, model, tokenizer, checkpoint=checkpoint, records=records, on_batch=advance)
+    table = Table(title=f"evaluate: {run.run}", title_justify="left")
+    for column in ("family", "task", "metric", "samples"):
+        table.add_column(column)
+    table.add_column("score", justify="right")
+    families = list(FAMILY_TITLES)
+    tasks = sorted(task_summary(run.results).items(), key=lambda kv: (families.index(kv[1]["family"]), kv[0]))
+    for task, t in tasks:
+        table.add_row(t["family"], task, t["metric"], str(t["n_samples"]), f"{t['score']:.2f}")
+    console.print(table)
+    return [
+        ("run", run.run),
+        ("checkpoint", run.checkpoint),
+        ("samples", f"{len(run.results):,}"),
+        ("generated tokens", f"{run.generated_tokens:,}"),
+        ("seconds", f"{run.seconds:.1f}"),
+        ("samples/s", f"{len(run.results) / run.seconds:.2f}"),
+        ("generated tokens/s", f"{run.generated_tokens / run.seconds:.1f}"),
+        ("per-sample results", str(run.paths["samples"])),
+        ("per-task scores", str(run.paths["scores"])),
+    ]
+
+
+@app.command("evaluate")
+def evaluate_command(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", "-c", help="model directory (sets evaluate.checkpoint)")
+    ] = None,
+    run: Annotated[str | None, typer.Option("--run", "-r", help="run name (sets evaluate.run)")] = None,
+) -> None:
+    """Evaluate a model on RULER NIAH, RULER QA and LongBench (evaluate.*): greedy answers, official
+    metrics; writes <output_dir>/<run>/samples.parquet, scores.json and the catalog's eval_results."""
+    extra = [f"evaluate.checkpoint={checkpoint}"] if checkpoint else []
+    extra += [f"evaluate.run={run}"] if run else []
+    run_steps(resolve(params, [*(set_ or []), *extra]), [("evaluate", evaluate_step)])
+
+
+@app.command("report")
+def report_command(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    runs: Annotated[
+        list[str] | None,
+        typer.Option("--run", "-r", help="run to include, in column order (repeatable; default: all)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="output folder (default: evaluate.report_dir)")
+    ] = None,
+) -> None:
+    """Write evaluation reports from the catalog: a markdown table per run, a comparison across runs,
+    a NIAH heat-map (length x depth) per run and LongBench per-task bars."""
+    from refine_tasks.evaluate.report import write_report
+
+    cfg = resolve(params, set_)
+
+    def report_step(cfg: PipelineConfig) -> Summary:
+        files = write_report(cfg.paths.catalog, runs, out or cfg.evaluate.report_dir)
+        return [(f.suffix.lstrip(".") or "file", str(f)) for f in files]
+
+    run_steps(cfg, [("report", report_step)])

@@ -112,11 +112,10 @@ def comparison_markdown(df: pd.DataFrame) -> str:
     rows = []
 
     def cells(values: pd.Series) -> list[str]:
-        best = values.max()
-        return [
-            ("—" if pd.isna(v) else (f"**{v:.2f}**" if v == best and len(labels) > 1 else f"{v:.2f}"))
-            for v in values
-        ]
+        # Bold the best run of a row, when there is a difference to show.
+        present = values.dropna()
+        best = present.max() if present.nunique() > 1 else None
+        return ["—" if pd.isna(v) else (f"**{v:.2f}**" if v == best else f"{v:.2f}") for v in values]
 
     for family in dict.fromkeys(scores.index.get_level_values("family")):
         block = scores.loc[family]

@@ -23,7 +23,7 @@ def eval_config(make_config, tmp_path: Path):
     def make(*extra: str):
         return make_config(
             "evaluate.niah_variants=[niah_single_1, niah_multivalue]",
-            "evaluate.niah_lengths=[384]",
+            "evaluate.niah_lengths=[512]",
             "evaluate.niah_depths=[0, 100]",
             "evaluate.niah_max_new_tokens=6",
             f"evaluate.ruler_qa_files=[{SHARED}/ruler_qa/ruler_squadqa_delta_net_4096_200_test.parquet,"
@@ -33,7 +33,7 @@ def eval_config(make_config, tmp_path: Path):
             f"evaluate.longbench_source={SHARED}/longbench",
             "evaluate.longbench_tasks=[trec, triviaqa, lcc]",
             "evaluate.longbench_samples=2",
-            "evaluate.max_prompt_tokens=384",
+            "evaluate.max_prompt_tokens=512",
             "evaluate.batch_size=4",
             f"evaluate.output_dir={tmp_path / 'eval'}",
             *extra,
@@ -54,8 +54,8 @@ def test_every_sample_gets_a_score_row(eval_config, tiny_model, tokenizer):
     samples = pq.read_table(run.paths["samples"]).to_pylist()
     assert [s["sample_id"] for s in samples] == [r.sample_id for r in records]
     assert all(0.0 <= s["score"] <= 1.0 and s["run"] == "base" for s in samples)
-    assert all(s["prompt_tokens"] <= 384 for s in samples)
-    assert any(s["truncated"] for s in samples if s["family"] == "longbench")  # 16K prompts cut to 384
+    assert all(s["prompt_tokens"] <= 512 for s in samples)
+    assert any(s["truncated"] for s in samples if s["family"] == "longbench")  # 16K prompts cut to 512
     budgets = {r.sample_id: r.max_new_tokens for r in records}
     assert all(0 <= s["new_tokens"] <= budgets[s["sample_id"]] for s in samples)
 
@@ -69,7 +69,7 @@ def test_every_sample_gets_a_score_row(eval_config, tiny_model, tokenizer):
     ).fetchall()
     con.close()
     assert sum(r[4] for r in rows) == len(records)
-    assert ("niah", "niah_single_1", 384, 0.0, 1) in rows and ("niah", "niah_single_1", 384, 100.0, 1) in rows
+    assert ("niah", "niah_single_1", 512, 0.0, 1) in rows and ("niah", "niah_single_1", 512, 100.0, 1) in rows
     assert ("longbench", "trec", 16384, None, 2) in rows
     assert ("ruler_qa", "ruler_hotpotqa", 4096, None, 2) in rows
 
