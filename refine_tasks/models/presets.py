@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from refine_tasks.models.configuration import FastWeightConfig
+from refine_tasks.models.lact_config import LACT_PRESETS
 from refine_tasks.models.modeling import FastWeightForCausalLM
 
 # Shapes only; vocab_size comes from the tokenizer. `paper-1.3b` is fla's 1.3B DeltaNet,
@@ -15,6 +16,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-1.3b": {"hidden_size": 2048, "num_hidden_layers": 24, "num_heads": 16},
     "paper-760m": {"hidden_size": 1536, "num_hidden_layers": 24, "num_heads": 4},
 }
+# A mixer's own options per preset, applied under the caller's overrides.
+MIXER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {"lact": LACT_PRESETS}
 
 
 def preset_config(
@@ -22,7 +25,10 @@ def preset_config(
 ) -> FastWeightConfig:
     if preset not in PRESETS:
         raise ValueError(f"model preset {preset!r}: unknown; choose one of {', '.join(PRESETS)}")
-    return FastWeightConfig(**{**PRESETS[preset], "vocab_size": vocab_size, "mixer": mixer, **overrides})
+    mixer_options = MIXER_PRESETS.get(mixer, {}).get(preset, {})
+    return FastWeightConfig(
+        **{**PRESETS[preset], **mixer_options, "vocab_size": vocab_size, "mixer": mixer, **overrides}
+    )
 
 
 def build_model(
