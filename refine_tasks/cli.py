@@ -17,6 +17,7 @@ from refine_tasks.corpus import CorpusError, DropLog, corpus_texts, ingest
 from refine_tasks.evaluate import EvalError
 from refine_tasks.progress import print_summary, progress_bar
 from refine_tasks.tokenizer import TokenizerError, build_tokenizer
+from refine_tasks.train_errors import TRAINING_ERRORS
 
 app = typer.Typer(help="ReFINE pipeline for fast-weight language models.", no_args_is_help=True)
 console = Console()
@@ -199,3 +200,50 @@ def report_command(
         return [(f.suffix.lstrip(".") or "file", str(f)) for f in files]
 
     run_steps(cfg, [("report", report_step)])
+
+
+# --- ReFINE mid-training: positions cache and the trainer ------------------------------------------
+
+
+def positions_step(cfg: PipelineConfig) -> Summary:
+    from refine_tasks.position_pass import precompute_positions
+
+    with progress_bar("positions: sequences") as advance:
+        report = precompute_positions(cfg, on_progress=advance)
+    return report.summary_rows()
+
+
+def train_step(cfg: PipelineConfig, resume: bool | None = None) -> Summary:
+    """resume=None (the `refine run` pipeline): continue the run in train.out_dir if it has a checkpoint."""
+    from refine_tasks.train import MidTrainer
+
+    if resume is None:
+        resume = (Path(cfg.train.out_dir) / "checkpoints" / "latest").exists()
+    trainer = MidTrainer(cfg, resume)
+    with progress_bar("train: steps", total=trainer.total - trainer.step, counters=("tokens",)) as advance:
+        result = trainer.run(on_step=lambda line: advance(1, tokens=line["tokens"]))
+    return result.summary_rows()
+
+
+STEP_ERRORS += TRAINING_ERRORS
+RUN_STEPS.append(("train", train_step))
+
+
+@app.command("positions")
+def positions_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Select rollout positions for every training sequence with the starting weights and cache them in
+    the catalog (for positions.policy=precomputed; keyed by the weights' fingerprint)."""
+    run_steps(resolve(params, set_), [("positions", positions_step)])
+
+
+@app.command("train")
+def train_command(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue the run in train.out_dir from its latest checkpoint")
+    ] = False,
+) -> None:
+    """Mid-train with ReFINE (refine.coef=0: the NTP baseline) on the corpus's long documents; metrics,
+    TensorBoard and checkpoints go to train.out_dir."""
+    run_steps(resolve(params, set_), [("train", lambda cfg: train_step(cfg, resume))])

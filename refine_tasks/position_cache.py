@@ -97,6 +97,15 @@ class PositionCache:
             )
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A checkpoint id from the weights themselves: SHA-256 over every parameter's name, dtype and bytes."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def draw_generator(seed: int, *keys: object) -> torch.Generator:
     """A CPU generator seeded from (seed, keys): a sequence's draw never depends on its batch-mates."""
     text = "|".join(str(k) for k in (seed, *keys))

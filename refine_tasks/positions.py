@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from refine_tasks.train_errors import SequenceTooShort
+
 Selection = Literal["entropy", "uniform", "argmax", "argmin"]
 
 
@@ -40,6 +42,13 @@ def token_entropy(hidden: Tensor, lm_head: nn.Module, chunk: int = 1024) -> Tens
     return torch.cat(parts, dim=1)
 
 
+@torch.no_grad()
+def sequence_entropy(model: nn.Module, input_ids: Tensor, chunk: int = 1024) -> Tensor:
+    """Next-token entropy [B, T] of input_ids [B, T] under `model`: one prefill, no [T, V] logits kept."""
+    hidden = model.prefill(input_ids, return_logits=False).hidden
+    return token_entropy(hidden, model.get_output_embeddings(), chunk)
+
+
 def smooth_entropy(entropy: Tensor, window: int) -> Tensor:
     """Centred moving average, stride 1, 'same' zero padding: [B, T] -> [B, T].
 
@@ -60,10 +69,10 @@ def min_sequence_length(n_chunks: int, rollout_len: int, margin: int) -> int:
 
 
 def check_sequence_length(seq_len: int, n_chunks: int, rollout_len: int, margin: int) -> None:
-    """Raise a ValueError naming the numbers and the fix when sequences are too short for ReFINE."""
+    """Raise SequenceTooShort naming the numbers and the fix when sequences are too short for ReFINE."""
     need = min_sequence_length(n_chunks, rollout_len, margin)
     if seq_len < need:
-        raise ValueError(
+        raise SequenceTooShort(
             f"sequence length {seq_len} is shorter than n_chunks * (rollout_len + 2 * margin) = "
             f"{n_chunks} * ({rollout_len} + 2 * {margin}) = {need}: raise train.seq_len, or lower "
             "positions.n_chunks / refine.rollout_len / positions.margin"

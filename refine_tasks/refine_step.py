@@ -168,7 +168,7 @@ def _branch_log_probs(out, positions: Tensor, tokens: Tensor, temperature: float
 def refine_backward(
     model: FastWeightForCausalLM,
     input_ids: Tensor,
-    positions: Tensor,
+    positions: Tensor | None,
     cfg: RefineConfig,
     generator: torch.Generator | None = None,
     scale: float = 1.0,
@@ -177,7 +177,7 @@ def refine_backward(
     """ReFINE loss L = NTP + coef * GRPO on input_ids [B, T] with rollouts at positions [B, P].
 
     generator: sampling source on the model's device; ref_model: frozen reference for the KL
-    term (needed when cfg.kl_coef > 0). coef = 0 runs the plain NTP step.
+    term (needed when cfg.kl_coef > 0). coef = 0 runs the plain NTP step (positions unused, may be None).
     """
     if cfg.coef == 0.0:
         return ntp_backward(model, input_ids, scale)
