@@ -73,14 +73,19 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
-def test_branched_step_equals_naive_step(case):
+# Every option combination on DeltaNet; the same step on LaCT (a per-mixer check of the state API use).
+MIXER_CASES = [(i, "deltanet") for i in range(len(CASES))] + [(1, "lact"), (3, "lact")]
+
+
+@pytest.mark.parametrize(("case_index", "mixer"), MIXER_CASES, ids=[f"{m}-{i}" for i, m in MIXER_CASES])
+def test_branched_step_equals_naive_step(case_index, mixer):
+    case = CASES[case_index]
     cfg = RefineConfig(rollout_len=4, coef=0.5, **case)
-    model = tiny()
+    model = tiny(mixer=mixer)
     ids, positions = batch(model, seed=len(case))
     ref = None
     if cfg.kl_coef > 0:
-        ref = tiny(seed=1)  # a different frozen model: the KL term is far from zero
+        ref = tiny(seed=1, mixer=mixer)  # a different frozen model: the KL term is far from zero
         ref.requires_grad_(False)
 
     fast_ro = branched_rollouts(model, ids, positions, cfg, torch.Generator().manual_seed(9))
