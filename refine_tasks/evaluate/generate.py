@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from refine_tasks.evaluate.sizing import Tokenizer
+from refine_tasks.models import FastWeightForCausalLM, State
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,9 @@ class NewlineStop:
         return stop, seen_text or bool(piece.strip("\n"))
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _prefill(model, prompts: list[Sequence[int]]):
-    """Final states (batch in `prompts` order) and next-token logits [B, V] of each prompt."""
-    device = _model_device(model)
+def _prefill(model: FastWeightForCausalLM, prompts: list[Sequence[int]]) -> tuple[State, torch.Tensor]:
+    """Final State (B streams, in `prompts` order) and next-token logits [B, V] of each prompt."""
+    device = next(model.parameters()).device
     head = model.get_output_embeddings()
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
@@ -68,7 +65,7 @@ def _prefill(model, prompts: list[Sequence[int]]):
         states.append(out.final)
         logits.append(head(out.hidden[:, -1]).float())
         order.extend(rows)
-    state = type(states[0]).cat(states) if len(states) > 1 else states[0]
+    state = State.cat(states) if len(states) > 1 else states[0]
     logits_all = torch.cat(logits)
     # Back to the caller's order: position of each prompt in `order`.
     back = torch.tensor(sorted(range(len(order)), key=order.__getitem__), device=device)
@@ -77,7 +74,7 @@ def _prefill(model, prompts: list[Sequence[int]]):
 
 @torch.no_grad()
 def greedy_generate(
-    model,
+    model: FastWeightForCausalLM,
     requests: Sequence[GenerationRequest],
     tokenizer: Tokenizer,
     *,
@@ -112,7 +109,16 @@ def greedy_generate(
     return outputs
 
 
-def _decode(model, state, logits, requests, outputs, newline: NewlineStop, eos_token_id: int | None) -> None:
+def _decode(
+    model: FastWeightForCausalLM,
+    state: State,
+    logits: torch.Tensor,
+    requests: list[GenerationRequest],
+    outputs: list[list[int]],
+    newline: NewlineStop,
+    eos_token_id: int | None,
+) -> None:
+    """Decode one batch: state (B streams), logits [B, V] of each stream's next token."""
     # Batch row j serves request rows[j]. A finished row stays in the batch (its outputs are
     # ignored) until at most half the rows are alive; then the batch is compacted. So a batch
     # of B runs at no more than log2(B) + 1 sizes (each a CUDA graph of its own on a GPU).

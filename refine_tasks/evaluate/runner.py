@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from refine_tasks.catalog import open_writer
 from refine_tasks.config import EvalConfig, PipelineConfig
@@ -27,6 +28,8 @@ from refine_tasks.evaluate.qa import read_ruler_qa
 from refine_tasks.evaluate.records import EvalError, EvalRecord
 from refine_tasks.evaluate.results import SampleResult, cell_rows, store_eval_results, write_outputs
 from refine_tasks.evaluate.sizing import Tokenizer
+from refine_tasks.models import FastWeightForCausalLM, build_model
+from refine_tasks.tokenizer import load_tokenizer
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -74,7 +77,7 @@ def build_records(cfg: EvalConfig, tokenizer: Tokenizer, seed: int = 0) -> list[
 
 
 def evaluate_records(
-    model,
+    model: FastWeightForCausalLM,
     tokenizer: Tokenizer,
     records: list[EvalRecord],
     *,
@@ -106,14 +109,9 @@ def evaluate_records(
     return results
 
 
-def load_eval_model(cfg: PipelineConfig):
+def load_eval_model(cfg: PipelineConfig) -> tuple[FastWeightForCausalLM, PreTrainedTokenizerFast, str]:
     """(model, tokenizer, checkpoint label): `evaluate.checkpoint`, else `model.init_from`, else a
     fresh `model.preset` (seeded with `seed`) with the project tokenizer; on evaluate.device/dtype."""
-    from transformers import AutoModelForCausalLM
-
-    from refine_tasks.models import build_model
-    from refine_tasks.tokenizer import load_tokenizer
-
     ev = cfg.evaluate
     checkpoint = ev.checkpoint or cfg.model.init_from
     if checkpoint is not None:
@@ -138,7 +136,7 @@ def _tokenizer_path(cfg: PipelineConfig) -> Path:
 
 def run_evaluation(
     cfg: PipelineConfig,
-    model,
+    model: FastWeightForCausalLM,
     tokenizer: Tokenizer,
     *,
     checkpoint: str,
