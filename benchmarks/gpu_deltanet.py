@@ -18,9 +18,11 @@ Phases run in order of importance and are skipped when the time budget would be 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +52,7 @@ class Bench:
         self.card = torch.cuda.get_device_name() if self.cuda else "cpu-dry-run"
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        self.md = Path(tempfile.gettempdir()) / "gpu_deltanet_RESULTS.md"  # OUT returns few files: jsonl only
         self.t0 = time.time()
 
     def preset(self, name: str) -> str:
@@ -156,20 +159,24 @@ def check_against_fla(b: Bench) -> None:
     )
 
 
-def check_branched(b: Bench) -> None:
-    print("[check] forward_branched vs separate sequences", flush=True)
-    model = b.model("paper-1.3b", **CHECK_SHAPE)
-    T, P, L = b.tokens(2048), 8, 6
+def branched_inputs(b: Bench, T: int, P: int = 8, L: int = 6):
     ids = b.ids(2, T)
     g = torch.Generator().manual_seed(3)
     positions = torch.stack([torch.randperm(T - 20, generator=g)[:P] + 20 for _ in range(2)]).to(b.device)
-    branch = b.ids(2, P, L, seed=4)
-    weights = torch.randn(VOCAB, generator=g).to(b.device, b.dtype)
+    return ids, positions, b.ids(2, P, L, seed=4)
+
+
+def check_branched(b: Bench) -> None:
+    print("[check] forward_branched vs separate sequences", flush=True)
+    model = b.model("paper-1.3b", **CHECK_SHAPE)
+    T = b.tokens(2048)
+    ids, positions, branch = branched_inputs(b, T)
+    P, L = branch.shape[1:]
+    weights = torch.randn(VOCAB, generator=torch.Generator().manual_seed(5)).to(b.device, b.dtype)
 
     def loss(out):
-        return (out.logits.float().log_softmax(-1) * weights).mean() + (
-            out.branch_logits.float().log_softmax(-1) * weights
-        ).mean()
+        main = (out.logits.float().log_softmax(-1) * weights).mean()
+        return main + (out.branch_logits.float().log_softmax(-1) * weights).mean()
 
     params = list(model.parameters())
     fast = model.forward_branched(ids, positions, branch)
@@ -179,21 +186,40 @@ def check_branched(b: Bench) -> None:
     tol = 3e-2 if b.cuda else 1e-5
     for name in ("logits", "branch_logits", "branch_hidden"):
         err = rel_err(getattr(fast, name), getattr(naive, name))
-        b.emit(
-            f"branched_vs_separate_{name}_rel_err",
-            err,
-            "ratio",
-            f"{CHECK_NAME}, 2x{T}, P={P}, L={L}",
-            "PASS" if err < tol else "FAIL",
-        )
+        note = f"{CHECK_NAME}, 2x{T}, P={P}, L={L}"
+        b.emit(f"branched_vs_separate_{name}_rel_err", err, "ratio", note, "PASS" if err < tol else "FAIL")
     errs = [rel_err(a, c) for a, c in zip(g_fast, g_naive, strict=True)]
+    verdict = "PASS" if max(errs) < 5 * tol else "FAIL"
     b.emit(
         "branched_vs_separate_grad_rel_err_max",
         max(errs),
         "ratio",
         f"max over {len(errs)} parameters",
-        "PASS" if max(errs) < 5 * tol else "FAIL",
+        verdict,
     )
+
+
+def check_branched_precision(b: Bench) -> None:
+    """bf16 fla runs of both ways against a float32 torch-backend reference: the branched way
+    must be no less accurate than running each prefix+branch alone."""
+    print("[check32] branched and separate (bf16, fla) vs float32 torch reference", flush=True)
+    model = b.model("paper-1.3b", **CHECK_SHAPE)
+    T = b.tokens(2048)
+    ids, positions, branch = branched_inputs(b, T)
+    reference = copy.deepcopy(model).float()
+    reference.config.kernel_backend = "torch"
+    with torch.no_grad():
+        ref = reference.forward_branched(ids, positions, branch)
+        fast = model.forward_branched(ids, positions, branch)
+        naive = forward_branched_naive(model, ids, positions, branch)
+    for name in ("logits", "branch_logits"):
+        e_fast, e_naive = (
+            rel_err(getattr(fast, name), getattr(ref, name)),
+            rel_err(getattr(naive, name), getattr(ref, name)),
+        )
+        b.emit(f"branched_bf16_vs_fp32_{name}_rel_err", e_fast, "ratio", f"{CHECK_NAME}, 2x{T}")
+        verdict = "PASS" if e_fast < 1.5 * e_naive + 1e-3 else "FAIL"
+        b.emit(f"separate_bf16_vs_fp32_{name}_rel_err", e_naive, "ratio", f"{CHECK_NAME}, 2x{T}", verdict)
 
 
 def check_decode(b: Bench) -> None:
@@ -354,7 +380,7 @@ def main() -> int:
         "--dry-run", action="store_true", help="CPU logic check: tiny preset, short sequences"
     )
     parser.add_argument(
-        "--phases", default="check,train13,decode,branched,trainsmall", help="comma-separated phases"
+        "--phases", default="check,check32,train13,decode,branched,trainsmall", help="comma-separated phases"
     )
     parser.add_argument("--budget-s", type=float, default=520.0, help="skip phases that would overrun this")
     args = parser.parse_args()
@@ -362,6 +388,7 @@ def main() -> int:
     # (phase, seconds it needs at least on an H100 with a warm Triton cache)
     plan: list[tuple[str, float, Callable[[], None]]] = [
         ("check", 30, lambda: (check_against_fla(b), check_branched(b), check_decode(b))),
+        ("check32", 20, lambda: check_branched_precision(b)),
         ("train13", 60, lambda: time_training(b, "paper-1.3b")),
         ("decode", 40, lambda: [time_decode(b, big, n) for n in (8, 64)]),
         ("branched", 40, lambda: branched_speedup(b, big)),
