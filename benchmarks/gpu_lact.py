@@ -1,0 +1,333 @@
+"""LaCT on the GPU: our Triton fast-weight kernels checked and timed at the 760M shapes, then the
+whole paper-760m model's training throughput, in one run.
+
+1. The card's bf16 matmul rate (8192^3, random data), the yardstick of `lact_fastweight_util`.
+2. Check (bf16 kernels vs the float32 torch reference on the same bf16-rounded inputs): the
+   fast-weight layer at the 760M shapes (D = H = 384, 4 batch x 4 heads, L = 16K, chunk 2048,
+   momentum on): outputs, final fast weights and every input's gradient.
+3. Time fwd+bwd of the layer (median, CUDA events): Triton vs the torch reference under bf16
+   autocast (`lact_triton_speedup`), and the share of the bf16 matmul rate it reaches
+   (`lact_fastweight_util`): 3 x the forward's FLOPs, 18*D*H*C*B per updating chunk and
+   6*D*H*C*B for the apply-only last chunk (LaCT's own count), over the time and the rate.
+4. paper-760m, bf16 weights, 1 x 16384 tokens: forward with labels + backward
+   (`lact_760m_tok_s`) and its peak memory (`lact_760m_peak_gib`; no optimizer state).
+
+    python benchmarks/gpu_lact.py --out $OUT              # on the device machine
+    python benchmarks/gpu_lact.py --out /tmp/x --dry-run  # logic check on a CPU (tiny shapes, interpreter)
+
+Writes OUT/results.jsonl (import with `python benchmarks/record.py --import`) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+if "--dry-run" in sys.argv:
+    os.environ["TRITON_INTERPRET"] = "1"  # before any @triton.jit: our kernels run on the CPU
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.record import record  # noqa: E402
+from refine_tasks.kernels.lact import FastWeights, lact_fast_weight  # noqa: E402
+from refine_tasks.models import build_model  # noqa: E402
+
+COMMAND = "python benchmarks/gpu_lact.py"
+ROWS: list[tuple[str, str, str]] = []
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.dry = args.dry_run
+        self.device = torch.device("cpu" if self.dry else "cuda")
+        self.card = "cpu-dry-run" if self.dry else torch.cuda.get_device_name()
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.t0 = time.time()
+        self.budget = args.budget_s
+        self.later: list[
+            Callable[[], None]
+        ] = []  # phases run last (a failed graph capture can spoil the context)
+
+    def phase(self, name: str, fn: Callable[[], object]) -> None:
+        """Run one phase; a failure is printed and recorded in the table, and the run goes on."""
+        if time.time() - self.t0 > self.budget:
+            ROWS.append((name, "skipped", "time budget"))
+            return
+        try:
+            fn()
+        except Exception as e:  # a device run is precious: keep the other phases' figures
+            import traceback
+
+            traceback.print_exc()
+            ROWS.append((name, "FAILED", f"{type(e).__name__}: {e}"[:120]))
+
+    def emit(self, metric: str, value: float, unit: str, note: str = "", verdict: str = "") -> None:
+        record(
+            metric,
+            value,
+            unit,
+            self.card,
+            COMMAND,
+            note,
+            jsonl=self.out / "results.jsonl",
+            md=self.out / "RESULTS.md",
+        )
+        ROWS.append((metric, f"{value:.4g} {unit}", verdict))
+        print(f"  {metric} = {value:.4g} {unit} {verdict} {note} [{time.time() - self.t0:.0f}s]", flush=True)
+
+    def time_ms(self, fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None) -> float:
+        if self.dry:
+            fn()
+            times = []
+            for _ in range(2):
+                start = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - start) * 1e3)
+            return statistics.median(times)
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=50, rep=300, grad_to_none=grad_to_none, return_mode="median")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def matmul_rate(run: Run) -> float:
+    n = 512 if run.dry else 8192
+    a, b = (torch.randn(n, n, device=run.device, dtype=torch.bfloat16) for _ in range(2))
+    ms = run.time_ms(lambda: a @ b)
+    rate = 2 * n**3 / ms / 1e9
+    run.emit("bf16_matmul_tflops", rate, "TFLOP/s", f"{n}^3, random data, median")
+    return rate
+
+
+def layer_inputs(run: Run, batch: int, t: int, d: int, seed: int = 0) -> list[torch.Tensor]:
+    """Model-like inputs: q, k L2-normalised rows, v through SiLU, LaCT-scale rates, sigmoid gates,
+    initial weights as the mixer builds them (rank-32 W0/W2 + I/2, W1 ~ N(0, 1/d))."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(run.device)
+
+    q, k = (torch.nn.functional.normalize(randn(batch, t, d), dim=-1) for _ in range(2))
+    v = torch.nn.functional.silu(randn(batch, t, d))
+    lrs = [torch.nn.functional.softplus(randn(batch, t) - 5.0) for _ in range(3)]
+    gate = torch.sigmoid(randn(batch, t))
+    rank = 32 if d >= 64 else 4
+    eye = torch.eye(d, device=run.device)
+    w0, w2 = (
+        randn(batch, d, rank) / math.sqrt(2 * rank) @ (randn(batch, rank, d) / math.sqrt(4 * d)) + eye / 2
+        for _ in range(2)
+    )
+    w1 = randn(batch, d, d) / math.sqrt(d)
+    dt = torch.float32 if run.dry else torch.bfloat16
+    return [q.to(dt), k.to(dt), v.to(dt), *lrs, gate, w0, w1, w2]
+
+
+def layer_pass(inputs: list[torch.Tensor], backend: str, chunk: int, grad_o: torch.Tensor, autocast: bool):
+    """fwd+bwd of the fast-weight layer; returns (o, final weights, input gradients)."""
+    q, k, v, lr0, lr1, lr2, gate, w0, w1, w2 = inputs
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        o, trace = lact_fast_weight(
+            q,
+            k,
+            v,
+            lr0,
+            lr1,
+            lr2,
+            FastWeights(w0, w1, w2),
+            chunk_size=chunk,
+            momentum_gate=gate,
+            backend=backend,
+        )
+    o.backward(grad_o)
+    return o, trace.final.weights, [x.grad for x in inputs]
+
+
+def check_and_time_layer(run: Run, rate: float) -> None:
+    batch, t, d, chunk = (4, 40, 16, 8) if run.dry else (16, 16384, 384, 2048)
+    shape = f"D=H={d}, {batch} batch x heads, L={t}, chunk {chunk}, momentum"
+    base = layer_inputs(run, batch, t, d)
+    g = torch.Generator(device="cpu").manual_seed(9)
+    grad_o = torch.randn(batch, t, d, generator=g).to(run.device, base[0].dtype)
+
+    print("[check] Triton kernels vs float32 torch reference", flush=True)
+    fast_in = [x.detach().clone().requires_grad_(True) for x in base]
+    ref_in = [x.detach().double().float().clone().requires_grad_(True) for x in base]
+    o, w, grads = layer_pass(fast_in, "triton", chunk, grad_o, autocast=False)
+    o_ref, w_ref, grads_ref = layer_pass(ref_in, "torch", chunk, grad_o.float(), autocast=False)
+    tol = 1e-4 if run.dry else 3e-2
+    errs = {"output": rel_err(o, o_ref)}
+    errs |= {f"final_{n}": rel_err(a, b) for n, a, b in zip(("w0", "w1", "w2"), w, w_ref, strict=True)}
+    names = ("q", "k", "v", "lr0", "lr1", "lr2", "gate", "w0", "w1", "w2")
+    errs |= {f"grad_{n}": rel_err(a, b) for n, a, b in zip(names, grads, grads_ref, strict=True)}
+    worst = max(errs, key=errs.get)
+    run.emit(
+        "lact_triton_vs_reference_output_rel_err",
+        errs["output"],
+        "ratio",
+        shape,
+        "PASS" if errs["output"] < tol else "FAIL",
+    )
+    run.emit(
+        "lact_triton_vs_reference_max_rel_err",
+        errs[worst],
+        "ratio",
+        f"{shape}; max over output, final weights, 10 input grads: {worst}",
+        "PASS" if errs[worst] < tol else "FAIL",
+    )
+    print("   " + ", ".join(f"{n} {e:.2e}" for n, e in errs.items()), flush=True)
+    del o, w, grads, o_ref, w_ref, grads_ref, ref_in
+
+    print("[time] fast-weight layer fwd+bwd: Triton vs torch reference (bf16 autocast)", flush=True)
+    leaves = [x for x in fast_in if x.requires_grad]
+    t_fast = run.time_ms(lambda: layer_pass(fast_in, "triton", chunk, grad_o, False), grad_to_none=leaves)
+    ref_bf16 = [x.detach().clone().requires_grad_(True) for x in base]
+    t_ref = run.time_ms(
+        lambda: layer_pass(ref_bf16, "torch", chunk, grad_o, not run.dry), grad_to_none=ref_bf16
+    )
+    with torch.no_grad():
+        t_fwd = run.time_ms(
+            lambda: lact_fast_weight(
+                *base[:6], FastWeights(*base[7:]), chunk_size=chunk, momentum_gate=base[6], backend="triton"
+            )
+        )
+    updates = (t - 1) // chunk
+    flops_fwd = 18 * d * d * chunk * batch * updates + 6 * d * d * (t - updates * chunk) * batch
+    run.emit("lact_fastweight_fwd_ms", t_fwd, "ms", f"Triton, {shape}")
+    run.emit("lact_fastweight_fwdbwd_ms", t_fast, "ms", f"Triton, {shape}")
+    run.emit("lact_reference_fwdbwd_ms", t_ref, "ms", f"torch reference under bf16 autocast, {shape}")
+    run.emit("lact_triton_speedup", t_ref / t_fast, "x", f"fwd+bwd, reference / Triton, {shape}")
+    util = 3 * flops_fwd / (t_fast * 1e-3) / (rate * 1e12)
+    run.emit(
+        "lact_fastweight_util",
+        util,
+        "ratio",
+        f"fwd+bwd, 3 x {flops_fwd / 1e9:.0f} GFLOP forward over {rate:.0f} TFLOP/s measured; goal >= 0.5",
+        "PASS" if util >= 0.5 else "below goal",
+    )
+    run.emit(
+        "lact_fastweight_fwd_util",
+        flops_fwd / (t_fwd * 1e-3) / (rate * 1e12),
+        "ratio",
+        f"forward only, {shape}",
+    )
+    for x in fast_in:
+        x.grad = None
+    if not run.dry:
+        profile_layer(run, fast_in, chunk, grad_o)
+        run.later.append(lambda: time_graphed_layer(run, fast_in, chunk, grad_o, 3 * flops_fwd, rate, shape))
+
+
+def profile_layer(run: Run, inputs: list[torch.Tensor], chunk: int, grad_o: torch.Tensor) -> None:
+    """GPU time per kernel of one fwd+bwd, to OUT/profile.txt (where the time goes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        layer_pass(inputs, "triton", chunk, grad_o, False)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    (run.out / "profile.txt").write_text(table)
+    print("\n".join(table.splitlines()[:30]), flush=True)
+
+
+def time_graphed_layer(
+    run: Run,
+    inputs: list[torch.Tensor],
+    chunk: int,
+    grad_o: torch.Tensor,
+    flops: float,
+    rate: float,
+    shape: str,
+) -> None:
+    """The same fwd+bwd replayed from a CUDA graph: the kernels' own speed, without launch overhead."""
+    print("[time] fast-weight layer fwd+bwd from a CUDA graph", flush=True)
+    for x in inputs:
+        x.grad = None
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            layer_pass(inputs, "triton", chunk, grad_o, False)
+            for x in inputs:
+                x.grad = None
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        layer_pass(inputs, "triton", chunk, grad_o, False)
+    ms = run.time_ms(graph.replay)
+    run.emit("lact_fastweight_fwdbwd_graph_ms", ms, "ms", f"Triton, CUDA graph replay, {shape}")
+    util = flops / (ms * 1e-3) / (rate * 1e12)
+    run.emit("lact_fastweight_util_graph", util, "ratio", f"fwd+bwd from a CUDA graph, {shape}")
+
+
+def time_model(run: Run) -> None:
+    preset, seq = ("tiny", 64) if run.dry else ("paper-760m", 16384)
+    print(f"[time] {preset} training step, 1 x {seq}", flush=True)
+    torch.manual_seed(0)
+    dtype = torch.float32 if run.dry else torch.bfloat16
+    with run.device:  # initialise on the device: a CPU init of 760M parameters takes longer than the steps
+        model = build_model(preset, 32000, mixer="lact").to(dtype)
+    ids = torch.randint(0, 32000, (1, seq), generator=torch.Generator().manual_seed(1)).to(run.device)
+    losses = []
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        losses.append(out.loss.item())
+
+    step()
+    if not run.dry:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(1 if run.dry else 4):
+        start = time.perf_counter()
+        step()
+        if not run.dry:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    sec = statistics.median(times)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    ok = all(math.isfinite(x) for x in losses)
+    note = f"{preset} ({params:.0f}M params), bf16 weights, 1x{seq}, fwd+bwd, no optimizer; loss {losses[-1]:.3f}"
+    run.emit("lact_760m_tok_s", seq / sec, "tokens/s", note, "PASS" if ok else "FAIL (non-finite loss)")
+    run.emit("lact_760m_step_ms", sec * 1e3, "ms", note)
+    if not run.dry:
+        run.emit("lact_760m_peak_gib", torch.cuda.max_memory_allocated() / 2**30, "GiB", note)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder for results.jsonl and RESULTS.md")
+    parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (Triton interpreter)")
+    parser.add_argument(
+        "--budget-s", type=float, default=540, help="skip the model phase past this many seconds"
+    )
+    args = parser.parse_args()
+    run = Run(args)
+    rate = matmul_rate(run)
+    run.phase("fast-weight layer", lambda: check_and_time_layer(run, rate))
+    run.phase("paper-760m training step", lambda: time_model(run))
+    for fn in run.later:
+        run.phase("CUDA-graph layer timing", fn)
+    print(f"\n{'metric':<42} {'value':>18}  verdict")
+    for name, value, verdict in ROWS:
+        print(f"{name:<42} {value:>18}  {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
