@@ -17,13 +17,16 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from refine_tasks.corpus.sources import CorpusError
+
+if TYPE_CHECKING:
+    import datasets
 
 SCHEMA = pa.schema(
     [
@@ -149,7 +152,7 @@ def shard_paths(directory: Path) -> list[Path]:
     return [directory / s["file"] for s in read_manifest(directory)["shards"]]
 
 
-def load_corpus(directory: Path):
+def load_corpus(directory: Path) -> datasets.Dataset:
     """The whole corpus as one `datasets.Dataset` (memory-mapped; columns as in `SCHEMA`)."""
     import datasets
 

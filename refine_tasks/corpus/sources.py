@@ -20,11 +20,15 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from refine_tasks.config import CorpusConfig
+
+if TYPE_CHECKING:
+    import datasets
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -224,7 +228,9 @@ def _read_folder(root: Path, cfg: CorpusConfig, drops: DropLog) -> Iterator[RawD
             yield from reader(path, cfg, drops)
 
 
-def _read_dataset(dataset, name: str, cfg: CorpusConfig, drops: DropLog) -> Iterator[RawDocument]:
+def _read_dataset(
+    dataset: datasets.Dataset, name: str, cfg: CorpusConfig, drops: DropLog
+) -> Iterator[RawDocument]:
     if cfg.text_field not in dataset.column_names:
         raise CorpusError(
             f"corpus.source {name!r}: no column {cfg.text_field!r} (columns: {dataset.column_names}); "
