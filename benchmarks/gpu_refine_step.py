@@ -6,12 +6,15 @@ on a GPU: float32 weights under bf16 autocast. Timed, each after warm-up (Triton
 CUDA-graph capture), median of --reps, gradients only (the optimizer step is the same for all):
   ntp                    `ntp_backward` (the NTP-SFT step, refine.coef = 0)
   branched               entropy pass -> positions -> `refine_backward` mode branched
-  branched_precomputed   `refine_backward` branched with cached positions (no entropy pass)
+  fused                  entropy pass -> positions -> `refine_backward` mode fused (no separate
+                         capturing prefill)
+  *_precomputed          the same with cached positions (positions.policy=precomputed: no
+                         entropy pass in the step)
   naive                  entropy pass -> positions -> `refine_backward` mode naive (the
                          reference way: per-prefix prefill, reward re-run, per-rollout losses)
-Records per shape `refine_over_ntp_branched_<shape>`, `refine_over_ntp_branched_precomputed_<shape>`,
-`refine_over_ntp_naive_<shape>` (goal: branched <= 1.5) and the step times in ms, as JSON lines
-in OUT/results.jsonl (import with `python benchmarks/record.py --import OUT/results.jsonl`).
+Records per shape `refine_over_ntp_<mode>_<shape>` (goal: branched <= 1.5), the step times in ms
+and peak memory, as JSON lines in OUT/results.jsonl (import with
+`python benchmarks/record.py --import OUT/results.jsonl`).
 
     python benchmarks/gpu_refine_step.py --out $OUT               # on the device machine
     python benchmarks/gpu_refine_step.py --out /tmp/x --dry-run   # CPU, tiny shapes: logic check
@@ -40,7 +43,7 @@ from refine_tasks.refine_step import ntp_backward, refine_backward  # noqa: E402
 
 COMMAND = "python benchmarks/gpu_refine_step.py"
 VOCAB = 32000
-MODES = ("branched", "branched_precomputed", "naive")
+MODES = ("branched", "fused", "branched_precomputed", "fused_precomputed", "naive")
 
 
 class StepBench:
@@ -75,8 +78,9 @@ class StepBench:
         with self.autocast():
             if mode == "ntp":
                 return ntp_backward(self.model, self.ids).loss
-            positions = self.cached if mode == "branched_precomputed" else self.positions(step)
-            cfg = self.cfg.model_copy(update={"mode": "naive" if mode == "naive" else "branched"})
+            way, _, cached = mode.partition("_")
+            positions = self.cached if cached else self.positions(step)
+            cfg = self.cfg.model_copy(update={"mode": way})
             return refine_backward(self.model, self.ids, positions, cfg, generator).loss
 
     def seconds(self, mode: str, reps: int, warmup: int) -> float:

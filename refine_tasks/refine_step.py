@@ -1,11 +1,15 @@
 """One ReFINE micro-step: given positions, rollouts -> rewards -> advantages -> loss, backpropagated.
 
-Two ways to the same loss and gradients:
+Three ways to the same loss and gradients (`refine.mode`):
   branched  one no-grad prefill captures the states at the positions and gives the true
             tokens' hidden states; rollouts decode from those states in one batch (their
             hidden states come from the decode); ONE `forward_branched` pass gives the NTP
             logits of the sequence and the policy logits of every rollout, gradients flowing
             through the prefix exactly.
+  fused     as branched, but the prefill that captures the states IS the loss pass's main
+            half (run with gradients); rollouts decode from its detached states, then the
+            branches continue from the captured states themselves (differentiable), so the
+            separate no-grad prefill disappears: one main-sequence pass per step in all.
   naive     the reference implementation's way: every prefix re-run on its own to sample,
             prefix + rollout re-run for the reward's hidden states and again, with gradients,
             for the policy loss, beside a separate NTP pass.
@@ -13,7 +17,7 @@ Old log-probs are the rollout's own, so the ratio is 1 in value on this first an
 the clipped form is kept so its gradient and diagnostics are the GRPO ones.
 
 The functions backpropagate `scale * loss` themselves (scale = 1 / grad_accum): the naive way
-must call backward per sequence to fit in memory, and both ways share that interface. A
+must call backward per sequence to fit in memory, and all ways share that interface. A
 non-finite loss is reported and not backpropagated.
 """
 
@@ -25,7 +29,7 @@ import torch
 from torch import Tensor
 
 from refine_tasks.config import RefineConfig
-from refine_tasks.models import FastWeightForCausalLM
+from refine_tasks.models import FastWeightCache, FastWeightForCausalLM, PrefillOutput
 from refine_tasks.rl.grpo import (
     PolicyLoss,
     aggregate_loss,
@@ -98,21 +102,36 @@ def score_rollouts(
 
 
 @torch.no_grad()
-def branched_rollouts(
-    model: FastWeightForCausalLM, input_ids: Tensor, positions: Tensor, cfg: RefineConfig, generator
+def rollouts_from_states(
+    model: FastWeightForCausalLM,
+    input_ids: Tensor,
+    positions: Tensor,
+    prefill: PrefillOutput,
+    cfg: RefineConfig,
+    generator,
 ) -> tuple[Rollouts, Tensor, Tensor]:
-    """Rollouts from states captured by one prefill; also the true tokens [B, P, L] and their hidden."""
-    pre = model.prefill(input_ids, capture=positions, return_logits=False)
+    """Rollouts from a prefill's captured states (detached here); also the true tokens [B, P, L] and
+    their hidden states [B, P, L, D] from the prefill's hidden [B, T, D]."""
+    hidden = prefill.hidden.detach()
     ro = rollout(
         model,
-        pre.captured,
-        prefix_hidden(pre.hidden, positions),
+        prefill.captured.detach(),
+        prefix_hidden(hidden, positions),
         cfg.n_rollouts,
         cfg.rollout_len,
         sampling_params(cfg),
         generator,
     )
-    return ro, *true_continuation(input_ids, pre.hidden, positions, cfg.rollout_len)
+    return ro, *true_continuation(input_ids, hidden, positions, cfg.rollout_len)
+
+
+@torch.no_grad()
+def branched_rollouts(
+    model: FastWeightForCausalLM, input_ids: Tensor, positions: Tensor, cfg: RefineConfig, generator
+) -> tuple[Rollouts, Tensor, Tensor]:
+    """Rollouts from states captured by one no-grad prefill (see `rollouts_from_states`)."""
+    pre = model.prefill(input_ids, capture=positions, return_logits=False)
+    return rollouts_from_states(model, input_ids, positions, pre, cfg, generator)
 
 
 def _prefixed(input_ids: Tensor, positions: Tensor, tokens: Tensor) -> list[tuple[int, Tensor]]:
@@ -157,12 +176,15 @@ def _policy_terms(
     return pl.loss + cfg.kl_coef * kl, kl, pl
 
 
-def _branch_log_probs(out, positions: Tensor, tokens: Tensor, temperature: float) -> Tensor:
-    """Policy log-probs of branch tokens [B, M, L]: y_0 from logits[p-1], y_i from branch_logits[i-1]."""
-    vocab = out.logits.shape[-1]
-    first = out.logits.gather(1, (positions - 1).unsqueeze(-1).expand(-1, -1, vocab))  # [B, M, V]
-    logits = torch.cat([first.unsqueeze(2), out.branch_logits[:, :, :-1]], dim=2)  # [B, M, L, V]
-    return scaled_log_probs(logits, temperature).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+def _branch_log_probs(
+    logits: Tensor, branch_logits: Tensor, positions: Tensor, tokens: Tensor, temperature: float
+) -> Tensor:
+    """Policy log-probs of branch tokens [B, M, L]: y_0 from logits [B, T, V] at p-1 (positions
+    [B, M]), y_i from branch_logits [B, M, L, V] at i-1."""
+    vocab = logits.shape[-1]
+    first = logits.gather(1, (positions - 1).unsqueeze(-1).expand(-1, -1, vocab))  # [B, M, V]
+    policy = torch.cat([first.unsqueeze(2), branch_logits[:, :, :-1]], dim=2)  # [B, M, L, V]
+    return scaled_log_probs(policy, temperature).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def refine_backward(
@@ -183,14 +205,21 @@ def refine_backward(
         return ntp_backward(model, input_ids, scale)
     if cfg.kl_coef > 0 and ref_model is None:
         raise ValueError("refine.kl_coef > 0 needs a frozen reference model (ref_model)")
-    make_rollouts = branched_rollouts if cfg.mode == "branched" else naive_rollouts
-    ro, true_tokens, true_hidden = make_rollouts(model, input_ids, positions, cfg, generator)
+    main = None
+    if cfg.mode == "fused":
+        main = model.prefill(input_ids, capture=positions)  # with gradients: the loss pass's main half
+        ro, true_tokens, true_hidden = rollouts_from_states(model, input_ids, positions, main, cfg, generator)
+    else:
+        make_rollouts = branched_rollouts if cfg.mode == "branched" else naive_rollouts
+        ro, true_tokens, true_hidden = make_rollouts(model, input_ids, positions, cfg, generator)
     names = list(dict.fromkeys([*METRIC_REWARDS, cfg.reward]))
     rewards = score_rollouts(ro, true_tokens, true_hidden, names)
     adv = group_advantages(rewards[cfg.reward], cfg.scale_by_std, cfg.adv_eps).flatten()
     old = ro.log_probs.flatten(0, 2)  # [N, L], streams in (b, p, r) order
-    step = _branched_loss if cfg.mode == "branched" else _naive_loss
-    stats = step(model, input_ids, positions, ro, adv, old, cfg, scale, ref_model)
+    if cfg.mode == "naive":
+        stats = _naive_loss(model, input_ids, positions, ro, adv, old, cfg, scale, ref_model)
+    else:
+        stats = _one_pass_loss(model, input_ids, positions, main, ro, adv, old, cfg, scale, ref_model)
     stats.rewards = {
         n: (float(r.mean()), float(r.std()) if r.numel() > 1 else 0.0) for n, r in rewards.items()
     }
@@ -198,18 +227,26 @@ def refine_backward(
     return stats
 
 
-def _branched_loss(model, input_ids, positions, ro, adv, old, cfg, scale, ref_model) -> StepStats:
+def _one_pass_loss(model, input_ids, positions, main, ro, adv, old, cfg, scale, ref_model) -> StepStats:
+    """branched: one forward_branched pass; fused: branches continued from `main`'s captured states."""
     b, p, r, length = ro.tokens.shape
     branch_at = positions.repeat_interleave(r, dim=1)  # [B, P*R], stream (p, r) -> branch p*R + r
     tokens = ro.tokens.reshape(b, p * r, length)
-    out = model.forward_branched(input_ids, branch_at, tokens)
-    ntp = ntp_loss(out.logits, input_ids)
-    logp = _branch_log_probs(out, branch_at, tokens, cfg.temperature).flatten(0, 1)
+    if main is None:
+        out = model.forward_branched(input_ids, branch_at, tokens)
+        logits, branch_logits = out.logits, out.branch_logits
+    else:
+        state = main.captured.repeat_interleave(r)  # differentiable: gradients reach the prefix
+        cont = model(tokens.reshape(b * p * r, length), past_key_values=FastWeightCache(state, 0))
+        logits, branch_logits = main.logits, cont.logits.view(b, p * r, length, -1)
+    ntp = ntp_loss(logits, input_ids)
+    logp = _branch_log_probs(logits, branch_logits, branch_at, tokens, cfg.temperature).flatten(0, 1)
     ref_logp = None
     if ref_model is not None and cfg.kl_coef > 0:
         with torch.no_grad():
-            ref_out = ref_model.forward_branched(input_ids, branch_at, tokens)
-            ref_logp = _branch_log_probs(ref_out, branch_at, tokens, cfg.temperature).flatten(0, 1)
+            ref = ref_model.forward_branched(input_ids, branch_at, tokens)
+            ref_logp = _branch_log_probs(ref.logits, ref.branch_logits, branch_at, tokens, cfg.temperature)
+            ref_logp = ref_logp.flatten(0, 1)
     grpo, kl, pl = _policy_terms(logp, old, adv, cfg, ref_logp)
     loss = refine_loss(ntp, grpo, cfg.coef)
     _backward(loss, scale)

@@ -1,4 +1,4 @@
-"""The ReFINE step: branched == naive (same positions, rollouts, loss and gradients), float64 CPU."""
+"""The ReFINE step: branched == fused == naive (same positions, rollouts, loss and gradients), float64 CPU."""
 
 from __future__ import annotations
 
@@ -99,18 +99,22 @@ def test_branched_step_equals_naive_step(case_index, mixer):
     ]:
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
-    fast, g_fast = run(model, "branched", cfg, ids, positions, seed=9, ref=ref)
     slow, g_slow = run(copy.deepcopy(model), "naive", cfg, ids, positions, seed=9, ref=ref)
-    for name in ("loss", "ntp", "policy", "kl", "clip_frac", "dual_clip_frac", "ratio_mean"):
-        assert math.isclose(getattr(fast, name), getattr(slow, name), rel_tol=1e-9, abs_tol=1e-12), name
-    assert fast.rewards.keys() == slow.rewards.keys() >= {"cosine", "exact", "hybrid"}
-    for name, (mean, std) in fast.rewards.items():
-        assert math.isclose(mean, slow.rewards[name][0], rel_tol=1e-9, abs_tol=1e-12)
-        assert math.isclose(std, slow.rewards[name][1], rel_tol=1e-9, abs_tol=1e-12)
-    assert g_fast.keys() == g_slow.keys() and len(g_fast) == len(list(model.parameters()))
-    for name, g in g_fast.items():
-        err = float((g - g_slow[name]).norm() / g_slow[name].norm().clamp_min(1e-30))
-        assert err < 1e-9, (name, err)
+    for mode in ("branched", "fused"):
+        fast, g_fast = run(model, mode, cfg, ids, positions, seed=9, ref=ref)
+        for name in ("loss", "ntp", "policy", "kl", "clip_frac", "dual_clip_frac", "ratio_mean"):
+            assert math.isclose(getattr(fast, name), getattr(slow, name), rel_tol=1e-9, abs_tol=1e-12), (
+                mode,
+                name,
+            )
+        assert fast.rewards.keys() == slow.rewards.keys() >= {"cosine", "exact", "hybrid"}
+        for name, (mean, std) in fast.rewards.items():
+            assert math.isclose(mean, slow.rewards[name][0], rel_tol=1e-9, abs_tol=1e-12), (mode, name)
+            assert math.isclose(std, slow.rewards[name][1], rel_tol=1e-9, abs_tol=1e-12), (mode, name)
+        assert g_fast.keys() == g_slow.keys() and len(g_fast) == len(list(model.parameters()))
+        for name, g in g_fast.items():
+            err = float((g - g_slow[name]).norm() / g_slow[name].norm().clamp_min(1e-30))
+            assert err < 1e-9, (mode, name, err)
     # First and only epoch: old log-probs are the rollout's own, so the ratio is 1.
     assert abs(fast.ratio_mean - 1.0) < 1e-9
     assert (fast.kl != 0.0) == (cfg.kl_coef > 0)
@@ -140,7 +144,7 @@ def test_non_finite_loss_is_reported_not_backpropagated():
     ids, positions = batch(model, seed=12)
     with torch.no_grad():
         model.get_output_embeddings().weight[3, 0] = float("nan")
-    for mode in ("branched", "naive"):
+    for mode in ("branched", "fused", "naive"):
         stats, g = run(model, mode, RefineConfig(rollout_len=4), ids, positions, seed=2)
         assert not stats.finite and g == {}, mode
 
