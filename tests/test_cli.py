@@ -80,6 +80,7 @@ def test_ingest_prints_drops_and_counts(tmp_path: Path) -> None:
     assert f"dropped (not_utf8): {raw}/b.txt: invalid UTF-8 byte 0xff at offset 0" in result.output
     assert f"dropped (too_short): {raw}/c.txt: 5 characters" in result.output
     assert "dropped: not_utf8" in result.output and "dropped: too_short" in result.output
+    assert any(line.split() == ["documents", "dropped", "2"] for line in result.output.splitlines())
 
 
 def test_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -64,6 +64,7 @@ class IngestReport:
             ("corpus", str(self.corpus_dir)),
             ("documents in", f"{self.documents_in:,}"),
             ("documents out", f"{self.documents_out:,}"),
+            ("documents dropped", f"{self.drops.total:,}"),
         ]
         rows += [(f"dropped: {reason}", f"{n:,}") for reason, n in sorted(self.drops.counts.items())]
         rows += [
