@@ -41,14 +41,14 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench_refine_cpu-"))
     try:
-        base = [
-            f"paths.data_dir={work}",
-            f"paths.corpus_dir={work / 'corpus'}",
-            f"paths.tokenizer_dir={work / 'tokenizer'}",
-            f"paths.catalog={work / 'refine.duckdb'}",
-            f"corpus.limit={args.docs}",
-            "train.device=cpu",
-        ]
+        folders = {
+            "data_dir": "",
+            "corpus_dir": "corpus",
+            "tokenizer_dir": "tokenizer",
+            "catalog": "refine.duckdb",
+        }
+        base = [f"paths.{key}={work / name}" for key, name in folders.items()]
+        base += [f"corpus.limit={args.docs}", "train.device=cpu"]
         cfg = load_config(None, base)
         build_tokenizer(cfg.tokenizer, cfg.paths.tokenizer_dir, corpus_texts(cfg))
         ingest(cfg)

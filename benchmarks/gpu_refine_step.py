@@ -27,7 +27,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -40,6 +39,7 @@ from refine_tasks.models import build_model  # noqa: E402
 from refine_tasks.position_cache import PositionSelector  # noqa: E402
 from refine_tasks.positions import sequence_entropy  # noqa: E402
 from refine_tasks.refine_step import ntp_backward, refine_backward  # noqa: E402
+from refine_tasks.starting_model import mixed_precision  # noqa: E402
 
 COMMAND = "python benchmarks/gpu_refine_step.py"
 VOCAB = 32000
@@ -62,7 +62,7 @@ class StepBench:
         self.cached = self.positions(0)
 
     def autocast(self):
-        return nullcontext() if self.args.dry_run else torch.autocast("cuda", dtype=torch.bfloat16)
+        return mixed_precision(self.device)  # what `refine train` runs under: bf16 on the GPU
 
     def positions(self, step: int) -> torch.Tensor:
         def entropy(ids: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +17,7 @@ from refine_tasks.config import PipelineConfig
 from refine_tasks.data_loader import LongDocumentLoader
 from refine_tasks.position_cache import PositionCache, PositionSelector, weights_fingerprint
 from refine_tasks.positions import check_sequence_length, sequence_entropy
-from refine_tasks.starting_model import make_model, resolve_device
+from refine_tasks.starting_model import make_model, mixed_precision, resolve_device
 
 
 @dataclass
@@ -54,10 +53,9 @@ def precompute_positions(
     selector = PositionSelector(
         policy, cfg.refine.rollout_len, cfg.seed, checkpoint, cache=PositionCache(cfg.paths.catalog)
     )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
     def entropy_fn(ids: torch.Tensor) -> torch.Tensor:
-        with autocast:
+        with mixed_precision(device, t.dtype):
             return sequence_entropy(model, ids, cfg.positions.entropy_chunk)
 
     report = PositionsReport(checkpoint, len(loader.sequences), 0, 0, 0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 
 from refine_tasks.config import PipelineConfig
@@ -32,3 +34,14 @@ def make_model(cfg: PipelineConfig, device: torch.device) -> FastWeightForCausal
     if cfg.train.dtype == "float64":
         model = model.double()
     return model.to(device)
+
+
+def mixed_precision(device: torch.device, dtype: str = "auto") -> AbstractContextManager:
+    """bf16 autocast on a GPU when train.dtype is 'auto' (weights stay float32), else nothing.
+
+    The autocast weight cache is off: rollouts decode through CUDA graphs captured inside this
+    context, and a graph must not keep pointers into a cache that is freed when the context exits.
+    """
+    if device.type == "cuda" and dtype == "auto":
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+    return nullcontext()

@@ -18,7 +18,6 @@ import json
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +32,7 @@ from refine_tasks.position_cache import PositionCache, PositionSelector, weights
 from refine_tasks.positions import check_sequence_length, sequence_entropy
 from refine_tasks.refine_step import StepStats, refine_backward
 from refine_tasks.runs import register_run, update_run
-from refine_tasks.starting_model import make_model, resolve_device
+from refine_tasks.starting_model import make_model, mixed_precision, resolve_device
 from refine_tasks.train_checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from refine_tasks.train_errors import RunDirError, TrainingDiverged
 
@@ -145,8 +144,7 @@ class MidTrainer:
         t = self.t = cfg.train
         self.cfg = cfg
         self.device = resolve_device(t.device)
-        use_bf16 = self.device.type == "cuda" and t.dtype == "auto"
-        self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+        self.autocast = lambda: mixed_precision(self.device, t.dtype)
         if cfg.refine.coef > 0:
             check_sequence_length(
                 t.seq_len, cfg.positions.n_chunks, cfg.refine.rollout_len, cfg.positions.margin

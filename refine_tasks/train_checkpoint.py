@@ -14,7 +14,6 @@ a kill at any moment leaves the previous checkpoint as `latest`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,20 +25,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging as hf_logging
 
+from refine_tasks.corpus.shards import file_sha256
 from refine_tasks.train_errors import TrainCheckpointError
 
 STATE_FILE = "trainer/state.json"
 TENSOR_FILE = "trainer/optimizer.safetensors"
 LATEST = "latest"
 TMP_MARK = ".tmp-"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -96,7 +88,7 @@ def save_checkpoint(
         tensors["rng/cuda"] = torch.cuda.get_rng_state()
     (tmp / TENSOR_FILE).parent.mkdir()
     save_file(tensors, str(tmp / TENSOR_FILE))
-    files = {f.relative_to(tmp).as_posix(): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+    files = {f.relative_to(tmp).as_posix(): file_sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
     state = {"step": step, "optimizer": optim_meta, "scheduler": scheduler.state_dict(), "trainer": trainer}
     (tmp / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=1))
     _fsync_dir_files(tmp)
@@ -152,7 +144,7 @@ def load_checkpoint(
         ) from None
     for name, digest in files.items():
         f = path / name
-        if not f.is_file() or _sha256(f) != digest:
+        if not f.is_file() or file_sha256(f) != digest:
             problem = "missing" if not f.is_file() else "does not match its recorded SHA-256"
             raise TrainCheckpointError(f"checkpoint {path} is corrupt: {name} {problem}; {advice}")
     try:

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 import refine_tasks.train as train_module
 from refine_tasks.position_pass import precompute_positions
 from refine_tasks.refine_step import StepStats
-from refine_tasks.train import MidTrainer, train
+from refine_tasks.train import MidTrainer, lr_lambda, train
 from refine_tasks.train_errors import RunDirError, SequenceTooShort, TrainCheckpointError, TrainingDiverged
 
 # A run small enough for seconds on a CPU: 96-token sequences, 2 rollouts of 3 tokens each.
@@ -244,3 +244,12 @@ def test_precomputed_positions_skip_the_entropy_pass(config, monkeypatch):
     assert passes == [] and all(line["cache_hits"] == 1 for line in result.history)
     [(n,)] = catalog_rows(cfg, f"SELECT count(*) FROM positions WHERE checkpoint = '{report.checkpoint}'")
     assert n == 5
+
+
+def test_learning_rate_schedule():
+    warm = [lr_lambda(s, warmup=4, total=20, schedule="cosine", min_ratio=0.1) for s in range(20)]
+    assert warm[:4] == [0.25, 0.5, 0.75, 1.0] and warm[4] == 1.0
+    assert all(a >= b for a, b in zip(warm[4:], warm[5:], strict=False))  # cosine: never up again
+    assert lr_lambda(20, 4, 20, "cosine", 0.1) == pytest.approx(0.1)  # ends at lr * min_lr_ratio
+    assert lr_lambda(12, 4, 20, "cosine", 0.1) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way
+    assert [lr_lambda(s, 2, 20, "constant", 0.1) for s in (0, 1, 2, 19)] == [0.5, 1.0, 1.0, 1.0]

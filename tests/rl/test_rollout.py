@@ -76,20 +76,20 @@ def random_case(seed: int, b: int = 2, t: int = 48, p: int = 3):
     return ids, positions
 
 
+def rollout_at(model, ids, positions, n_rollouts: int, length: int, params: SamplingParams, seed: int):
+    """The prefill capturing at `positions` and `rollout` from its states."""
+    pre = model.prefill(ids, capture=positions)
+    g = torch.Generator().manual_seed(seed)
+    return pre, rollout(
+        model, pre.captured, prefix_hidden(pre.hidden, positions), n_rollouts, length, params, g
+    )
+
+
 @pytest.mark.parametrize("n_rollouts", [1, 3])
 def test_rollout_matches_full_sequence_forwards(model, n_rollouts):
     ids, positions = random_case(seed=n_rollouts)
     length = 4
-    pre = model.prefill(ids, capture=positions, return_logits=False)
-    ro = rollout(
-        model,
-        pre.captured,
-        prefix_hidden(pre.hidden, positions),
-        n_rollouts,
-        length,
-        SamplingParams(temperature=0.9),
-        torch.Generator().manual_seed(3),
-    )
+    _, ro = rollout_at(model, ids, positions, n_rollouts, length, SamplingParams(temperature=0.9), seed=3)
     b, p = positions.shape
     assert ro.tokens.shape == (b, p, n_rollouts, length) and ro.hidden.shape == (b, p, n_rollouts, length, 64)
     for i in range(b):
@@ -116,17 +116,8 @@ def test_first_token_is_drawn_after_the_prefix(model):
     """y_0 ~ softmax(logits[p-1]): thousands of one-token rollouts from one position."""
     ids, _ = random_case(seed=5, b=1)
     positions = torch.tensor([[20]])
-    pre = model.prefill(ids, capture=positions)
     n = 4000
-    ro = rollout(
-        model,
-        pre.captured,
-        prefix_hidden(pre.hidden, positions),
-        n,
-        1,
-        SamplingParams(),
-        torch.Generator().manual_seed(4),
-    )
+    pre, ro = rollout_at(model, ids, positions, n, 1, SamplingParams(), seed=4)
     counts = torch.bincount(ro.tokens.flatten(), minlength=VOCAB).double()
     want = pre.logits[0, 19].softmax(-1)
     wrong = pre.logits[0, 20].softmax(-1)  # one token too late
@@ -137,16 +128,7 @@ def test_first_token_is_drawn_after_the_prefix(model):
 def test_naive_rollout_samples_the_same_tokens(model):
     ids, positions = random_case(seed=6)
     params = SamplingParams(temperature=1.0, top_k=20)
-    pre = model.prefill(ids, capture=positions, return_logits=False)
-    fast = rollout(
-        model,
-        pre.captured,
-        prefix_hidden(pre.hidden, positions),
-        2,
-        5,
-        params,
-        torch.Generator().manual_seed(7),
-    )
+    _, fast = rollout_at(model, ids, positions, 2, 5, params, seed=7)
     slow = naive_rollout(model, ids, positions, 2, 5, params, torch.Generator().manual_seed(7))
     assert torch.equal(fast.tokens, slow.tokens)
     torch.testing.assert_close(fast.log_probs, slow.log_probs, rtol=1e-9, atol=1e-12)
