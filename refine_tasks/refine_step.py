@@ -23,6 +23,7 @@ non-finite loss is reported and not backpropagated.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -69,7 +70,7 @@ class StepStats:
 
     @property
     def finite(self) -> bool:
-        return bool(torch.isfinite(torch.tensor(self.loss)))
+        return math.isfinite(self.loss)
 
 
 def sampling_params(cfg: RefineConfig) -> SamplingParams:
@@ -205,6 +206,8 @@ def refine_backward(
         return ntp_backward(model, input_ids, scale)
     if cfg.kl_coef > 0 and ref_model is None:
         raise ValueError("refine.kl_coef > 0 needs a frozen reference model (ref_model)")
+    if positions is None:
+        raise ValueError("refine.coef > 0 needs rollout positions [B, P] (see refine_tasks.position_cache)")
     main = None
     if cfg.mode == "fused":
         main = model.prefill(input_ids, capture=positions)  # with gradients: the loss pass's main half
@@ -237,6 +240,7 @@ def _one_pass_loss(model, input_ids, positions, main, ro, adv, old, cfg, scale, 
         logits, branch_logits = out.logits, out.branch_logits
     else:
         state = main.captured.repeat_interleave(r)  # differentiable: gradients reach the prefix
+        # seen_tokens (0 here) is bookkeeping for generate() only; the state is what continues.
         cont = model(tokens.reshape(b * p * r, length), past_key_values=FastWeightCache(state, 0))
         logits, branch_logits = main.logits, cont.logits.view(b, p * r, length, -1)
     ntp = ntp_loss(logits, input_ids)
