@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from refine_tasks.catalog import open_writer
+from refine_tasks.catalog_wait import waiting_writer
 
 
 def register_run(
     catalog: Path, run_id: str, kind: str, out_dir: Path, base_checkpoint: str, config: dict[str, Any]
 ) -> None:
     """Insert the run as 'running' (a resumed run keeps its row and start time)."""
-    with open_writer(catalog) as con:
+    with waiting_writer(catalog) as con:
         con.execute(
             "INSERT INTO runs (run_id, kind, status, out_dir, base_checkpoint, config) VALUES (?, ?, 'running', ?, ?, ?) "
             "ON CONFLICT (run_id) DO UPDATE SET status = 'running', updated_at = now()",
@@ -29,7 +29,7 @@ def update_run(
     last_loss: float | None = None,
     message: str | None = None,
 ) -> None:
-    with open_writer(catalog) as con:
+    with waiting_writer(catalog) as con:
         con.execute(
             "UPDATE runs SET status = ?, step = ?, last_loss = ?, message = ?, updated_at = now() "
             "WHERE run_id = ?",
