@@ -70,7 +70,7 @@ class Bench:
             COMMAND,
             note,
             jsonl=self.out / "results.jsonl",
-            md=self.out / "RESULTS.md",
+            md=self.md,
         )
         ROWS.append((metric, f"{value:.4g} {unit}", verdict))
         print(f"  {metric} = {value:.4g} {unit} {verdict} {note}", flush=True)

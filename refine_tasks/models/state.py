@@ -63,8 +63,8 @@ class State:
         return self.map(Tensor.clone)
 
     def tensors(self) -> list[Tensor]:
-        """All tensors, layer by layer in a fixed order (for bulk copies)."""
-        return [t for layer in self.layers for t in layer.values()]
+        """All tensors, layer by layer and by name, so two States of one model pair up (bulk copies)."""
+        return [layer[name] for layer in self.layers for name in sorted(layer)]
 
 
 def _device_only(t: Tensor, args: tuple, kwargs: dict) -> Tensor:

@@ -32,3 +32,16 @@ def test_to_detach_clone():
     copy = s.clone()
     copy.layers[0]["a"].add_(1)
     assert s.layers[0]["a"][0, 0] == 0
+
+
+def test_tensors_pair_up_between_prefill_and_decode_states():
+    """Bulk copies (the CUDA-graph decoder) pair States tensor by tensor, whatever built them."""
+    from refine_tasks.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny", 50)
+    ids = torch.randint(0, 50, (2, 9))
+    prefilled = model.prefill(ids, capture=torch.tensor([[3], [9]])).captured
+    decoded = model.decode(model.empty_state(2), ids[:, 0]).state
+    assert [t.shape for t in prefilled.tensors()] == [t.shape for t in decoded.tensors()]
+    assert [t.dtype for t in prefilled.tensors()] == [t.dtype for t in decoded.tensors()]
