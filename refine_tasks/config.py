@@ -62,6 +62,11 @@ class ModelConfig(Section):
     preset: str = Field("tiny", description="tiny | small | paper-1.3b | paper-760m")
     mixer: Literal["deltanet", "lact"] = "deltanet"
     init_from: str | None = Field(None, description="checkpoint directory to start from")
+    kernel_backend: Literal["auto", "torch", "fla"] = Field(
+        "auto",
+        description="kernels: auto (fla's Triton kernels on CUDA, the torch reference on CPU), torch or fla; "
+        "the REFINE_KERNEL_BACKEND environment variable overrides it",
+    )
 
 
 class PositionsConfig(Section):
