@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.record import record  # noqa: E402
 from refine_tasks.models import FastWeightForCausalLM, State, build_model  # noqa: E402
 from refine_tasks.models.branched import forward_branched_naive  # noqa: E402
+from refine_tasks.models.checkpoint import FLA_DEFAULTS  # noqa: E402
 
 COMMAND = "python benchmarks/gpu_deltanet.py"
 VOCAB = 32000
@@ -113,20 +114,8 @@ def fla_twin(model: FastWeightForCausalLM):
     """fla's DeltaNetForCausalLM with our model's config and weights."""
     from fla.models import DeltaNetConfig, DeltaNetForCausalLM
 
-    c = model.config
-    config = DeltaNetConfig(
-        hidden_size=c.hidden_size,
-        num_hidden_layers=c.num_hidden_layers,
-        num_heads=c.num_heads,
-        vocab_size=c.vocab_size,
-        expand_k=c.expand_k,
-        expand_v=c.expand_v,
-        conv_size=c.conv_size,
-        use_gate=c.use_gate,
-        hidden_ratio=c.hidden_ratio,
-        intermediate_size=c.intermediate_size,
-        norm_eps=c.norm_eps,
-    )
+    # The fields our config shares with fla's (the same map that loads fla checkpoints).
+    config = DeltaNetConfig(**{name: getattr(model.config, name) for name in FLA_DEFAULTS})
     with torch.device(model.device):
         twin = DeltaNetForCausalLM(config).to(model.dtype)
     twin.load_state_dict(model.state_dict(), strict=True)

@@ -21,6 +21,7 @@ from refine_tasks.kernels import (
     short_conv_step,
 )
 from refine_tasks.models.configuration import FastWeightConfig
+from refine_tasks.models.layers import RMSNorm
 from refine_tasks.models.mixer import MixerOutput, TokenMixer
 from refine_tasks.models.segments import chained_delta_rule
 from refine_tasks.models.state import LayerState
@@ -43,18 +44,6 @@ class ShortConv(nn.Module):
         return self.weight[:, 0]
 
 
-class HeadNorm(nn.Module):
-    """Per-head RMS norm weight (fla's `o_norm`); gated by silu(g) when the mixer uses a gate."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def init_weights(self, std: float) -> None:
-        nn.init.ones_(self.weight)
-
-
 class DeltaNetMixer(TokenMixer):
     def __init__(self, config: FastWeightConfig, layer_idx: int) -> None:
         super().__init__()
@@ -72,7 +61,7 @@ class DeltaNetMixer(TokenMixer):
         self.v_conv1d = ShortConv(Dv, self.width)
         if self.use_gate:
             self.g_proj = nn.Linear(D, Dv, bias=False)
-        self.o_norm = HeadNorm(self.head_v, config.norm_eps)
+        self.o_norm = RMSNorm(self.head_v, config.norm_eps)  # per head; gated by silu(g) with use_gate
         self.o_proj = nn.Linear(Dv, D, bias=False)
 
     def empty_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState:

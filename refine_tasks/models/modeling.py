@@ -26,18 +26,9 @@ from refine_tasks.kernels import (
 )
 from refine_tasks.models.cache import FastWeightCache
 from refine_tasks.models.configuration import FastWeightConfig
+from refine_tasks.models.layers import RMSNorm
 from refine_tasks.models.mixer import mixer_class
 from refine_tasks.models.state import BranchedOutput, DecodeOutput, LayerState, PrefillOutput, State
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def init_weights(self, std: float) -> None:
-        nn.init.ones_(self.weight)
 
 
 class SwiGLU(nn.Module):
