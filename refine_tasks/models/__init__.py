@@ -11,6 +11,7 @@ Importing this package registers the config and model with AutoConfig / AutoMode
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from refine_tasks.models.branched import forward_branched_naive
 from refine_tasks.models.cache import FastWeightCache
 from refine_tasks.models.configuration import FastWeightConfig
 from refine_tasks.models.mixer import MIXERS, MixerOutput, TokenMixer, mixer_class
@@ -35,6 +36,7 @@ __all__ = [
     "State",
     "TokenMixer",
     "build_model",
+    "forward_branched_naive",
     "mixer_class",
     "preset_config",
 ]

@@ -107,10 +107,8 @@ class FastWeightForCausalLM(PreTrainedModel, GenerationMixin):
     # ---- Hugging Face plumbing -------------------------------------------------------------
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, (nn.Linear, nn.Embedding)):  # as fla: normal(0, std), padding row included
             nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.padding_idx is not None if isinstance(module, nn.Embedding) else False:
-                nn.init.zeros_(module.weight[module.padding_idx])
         elif hasattr(module, "init_weights") and module is not self:
             module.init_weights(std)
 
@@ -267,7 +265,10 @@ class FastWeightForCausalLM(PreTrainedModel, GenerationMixin):
         """The CUDA-graph decoder for `batch_size` streams (built on first use, then reused)."""
         from refine_tasks.models.decoding import GraphDecoder
 
-        key = (batch_size, self.lm_head.weight.data_ptr(), self.lm_head.weight.dtype)
+        weights = (self.lm_head.weight.data_ptr(), self.lm_head.weight.dtype)
+        if any(key[1:] != weights for key in self._decoders):  # moved or cast: captured pointers are stale
+            self._decoders.clear()
+        key = (batch_size, *weights)
         if key not in self._decoders:
             self._decoders[key] = GraphDecoder(self, batch_size)
         return self._decoders[key]
