@@ -84,7 +84,9 @@ class Run:
         ROWS.append((metric, f"{value:.4g} {unit}", verdict))
         print(f"  {metric} = {value:.4g} {unit} {verdict} {note} [{time.time() - self.t0:.0f}s]", flush=True)
 
-    def time_ms(self, fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None) -> float:
+    def time_ms(
+        self, fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None, rep: int = 300
+    ) -> float:
         if self.dry:
             fn()
             times = []
@@ -95,7 +97,7 @@ class Run:
             return statistics.median(times)
         from triton.testing import do_bench
 
-        return do_bench(fn, warmup=50, rep=300, grad_to_none=grad_to_none, return_mode="median")
+        return do_bench(fn, warmup=rep // 6, rep=rep, grad_to_none=grad_to_none, return_mode="median")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -110,6 +112,57 @@ def matmul_rate(run: Run) -> float:
     rate = 2 * n**3 / ms / 1e9
     run.emit("bf16_matmul_tflops", rate, "TFLOP/s", f"{n}^3, random data, median")
     return rate
+
+
+# Candidate (BLOCK_T, BLOCK_H, BLOCK_D, num_warps, num_stages) of the fused SwiGLU kernel per mode,
+# each free of register spills on sm_90 by the compiler's resource report.
+SWEEP = {
+    0: [
+        (128, 64, 64, 8, 2),
+        (128, 64, 64, 8, 3),
+        (64, 64, 64, 4, 2),
+        (64, 64, 64, 4, 3),
+        (128, 64, 128, 8, 2),
+    ],
+    3: [(64, 64, 64, 8, 2), (64, 64, 64, 8, 3), (64, 32, 64, 4, 3), (64, 32, 64, 4, 2)],
+}
+SWEEP |= {1: SWEEP[0], 2: SWEEP[0]}
+MODE_UNITS = {0: 2, 1: 3, 2: 3, 3: 6}  # matmuls of T x D x H per mode
+
+
+def sweep_swiglu(run: Run) -> None:
+    """Time each candidate block shape of each mode on one chunk (760M shapes); keep the fastest."""
+    from refine_tasks.kernels.lact import triton_swiglu as ts
+
+    batch, t, d = (2, 16, 16) if run.dry else (16, 2048, 384)
+    g = torch.Generator(device="cpu").manual_seed(5)
+
+    def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (scale * torch.randn(*shape, generator=g)).to(
+            run.device, torch.float32 if run.dry else torch.bfloat16
+        )
+
+    x, y = randn(batch, t, d), randn(batch, t, d)
+    w02, w1 = randn(batch, 2 * d, d, scale=d**-0.5), randn(batch, d, d, scale=d**-0.5)
+    g02, g1 = randn(batch, 2 * d, d), randn(batch, d, d)
+    lrs = torch.rand(batch, 3, t, generator=g).to(run.device) * 0.01
+    args = {0: {}, 1: {"y": y, "lrs": lrs}, 2: {"y": y}, 3: {"y": y, "lrs": lrs, "g02": g02, "g1": g1}}
+    lines = []
+    for mode, configs in SWEEP.items():
+        times = {}
+        for cfg in configs:
+            ts.CONFIGS[mode] = cfg
+            try:
+                times[cfg] = run.time_ms(lambda m=mode: ts.swiglu_tokens(m, x, w02, w1, **args[m]), rep=100)
+            except Exception as e:  # a candidate that fails to compile or launch is skipped
+                lines.append(f"mode {mode} {cfg}: {type(e).__name__}: {str(e)[:80]}")
+                continue
+            rate = MODE_UNITS[mode] * 2 * batch * t * d * d / times[cfg] / 1e9
+            lines.append(f"mode {mode} {cfg}: {times[cfg] * 1e3:.1f} us, {rate:.0f} TFLOP/s")
+        ts.CONFIGS[mode] = min(times, key=times.get)
+        lines.append(f"mode {mode} chosen {ts.CONFIGS[mode]}")
+    (run.out / "sweep.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
 
 
 def layer_inputs(run: Run, batch: int, t: int, d: int, seed: int = 0) -> list[torch.Tensor]:
@@ -319,6 +372,7 @@ def main() -> int:
     args = parser.parse_args()
     run = Run(args)
     rate = matmul_rate(run)
+    run.phase("SwiGLU kernel block sweep", lambda: sweep_swiglu(run))
     run.phase("fast-weight layer", lambda: check_and_time_layer(run, rate))
     run.phase("paper-760m training step", lambda: time_model(run))
     for fn in run.later:

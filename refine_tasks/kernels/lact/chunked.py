@@ -162,16 +162,17 @@ def lact_fast_weight(
     state = FastWeightState(weights, momentum if momentum_gate is not None else None)
     kept = {0: state} if 0 in keep else {}
     outputs = []
-    for c, start in enumerate(range(0, t, chunk_size)):
-        chunk = slice(start, start + chunk_size)
+    # One split per input, not a slice per chunk: autograd then joins the chunks' gradients in one
+    # concatenation instead of zero-filling and adding a full-length tensor for every chunk.
+    chunks = zip(*(x.split(chunk_size, dim=1) for x in (q, k, v, *lrs)), strict=True) if t else ()
+    gates = momentum_gate.split(chunk_size, dim=1) if momentum_gate is not None else None
+    for c, (qc, kc, vc, *lrc) in enumerate(chunks):
         if c >= updates:
-            outputs.append(ops.apply(state.weights, q[:, chunk]))
+            outputs.append(ops.apply(state.weights, qc))
             continue
-        o, step = ops.apply_and_step(
-            state.weights, q[:, chunk], k[:, chunk], v[:, chunk], *(x[:, chunk] for x in lrs)
-        )
+        o, step = ops.apply_and_step(state.weights, qc, kc, vc, *lrc)
         outputs.append(o)
-        gate = momentum_gate[:, chunk].mean(1) if momentum_gate is not None else None
+        gate = gates[c].mean(1) if gates is not None else None
         state = fast_weight_update(ops, state, step, norms, gate, use_muon)
         if c + 1 in keep:
             kept[c + 1] = state
