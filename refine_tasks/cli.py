@@ -15,6 +15,7 @@ from refine_tasks.catalog import CatalogError
 from refine_tasks.config import ConfigError, PipelineConfig, load_config
 from refine_tasks.corpus import CorpusError, DropLog, corpus_texts, ingest
 from refine_tasks.evaluate import EvalError
+from refine_tasks.lifecycle import LifecycleError, stage_names
 from refine_tasks.progress import print_summary, progress_bar
 from refine_tasks.tokenizer import TokenizerError, build_tokenizer
 from refine_tasks.train_errors import TRAINING_ERRORS
@@ -84,13 +85,6 @@ def ingest_step(cfg: PipelineConfig) -> Summary:
     return report.summary_rows()
 
 
-# `refine run`: the default pipeline, in order. A later stage appends ("name", step_fn) here.
-RUN_STEPS: list[tuple[str, StepFn]] = [
-    ("tokenizer", tokenizer_step),
-    ("ingest", ingest_step),
-]
-
-
 def run_steps(cfg: PipelineConfig, steps: list[tuple[str, StepFn]]) -> None:
     for name, step in steps:
         try:
@@ -116,12 +110,6 @@ def tokenizer_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = No
 def ingest_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Clean, deduplicate and tokenise corpus.source into Arrow shards (paths.corpus_dir) and the catalog."""
     run_steps(resolve(params, set_), [("ingest", ingest_step)])
-
-
-@app.command("run")
-def run_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Run the default pipeline (tokenizer, ingest, ...) on params.yaml or the embedded defaults."""
-    run_steps(resolve(params, set_), RUN_STEPS)
 
 
 # --- evaluation and reports -----------------------------------------------------------------------
@@ -226,7 +214,6 @@ def train_step(cfg: PipelineConfig, resume: bool | None = None) -> Summary:
 
 
 STEP_ERRORS += TRAINING_ERRORS
-RUN_STEPS.append(("train", train_step))
 
 
 @app.command("positions")
@@ -247,3 +234,79 @@ def train_command(
     """Mid-train with ReFINE (refine.coef=0: the NTP baseline) on the corpus's long documents; metrics,
     TensorBoard and checkpoints go to train.out_dir."""
     run_steps(resolve(params, set_), [("train", lambda cfg: train_step(cfg, resume))])
+
+
+# --- the lifecycle: one stage (what dvc.yaml runs), or all of them (`refine run`, `make run`) --------
+
+STEP_ERRORS += (LifecycleError,)
+
+
+def stage_step(name: str, tracked: bool) -> StepFn:
+    """Step running lifecycle stage `name`: tracked, as `dvc repro` would (skipped when up to date,
+    outputs committed to DVC when cfg is the repository's params.yaml), else just the stage."""
+    from refine_tasks.lifecycle import run_stage, run_tracked
+
+    runner = run_tracked if tracked else run_stage
+
+    def step(cfg: PipelineConfig) -> Summary:
+        with progress_bar(f"{name}: work") as advance:
+            result = runner(name, cfg, on_step=lambda line: advance(line.get("done", 1)))
+        if result.notice:
+            console.print(f"[yellow]{escape(result.notice)}[/yellow]", highlight=False, soft_wrap=True)
+        return result.rows
+
+    return step
+
+
+def comparison_step(cfg: PipelineConfig) -> Summary:
+    """Print the comparison of base, SFT and ReFINE (the report stage's table) and where it is."""
+    from rich.table import Table
+
+    from refine_tasks.lifecycle import comparison
+
+    header, rows = comparison(cfg)
+    table = Table(title="base vs SFT vs ReFINE (scores x 100)", title_justify="left")
+    for i, column in enumerate(header):
+        table.add_column(column, justify="right" if i >= 2 else "left")
+    for row in rows:
+        table.add_row(*(cell.replace("**", "") for cell in row))
+    console.print(table)
+    return [("report", str(Path(cfg.evaluate.report_dir) / "comparison.md"))]
+
+
+# `refine run`: the default pipeline, in order: every lifecycle stage, then the comparison table.
+RUN_STEPS: list[tuple[str, StepFn]] = [
+    *((name, stage_step(name, tracked=True)) for name in stage_names()),
+    ("comparison", comparison_step),
+]
+
+
+@app.command("run")
+def run_command(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    until: Annotated[
+        str | None, typer.Option("--until", "-u", help="stop after this stage (e.g. corpus, base)")
+    ] = None,
+) -> None:
+    """Run the whole lifecycle on params.yaml or the embedded defaults: tokenizer, corpus, base model,
+    positions, SFT and ReFINE mid-training, evaluations, report; then print the comparison. In a DVC
+    repository with its own params.yaml, stages that are up to date are skipped and new outputs are
+    committed (`dvc status` is clean afterwards, as after `dvc repro`)."""
+    names = [name for name, _ in RUN_STEPS]
+    if until is not None and until not in names:
+        console.print(f"[red]run: --until {escape(until)}: unknown stage; stages: {', '.join(names)}[/red]")
+        raise typer.Exit(2)
+    steps = RUN_STEPS[: names.index(until) + 1] if until is not None else RUN_STEPS
+    run_steps(resolve(params, set_), steps)
+
+
+@app.command("stage")
+def stage_command(
+    name: Annotated[str, typer.Argument(help="lifecycle stage, e.g. base, midtrain_refine, eval_qa@sft")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Run one lifecycle stage on fresh outputs (each dvc.yaml stage runs this; `dvc repro` records
+    it). A stage that fails leaves none of its outputs behind."""
+    run_steps(resolve(params, set_), [(name, stage_step(name, tracked=False))])

@@ -208,6 +208,24 @@ class EvalConfig(Section):
     )
 
 
+class LifecycleConfig(Section):
+    """The whole lifecycle (`refine run`, dvc.yaml, the refine-lifecycle flow): base -> SFT / ReFINE -> eval."""
+
+    base_checkpoint: str | None = Field(
+        None,
+        description="a model directory to use as the base model; null: train a base by NTP from "
+        "scratch (model.preset, base_steps) in the `base` stage",
+    )
+    base_steps: int = Field(100, ge=1, description="NTP steps of the base model trained from scratch")
+    base_lr: float = Field(1e-3, gt=0, description="peak learning rate of the base model trained from scratch")
+    runs_dir: Path = Field(Path("data/runs"), description="one training run per model: base, sft, refine")
+    positions_dir: Path = Field(Path("data/positions"), description="summary of the positions stage")
+    eval_dir: Path = Field(Path("data/eval"), description="evaluation outputs per family and model")
+    nproc_per_node: int = Field(
+        1, ge=1, description="training processes per node; > 1 runs the training stages under torchrun"
+    )
+
+
 class PipelineConfig(Section):
     seed: int = 0
     paths: PathsConfig = PathsConfig()
@@ -218,6 +236,7 @@ class PipelineConfig(Section):
     refine: RefineConfig = RefineConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:

@@ -44,7 +44,7 @@ def test_every_command_has_help() -> None:
 
 def test_run_builds_tokenizer_corpus_and_catalog(tmp_path: Path) -> None:
     params = write_params(tmp_path, corpus={"limit": 12, "shard_docs": 5})
-    result = runner.invoke(cli.app, ["run", "--params", str(params)])
+    result = runner.invoke(cli.app, ["run", "--params", str(params), "--until", "corpus"])
     assert result.exit_code == 0, result.output
     for label in (
         "tokenizer",
@@ -128,7 +128,7 @@ def test_refine_run_console_script_on_sotu(tmp_path: Path) -> None:
     params = write_params(tmp_path, corpus={"limit": 20})
     refine = Path(sys.executable).parent / "refine"
     proc = subprocess.run(
-        [str(refine), "run", "-p", str(params)], capture_output=True, text=True, cwd=tmp_path
+        [str(refine), "run", "-p", str(params), "--until", "corpus"], capture_output=True, text=True, cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "byte-level BPE trained on 20 documents" in proc.stdout

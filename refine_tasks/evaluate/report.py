@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +19,7 @@ from refine_tasks.catalog import open_reader
 from refine_tasks.evaluate.metrics import FAMILY_RULE, metric_label
 from refine_tasks.evaluate.plots import longbench_bars, niah_heatmap
 from refine_tasks.evaluate.records import EvalError
+from refine_tasks.evaluate.results import EVAL_RESULTS_COLUMNS
 
 FAMILY_TITLES = {"niah": "RULER NIAH", "ruler_qa": "RULER QA", "longbench": "LongBench"}
 
@@ -31,16 +33,29 @@ def load_results(catalog: Path, runs: list[str] | None = None) -> pd.DataFrame:
         ).df()
     finally:
         con.close()
+    return label_results(df, runs, str(catalog))
+
+
+def results_from_scores(files: list[Path], runs: list[str] | None = None) -> pd.DataFrame:
+    """The same rows as `load_results`, read from `scores.json` files (their `cells`) instead of
+    the catalog: a report of exactly the evaluation outputs a pipeline stage depends on."""
+    cells = [cell for f in files for cell in json.loads(Path(f).read_text(encoding="utf-8"))["cells"]]
+    df = pd.DataFrame(cells, columns=list(EVAL_RESULTS_COLUMNS))
+    return label_results(df, runs, ", ".join(map(str, files)) or "no scores.json files")
+
+
+def label_results(df: pd.DataFrame, runs: list[str] | None, source: str) -> pd.DataFrame:
+    """Keep `runs` (all if None; in that order) and add the `label` column (run, or run@checkpoint)."""
     if runs:
         missing = [r for r in runs if r not in set(df.run)]
         if missing:
             raise EvalError(
-                f"{catalog}: no evaluation results for run(s) {', '.join(missing)}; "
+                f"{source}: no evaluation results for run(s) {', '.join(missing)}; "
                 f"runs present: {', '.join(sorted(set(df.run))) or 'none'}"
             )
         df = df[df.run.isin(runs)]
     if df.empty:
-        raise EvalError(f"{catalog}: eval_results is empty; run `refine evaluate` first")
+        raise EvalError(f"{source}: no evaluation results; run `refine evaluate` first")
     per_run = df.groupby("run").checkpoint.nunique()
     df = df.assign(
         label=[
@@ -103,8 +118,8 @@ def run_markdown(df: pd.DataFrame, label: str) -> str:
     return "\n".join(parts)
 
 
-def comparison_markdown(df: pd.DataFrame) -> str:
-    """Task scores side by side, one column per run; family averages; best per row in bold."""
+def comparison_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the comparison: every task's score per run, family averages, best in bold."""
     scores = task_scores(df).pivot_table(
         index=["family", "task"], columns="label", values="score", observed=True
     )
@@ -122,12 +137,21 @@ def comparison_markdown(df: pd.DataFrame) -> str:
         for task, values in block.iterrows():
             rows.append([FAMILY_TITLES.get(family, family), str(task), *cells(values)])
         rows.append([FAMILY_TITLES.get(family, family), "average", *cells(block.mean())])
-    return "# Evaluation comparison\n\n" + _md_table(["family", "task", *map(str, labels)], rows)
+    return ["family", "task", *map(str, labels)], rows
+
+
+def comparison_markdown(df: pd.DataFrame) -> str:
+    """Task scores side by side, one column per run; family averages; best per row in bold."""
+    return "# Evaluation comparison\n\n" + _md_table(*comparison_rows(df))
 
 
 def write_report(catalog: Path, runs: list[str] | None, out_dir: Path) -> list[Path]:
     """Write the markdown tables and figures for `runs` (all runs if None); returns the files."""
-    df = load_results(catalog, runs)
+    return write_report_frame(load_results(catalog, runs), out_dir)
+
+
+def write_report_frame(df: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Write the report of labelled results (`load_results` / `results_from_scores`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for label in df.label.cat.categories:

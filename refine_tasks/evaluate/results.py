@@ -123,12 +123,16 @@ def write_outputs(results: list[SampleResult], out_dir: Path, run: str, checkpoi
 
 
 def store_eval_results(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> int:
-    """Replace the rows of each (run, checkpoint) in `rows` with `rows`, in one transaction."""
-    keys = sorted({(r["run"], r["checkpoint"]) for r in rows})
+    """Replace the rows of each (run, checkpoint, family) in `rows` with `rows`, in one transaction
+    (a run evaluated one family at a time, as the pipeline's eval stages do, keeps every family)."""
+    keys = sorted({(r["run"], r["checkpoint"], r["family"]) for r in rows})
     con.execute("BEGIN TRANSACTION")
     try:
-        for run, checkpoint in keys:
-            con.execute("DELETE FROM eval_results WHERE run = ? AND checkpoint = ?", [run, checkpoint])
+        for run, checkpoint, family in keys:
+            con.execute(
+                "DELETE FROM eval_results WHERE run = ? AND checkpoint = ? AND family = ?",
+                [run, checkpoint, family],
+            )
         con.executemany(
             f"INSERT INTO eval_results ({', '.join(EVAL_RESULTS_COLUMNS)}) VALUES "
             f"({', '.join('?' * len(EVAL_RESULTS_COLUMNS))})",

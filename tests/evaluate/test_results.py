@@ -84,8 +84,16 @@ def test_store_replaces_a_runs_rows_and_keeps_others(results, tmp_path: Path):
     with open_writer(catalog) as con:
         store_eval_results(con, cell_rows(results, "base", "ck"))
         store_eval_results(con, cell_rows(results[:2], "sft", "ck2"))
-        store_eval_results(con, cell_rows(results[3:], "base", "ck"))  # re-run of base
+        store_eval_results(con, cell_rows(results[3:4], "base", "ck"))  # re-run of base's longbench
     con = open_reader(catalog)
-    rows = con.execute("SELECT run, task, n_samples, score FROM eval_results ORDER BY run, task").fetchall()
+    rows = con.execute(
+        "SELECT run, task, depth, n_samples, score FROM eval_results ORDER BY run, task, depth"
+    ).fetchall()
     con.close()
-    assert rows == [("base", "trec", 3, 33.33), ("sft", "niah_single_1", 2, 75.0)]
+    # base's niah cells stay (a family evaluated on its own replaces only that family's rows)
+    assert rows == [
+        ("base", "niah_single_1", 0.0, 2, 75.0),
+        ("base", "niah_single_1", 100.0, 1, 0.0),
+        ("base", "trec", None, 1, 100.0),
+        ("sft", "niah_single_1", 0.0, 2, 75.0),
+    ]

@@ -1,0 +1,89 @@
+"""DVC bookkeeping for stages run outside `dvc repro` (by `refine run` and the Prefect flows).
+
+After such a run, the stage's outputs are committed (`dvc commit`), so dvc.lock records the
+same deps, params and outs hashes `dvc repro` would have, and `dvc status` is clean after
+either way. A stage DVC already considers up to date is not run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from refine_tasks.config import ConfigError, PipelineConfig, load_config
+
+PARAMS_FILE = "params.yaml"
+
+
+def dvc_root(start: Path | None = None) -> Path | None:
+    """The DVC repository containing `start` (default: the working directory), or None."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        return Path(Repo.find_root(str(start or Path.cwd())))
+    except NotDvcRepoError:
+        return None
+
+
+class DvcStages:
+    """The stages of the DVC repository at `root` (whose dvc.yaml names the lifecycle stages)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def for_config(cls, cfg: PipelineConfig) -> DvcStages | None:
+        """The working directory's DVC repository when `cfg` is exactly what its dvc.yaml runs
+        with (its params.yaml, no overrides), so committing a stage run with `cfg` tells the truth."""
+        root = dvc_root()
+        if root is None or root.resolve() != Path.cwd().resolve() or not (root / "dvc.yaml").is_file():
+            return None
+        try:
+            declared = load_config(root / PARAMS_FILE)
+        except ConfigError:
+            return None
+        return cls(root) if declared == cfg else None
+
+    def _repo(self):
+        from dvc.repo import Repo
+
+        return Repo(str(self.root))
+
+    def status(self, name: str) -> dict:
+        """DVC's status of stage `name` ({} when up to date)."""
+        with self._repo() as repo:
+            return repo.status(targets=[name])
+
+    def up_to_date(self, name: str) -> bool:
+        return not self.status(name)
+
+    def commit(self, name: str) -> None:
+        """Record the stage's current deps, params and outs in dvc.lock and the DVC cache."""
+        with self._repo() as repo:
+            repo.commit(name, force=True)
+
+    def restore(self, name: str) -> bool:
+        """Put back the stage's last committed outputs (after a failed run); False if none."""
+        if name not in self.locked():
+            return False
+        with self._repo() as repo:
+            repo.checkout(targets=[name], force=True)
+        return True
+
+    def locked(self) -> dict:
+        """The stages section of dvc.lock ({} before any commit)."""
+        import yaml
+
+        lock = self.root / "dvc.lock"
+        return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
+
+    def fingerprint(self, name: str) -> str | None:
+        """A hash of the stage's recorded deps, params and outs when the stage is up to date (the
+        key under which its result may be reused), else None."""
+        if not self.up_to_date(name):
+            return None
+        entry = json.dumps(self.locked().get(name, {}), sort_keys=True, default=str)
+        return hashlib.sha256(f"{os.fspath(self.root)}|{name}|{entry}".encode()).hexdigest()
