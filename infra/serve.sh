@@ -21,9 +21,14 @@ if ! health; then
   health || { echo "Prefect server did not come up; see $RUN_DIR/server.log" >&2; exit 1; }
 fi
 
-"$PREFECT_BIN" work-pool inspect "$REFINE_POOL" >/dev/null 2>&1 ||
-  "$PREFECT_BIN" work-pool create "$REFINE_POOL" --type process \
-    --base-job-template infra/process-job-template.json >/dev/null
+# The process pool this worker serves, and the GPU pool that workers on GPU hosts serve
+# (`prefect worker start --pool refine-gpu` there; its job template sets CUDA_VISIBLE_DEVICES).
+pool() {
+  "$PREFECT_BIN" work-pool inspect "$1" >/dev/null 2>&1 ||
+    "$PREFECT_BIN" work-pool create "$1" --type process --base-job-template "$2" >/dev/null
+}
+pool "$REFINE_POOL" infra/process-job-template.json
+pool "$REFINE_GPU_POOL" infra/gpu-job-template.json
 # One GPU job and one DVC run at a time, whatever deployment starts them.
 for limit in gpu dvc; do
   "$PREFECT_BIN" gcl inspect "$limit" >/dev/null 2>&1 || "$PREFECT_BIN" gcl create "$limit" --limit 1 >/dev/null

@@ -280,18 +280,27 @@ def score_files(cfg: PipelineConfig) -> list[Path]:
     return [root / family / model / "scores.json" for family in EVAL_STAGES.values() for model in MODELS]
 
 
-def comparison(cfg: PipelineConfig) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the comparison of base, SFT and ReFINE on every evaluated task."""
-    from refine_tasks.evaluate.report import comparison_rows, results_from_scores
+def evaluation_results(cfg: PipelineConfig):
+    """The evaluation cells of every model evaluated so far (a DataFrame, models in MODELS order)."""
+    from refine_tasks.evaluate.report import results_from_scores
 
     files = [f for f in score_files(cfg) if f.is_file()]
-    return comparison_rows(results_from_scores(files, list(MODELS)))
+    scores = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    present = {s["run"] for s in scores if s["cells"]}
+    return results_from_scores(files, [m for m in MODELS if m in present] or list(MODELS))
+
+
+def comparison(cfg: PipelineConfig) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the comparison of base, SFT and ReFINE on every evaluated task."""
+    from refine_tasks.evaluate.report import comparison_rows
+
+    return comparison_rows(evaluation_results(cfg))
 
 
 def _report(cfg: PipelineConfig) -> StageResult:
-    from refine_tasks.evaluate.report import results_from_scores, task_scores, write_report_frame
+    from refine_tasks.evaluate.report import task_scores, write_report_frame
 
-    df = results_from_scores([f for f in score_files(cfg) if f.is_file()], list(MODELS))
+    df = evaluation_results(cfg)
     out = Path(cfg.evaluate.report_dir)
     files = write_report_frame(df, out)
     averages = task_scores(df).groupby(["label", "family"], observed=True).score.mean()
@@ -331,15 +340,18 @@ def run_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> 
         raise
 
 
-def run_tracked(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> StageResult:
+def run_tracked(
+    name: str, cfg: PipelineConfig, on_step: OnStep | None = None, force: bool = False
+) -> StageResult:
     """Run stage `name` the way `dvc repro` would: not at all when the working directory's DVC
-    repository says it is up to date; else run it and commit its outputs (`dvc commit`); when it
-    fails, put back its last committed outputs. Outside a DVC repository, or with a
-    configuration other than the repository's params.yaml, it just runs the stage."""
+    repository says it is up to date (unless `force`, e.g. to re-read a corpus source DVC does not
+    track); else run it and commit its outputs (`dvc commit`); when it fails, put back its last
+    committed outputs. Outside a DVC repository, or with a configuration other than the
+    repository's params.yaml, it just runs the stage."""
     from refine_tasks.dvc_state import DvcStages
 
     dvc = DvcStages.for_config(cfg)
-    if dvc is not None and dvc.up_to_date(name):
+    if dvc is not None and not force and dvc.up_to_date(name):
         return StageResult(name, [("up to date", "dvc status: nothing changed")])
     try:
         result = run_stage(name, cfg, on_step)
