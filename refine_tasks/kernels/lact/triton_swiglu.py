@@ -143,13 +143,14 @@ def _swiglu_tokens_kernel(
             tl.store(dlr + 2 * s_dk, tl.sum(a_raw * a, axis=1), mask=rt < T)
 
 
-# (BLOCK_T, BLOCK_H, BLOCK_D, num_warps, num_stages) per mode on the GPU: at most ~96 float32
-# accumulator registers a thread, no spills on sm_90 (checked in the compiler's resource report).
+# (BLOCK_T, BLOCK_H, BLOCK_D, num_warps, num_stages) per mode on the GPU: no register spills on
+# sm_90 (the compiler's resource report), and the fastest of benchmarks/gpu_lact.py's sweep on an
+# H200 at the 760M chunk shape (2026-11-25: 362, 253, 263, 232 TFLOP/s for the four modes).
 CONFIGS: dict[int, tuple[int, int, int, int, int]] = {
-    APPLY: (128, 64, 64, 8, 2),
-    STEP: (128, 64, 64, 8, 2),
-    APPLY_BWD: (128, 64, 64, 8, 2),
-    STEP_BWD: (64, 64, 64, 8, 2),
+    APPLY: (128, 64, 64, 8, 3),
+    STEP: (128, 64, 64, 8, 3),
+    APPLY_BWD: (128, 64, 64, 8, 3),
+    STEP_BWD: (64, 64, 64, 8, 3),
 }
 
 
