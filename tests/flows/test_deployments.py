@@ -1,0 +1,130 @@
+"""A real Prefect server on a free loopback port, started and stopped by infra/serve.sh and
+infra/stop.sh around a tiny copy of the project: the deployments of prefect.yaml, a flow run of
+`refine-midtrain/tiny-cpu` that fails on bad input (Failed, with the error, no half-written output),
+its retry after the input is fixed (Completed, artifacts, DVC state as after `dvc repro`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tiny_project import BIN, make_project, read_params, run, tool_env, write_params
+
+pytestmark = pytest.mark.slow
+
+UUID = re.compile(r"UUID: ([0-9a-f-]{36})")
+FLOW_STAGES = ("tokenizer", "corpus", "base", "positions", "midtrain_refine")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, project: Path, home: Path, port: int) -> None:
+        self.project, self.home, self.port = project, home, port
+        self.env = {
+            **tool_env(),
+            "REFINE_ROOT": str(project),
+            "PREFECT_HOME": str(home),
+            "PREFECT_PORT": str(port),
+            "PREFECT_BIN": str(BIN / "prefect"),
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        }
+
+    def sh(self, *cmd: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            cmd, cwd=self.project, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def prefect(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        return self.sh(str(BIN / "prefect"), *args, check=check, timeout=timeout)
+
+    def flow_run(self, run_id: str) -> dict:
+        return json.loads(self.prefect("flow-run", "inspect", run_id, "--output", "json").stdout)
+
+    def wait(self, run_id: str, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            flow_run = self.flow_run(run_id)
+            if flow_run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return flow_run
+            time.sleep(2)
+        raise AssertionError(f"flow run {run_id} still {flow_run['state']['type']} after {timeout} s")
+
+    def pids(self) -> list[int]:
+        return [int(p.read_text()) for p in (self.home / "run").glob("*.pid")]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("prefect")
+    srv = Server(make_project(root / "project"), root / "home", free_port())
+    try:
+        out = srv.sh("bash", "infra/serve.sh", timeout=240).stdout
+        assert f"http://127.0.0.1:{srv.port}" in out  # the UI address
+        yield srv
+    finally:
+        pids = srv.pids()
+        srv.sh("bash", "infra/stop.sh", check=False)
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+
+def test_deployments_pools_and_limits(server: Server) -> None:
+    listing = server.prefect("deployment", "ls").stdout
+    for name in ("refine-midtrain/tiny-cpu", "refine-midtrain/nightly", "refine-evaluate/tiny-cpu",
+                 "refine-lifecycle/tiny-cpu", "refine-preprocess/tiny-cpu", "refine-positions/tiny-cpu"):  # fmt: skip
+        assert name in listing
+    nightly = server.prefect("deployment", "inspect", "refine-midtrain/nightly").stdout
+    assert "0 2 * * *" in nightly and "'refresh_corpus': True" in nightly
+    limits = server.prefect("gcl", "ls").stdout
+    assert "gpu" in limits and "dvc" in limits
+    for name in ("gpu", "dvc"):
+        assert "'limit': 1" in server.prefect("gcl", "inspect", name).stdout
+    gpu_pool = server.prefect("work-pool", "inspect", "refine-gpu").stdout
+    assert "cuda_visible_devices" in gpu_pool and "REFINE_NPROC_PER_NODE" in gpu_pool
+
+
+def test_midtrain_fails_on_bad_input_then_a_retry_completes(server: Server) -> None:
+    project = server.project
+    params = read_params(project)
+    params["positions"]["n_chunks"] = 64  # 64 rollout chunks cannot fit 256 tokens
+    write_params(project, params)
+    started = time.monotonic()
+    out = server.prefect("deployment", "run", "refine-midtrain/tiny-cpu").stdout
+    run_id = UUID.search(out).group(1)
+    failed = server.wait(run_id)
+    assert failed["state"]["type"] == "FAILED"
+    assert "shorter than n_chunks" in failed["state"]["message"]
+    assert not (project / "data" / "runs" / "refine").exists()
+
+    params["positions"]["n_chunks"] = 4
+    write_params(project, params)
+    server.prefect("flow-run", "retry", run_id)
+    done = server.wait(run_id)
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    print(f"refine-midtrain/tiny-cpu: failed run + retry {time.monotonic() - started:.1f} s")
+
+    progress = server.prefect("artifact", "inspect", "midtrain-refine-progress").stdout
+    assert "'data': 100" in progress and "step 4/4" in progress
+    summary = server.prefect("artifact", "inspect", "midtrain-refine-summary").stdout
+    assert "checkpoint" in summary and "outputs committed" in summary
+    assert (project / "data" / "runs" / "refine" / "checkpoints" / "latest").is_file()
+    status = run(["dvc", "status", *FLOW_STAGES], project).stdout
+    assert "up to date" in status, status
+    again = run(["dvc", "repro", *FLOW_STAGES], project).stdout
+    assert "Running stage" not in again, again
