@@ -94,7 +94,7 @@ def test_deployments_pools_and_limits(server: Server) -> None:
     limits = server.prefect("gcl", "ls").stdout
     assert "gpu" in limits and "dvc" in limits
     for name in ("gpu", "dvc"):
-        assert "'limit': 1" in server.prefect("gcl", "inspect", name).stdout
+        assert "limit=1," in server.prefect("gcl", "inspect", name).stdout
     gpu_pool = server.prefect("work-pool", "inspect", "refine-gpu").stdout
     assert "cuda_visible_devices" in gpu_pool and "REFINE_NPROC_PER_NODE" in gpu_pool
 
