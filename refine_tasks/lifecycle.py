@@ -203,14 +203,23 @@ def _import_base(cfg: PipelineConfig, source: str) -> StageResult:
     return StageResult("base", [("base model", f"imported from {src}"), ("checkpoint", str(root))])
 
 
-def _train(name: str, cfg: PipelineConfig, on_step: OnStep | None) -> StageResult:
-    from refine_tasks.train import train
+def train_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> StageResult:
+    """A training stage (base, midtrain_sft, midtrain_refine): in this process, or under torchrun
+    when nproc_per_node > 1 (whose rank 0 comes back here and writes the run's files)."""
+    from refine_tasks.launch import in_torchrun, launch_training, nproc_per_node, train_here
 
     if name == "base" and cfg.lifecycle.base_checkpoint is not None:
         return _import_base(cfg, cfg.lifecycle.base_checkpoint)
     run_cfg = stage_config(name, cfg)
-    result = train(run_cfg, resume=False, on_step=on_step)
     out = Path(run_cfg.train.out_dir)
+    nproc = nproc_per_node(cfg)
+    if nproc > 1 and not in_torchrun():
+        launch_training(name, cfg, nproc)
+        summary = json.loads((out / SUMMARY_FILE).read_text())
+        return StageResult(name, [("processes", str(nproc)), *((k, str(v)) for k, v in summary.items())])
+    result = train_here(run_cfg, on_step)
+    if result is None:  # a torchrun rank other than 0: rank 0 writes the run's files
+        return StageResult(name, [])
     curve_keys = ("step", "loss", "ntp", "policy", "lr", "grad_norm")
     curve = [{k: h[k] for k in curve_keys if k in h} for h in result.history]
     (out / CURVE_FILE).write_text(json.dumps(curve, indent=1) + "\n")
@@ -329,7 +338,7 @@ def run_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> 
         if stage == "corpus":
             return _corpus(cfg, on_step)
         if stage in TRAIN_STAGES:
-            return _train(stage, cfg, on_step)
+            return train_stage(stage, cfg, on_step)
         if stage == "positions":
             return _positions(cfg, on_step)
         if stage in EVAL_STAGES:
