@@ -55,6 +55,11 @@ class Server:
     def flow_run(self, run_id: str) -> dict:
         return json.loads(self.prefect("flow-run", "inspect", run_id, "--output", "json").stdout)
 
+    def artifact(self, key: str) -> dict:
+        """The latest version of artifact `key`."""
+        versions = json.loads(self.prefect("artifact", "inspect", key, "--output", "json").stdout)
+        return max(versions, key=lambda a: a["updated"])
+
     def wait(self, run_id: str, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -119,10 +124,10 @@ def test_midtrain_fails_on_bad_input_then_a_retry_completes(server: Server) -> N
     assert done["state"]["type"] == "COMPLETED", done["state"]
     print(f"refine-midtrain/tiny-cpu: failed run + retry {time.monotonic() - started:.1f} s")
 
-    progress = server.prefect("artifact", "inspect", "midtrain-refine-progress").stdout
-    assert "'data': 100" in progress and "step 4/4" in progress
-    summary = server.prefect("artifact", "inspect", "midtrain-refine-summary").stdout
-    assert "checkpoint" in summary and "outputs committed" in summary
+    progress = server.artifact("midtrain-refine-progress")
+    assert progress["data"] == 100 and "step 4/4" in progress["description"]
+    summary = server.artifact("midtrain-refine-summary")["data"]
+    assert "| checkpoint |" in summary and "| dvc | outputs committed (dvc.lock) |" in summary
     assert (project / "data" / "runs" / "refine" / "checkpoints" / "latest").is_file()
     status = run(["dvc", "status", *FLOW_STAGES], project).stdout
     assert "up to date" in status, status
