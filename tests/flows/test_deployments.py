@@ -157,3 +157,19 @@ def test_a_second_run_reuses_everything_and_a_failure_puts_outputs_back(server: 
     params["refine"]["reward"] = "cosine"
     write_params(project, params)
     assert "up to date" in run(["dvc", "status", *FLOW_STAGES], project).stdout
+
+
+def test_evaluate_publishes_the_comparison_and_the_plots(server: Server) -> None:
+    project = server.project
+    params = json.dumps({"models": ["base", "refine"]})  # the SFT model was never trained here
+    out = server.prefect("deployment", "run", "refine-evaluate/tiny-cpu", "--params", params).stdout
+    done = server.wait(UUID.search(out).group(1))
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    comparison = server.artifact("refine-comparison")["data"]
+    assert "| family | task | base | refine |" in comparison and "| RULER NIAH | niah_single_1 |" in comparison
+    scores = server.artifact("refine-scores")["data"]
+    assert "niah_single_1" in scores and '"refine"' in scores
+    plots = server.artifact("refine-plots")["data"]
+    assert str(project / "data" / "reports" / "base_niah.png") in plots
+    stages = [f"{s}@{m}" for s in ("eval_niah", "eval_qa", "eval_longbench") for m in ("base", "refine")]
+    assert "up to date" in run(["dvc", "status", *stages, "report"], project).stdout
