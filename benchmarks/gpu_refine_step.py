@@ -12,6 +12,9 @@ CUDA-graph capture), median of --reps, gradients only (the optimizer step is the
                          entropy pass in the step)
   naive                  entropy pass -> positions -> `refine_backward` mode naive (the
                          reference way: per-prefix prefill, reward re-run, per-rollout losses)
+Every rep of every mode uses the same positions (the entropy pass still runs in each online
+rep; its draw is salted with step 0), so no mode meets new segment or prefix lengths in its
+timed reps that its warm-up did not: a fair comparison of steady-state costs.
 Records per shape `refine_over_ntp_<mode>_<shape>` (goal: branched <= 1.5), the step times in ms
 and peak memory, as JSON lines in OUT/results.jsonl (import with
 `python benchmarks/record.py --import OUT/results.jsonl`).
@@ -35,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.record import record  # noqa: E402
 from refine_tasks.config import PositionsConfig, RefineConfig  # noqa: E402
-from refine_tasks.models import build_model  # noqa: E402
+from refine_tasks.models import build_model, forward_branched_naive  # noqa: E402
 from refine_tasks.position_cache import PositionSelector  # noqa: E402
 from refine_tasks.positions import sequence_entropy  # noqa: E402
-from refine_tasks.refine_step import ntp_backward, refine_backward  # noqa: E402
+from refine_tasks.refine_step import ntp_backward, phase, refine_backward  # noqa: E402
 from refine_tasks.starting_model import mixed_precision  # noqa: E402
 
 COMMAND = "python benchmarks/gpu_refine_step.py"
@@ -59,17 +62,20 @@ class StepBench:
         self.cfg = RefineConfig(rollout_len=args.rollout_len)
         positions = PositionsConfig(n_chunks=args.positions, margin=args.margin)
         self.selector = PositionSelector(positions, args.rollout_len, seed=0, base_checkpoint="bench")
-        self.cached = self.positions(0)
+        self.cached = self.positions()
 
     def autocast(self):
         return mixed_precision(self.device)  # what `refine train` runs under: bf16 on the GPU
 
-    def positions(self, step: int) -> torch.Tensor:
+    def positions(self) -> torch.Tensor:
+        """The online policy's entropy pass and draw (salted with step 0: the same draw every rep)."""
+
         def entropy(ids: torch.Tensor) -> torch.Tensor:
             with self.autocast():
                 return sequence_entropy(self.model, ids)
 
-        return self.selector.select(self.ids, ["bench-doc"], step, entropy).positions
+        with phase("positions"):
+            return self.selector.select(self.ids, ["bench-doc"], 0, entropy).positions
 
     def step(self, mode: str, step: int) -> float:
         """One step's gradients; returns its loss."""
@@ -79,7 +85,7 @@ class StepBench:
             if mode == "ntp":
                 return ntp_backward(self.model, self.ids).loss
             way, _, cached = mode.partition("_")
-            positions = self.cached if cached else self.positions(step)
+            positions = self.cached if cached else self.positions()
             cfg = self.cfg.model_copy(update={"mode": way})
             return refine_backward(self.model, self.ids, positions, cfg, generator).loss
 
@@ -97,10 +103,38 @@ class StepBench:
         return statistics.median(out)
 
 
+def branched_errors(preset: str, tokens: int, device: torch.device) -> dict[str, float]:
+    """forward_branched against each prefix + branch run alone, bf16 weights on fla's kernels (on
+    the CPU: float64 and torch): relative errors of the outputs and of the parameter gradients of
+    a loss weighing every output at random."""
+    dtype = torch.float64 if device.type == "cpu" else torch.bfloat16
+    torch.manual_seed(3)
+    model = build_model(preset, VOCAB).to(device, dtype)
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(0, VOCAB, (1, tokens), generator=g).to(device)
+    positions = (torch.randperm(tokens - 8, generator=g)[:8] + 1).view(1, 8).to(device)
+    branch = torch.randint(0, VOCAB, (1, 8, 5), generator=g).to(device)
+    params = list(model.parameters())
+    errors: dict[str, float] = {}
+    runs = [model.forward_branched(ids, positions, branch), forward_branched_naive(model, ids, positions, branch)]
+    weights = [torch.randn(t.shape, generator=g).to(device, dtype) for t in (runs[0].logits, runs[0].branch_logits)]
+    grads = []
+    for out in runs:
+        loss = (out.logits.float() * weights[0]).sum() + (out.branch_logits.float() * weights[1]).sum()
+        grads.append(torch.autograd.grad(loss, params))
+    for name in ("logits", "branch_logits", "branch_hidden"):
+        fast, ref = (getattr(out, name).detach().double() for out in runs)
+        errors[name] = float((fast - ref).norm() / ref.norm())
+    diff = sum(float((a.double() - b.double()).norm() ** 2) for a, b in zip(*grads, strict=True))
+    errors["grads"] = (diff / sum(float(b.double().norm() ** 2) for b in grads[1])) ** 0.5
+    return errors
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for results.jsonl / RESULTS.md")
     parser.add_argument("--shapes", default="small,paper-1.3b")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"ReFINE modes to time after ntp ({', '.join(MODES)})")
     parser.add_argument("--tokens", type=int, default=16384)
     parser.add_argument("--positions", type=int, default=8)
     parser.add_argument("--rollout-len", type=int, default=5)
@@ -110,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-reps", type=int, default=1, help="timed repetitions of the slow naive step")
     parser.add_argument("--budget-s", type=float, default=540.0, help="skip what would run past this")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny preset, 512 tokens")
+    parser.add_argument("--check-tokens", type=int, default=2048, help="sequence length of the exactness check")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -130,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{metric} = {value:.4g} {unit}  ({note})", flush=True)
 
+    check = "tiny" if args.dry_run else "small"
+    errors = branched_errors(check, 256 if args.dry_run else args.check_tokens, torch.device(device_name(args)))
+    for name, err in errors.items():
+        emit(f"branched_vs_naive_rel_err_{name}_{check}", err, "ratio",
+             f"{check} deltanet, forward_branched vs each prefix + branch alone, 8 positions x 5 tokens, "
+             f"{'float64 torch' if args.dry_run else 'bf16 fla'}; grads: all parameters together")
     for preset in shapes:
         bench = StepBench(preset, tokens, args)
         note = (
@@ -137,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             f"fp32 weights + {'no' if args.dry_run else 'bf16'} autocast, gradients only, median of timed reps"
         )
         ntp = None
-        for mode in ("ntp", *MODES):
+        for mode in ("ntp", *args.modes.split(",")):
             if time.time() - started > args.budget_s:
                 print(f"skipped {mode} at {preset}: past --budget-s {args.budget_s:.0f}", flush=True)
                 continue
@@ -156,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.dry_run:
             torch.cuda.empty_cache()
     return 0
+
+
+def device_name(args: argparse.Namespace) -> str:
+    return "cpu" if args.dry_run else "cuda"
 
 
 if __name__ == "__main__":

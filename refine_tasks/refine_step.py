@@ -24,6 +24,9 @@ non-finite loss is reported and not backpropagated.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -52,6 +55,40 @@ from refine_tasks.rl.rollout import (
 )
 
 METRIC_REWARDS = ("cosine", "exact", "hybrid")  # always logged, whichever one trains
+
+_phase_seconds: dict[str, float] | None = None  # set inside `phase_timer` only
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """A named part of a step: always a profiler range `refine/<name>`; inside `phase_timer`, also
+    its wall seconds, with the device synchronised before and after (so never while training:
+    the syncs stop the host from queueing work ahead of the GPU)."""
+    with torch.profiler.record_function(f"refine/{name}"):
+        if _phase_seconds is None:
+            yield
+            return
+        _synchronize()
+        began = time.perf_counter()
+        yield
+        _synchronize()
+        _phase_seconds[name] = _phase_seconds.get(name, 0.0) + time.perf_counter() - began
+
+
+@contextmanager
+def phase_timer() -> Iterator[dict[str, float]]:
+    """Collect the wall seconds of every `phase` run inside this context: {name: seconds}."""
+    global _phase_seconds
+    _phase_seconds = {}
+    try:
+        yield _phase_seconds
+    finally:
+        _phase_seconds = None
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 @dataclass
@@ -86,8 +123,10 @@ def _backward(loss: Tensor, scale: float) -> bool:
 
 def ntp_backward(model: FastWeightForCausalLM, input_ids: Tensor, scale: float = 1.0) -> StepStats:
     """The NTP-SFT baseline step (ReFINE with coef = 0): cross-entropy over input_ids [B, T]."""
-    loss = ntp_loss(model(input_ids).logits, input_ids)
-    _backward(loss, scale)
+    with phase("loss_forward"):
+        loss = ntp_loss(model(input_ids).logits, input_ids)
+    with phase("backward"):
+        _backward(loss, scale)
     value = float(loss.detach())
     return StepStats(loss=value, ntp=value, tokens=input_ids.numel())
 
@@ -131,8 +170,10 @@ def branched_rollouts(
     model: FastWeightForCausalLM, input_ids: Tensor, positions: Tensor, cfg: RefineConfig, generator
 ) -> tuple[Rollouts, Tensor, Tensor]:
     """Rollouts from states captured by one no-grad prefill (see `rollouts_from_states`)."""
-    pre = model.prefill(input_ids, capture=positions, return_logits=False)
-    return rollouts_from_states(model, input_ids, positions, pre, cfg, generator)
+    with phase("prefill"):
+        pre = model.prefill(input_ids, capture=positions, return_logits=False)
+    with phase("rollouts"):
+        return rollouts_from_states(model, input_ids, positions, pre, cfg, generator)
 
 
 def _prefixed(input_ids: Tensor, positions: Tensor, tokens: Tensor) -> list[tuple[int, Tensor]]:
@@ -210,17 +251,23 @@ def refine_backward(
         raise ValueError("refine.coef > 0 needs rollout positions [B, P] (see refine_tasks.position_cache)")
     main = None
     if cfg.mode == "fused":
-        main = model.prefill(input_ids, capture=positions)  # with gradients: the loss pass's main half
-        ro, true_tokens, true_hidden = rollouts_from_states(model, input_ids, positions, main, cfg, generator)
+        with phase("prefill"):
+            main = model.prefill(input_ids, capture=positions)  # with gradients: the loss pass's main half
+        with phase("rollouts"):
+            ro, true_tokens, true_hidden = rollouts_from_states(model, input_ids, positions, main, cfg, generator)
+    elif cfg.mode == "branched":
+        ro, true_tokens, true_hidden = branched_rollouts(model, input_ids, positions, cfg, generator)
     else:
-        make_rollouts = branched_rollouts if cfg.mode == "branched" else naive_rollouts
-        ro, true_tokens, true_hidden = make_rollouts(model, input_ids, positions, cfg, generator)
-    names = list(dict.fromkeys([*METRIC_REWARDS, cfg.reward]))
-    rewards = score_rollouts(ro, true_tokens, true_hidden, names)
-    adv = group_advantages(rewards[cfg.reward], cfg.scale_by_std, cfg.adv_eps).flatten()
+        with phase("rollouts"):
+            ro, true_tokens, true_hidden = naive_rollouts(model, input_ids, positions, cfg, generator)
+    with phase("rewards"):
+        names = list(dict.fromkeys([*METRIC_REWARDS, cfg.reward]))
+        rewards = score_rollouts(ro, true_tokens, true_hidden, names)
+        adv = group_advantages(rewards[cfg.reward], cfg.scale_by_std, cfg.adv_eps).flatten()
     old = ro.log_probs.flatten(0, 2)  # [N, L], streams in (b, p, r) order
     if cfg.mode == "naive":
-        stats = _naive_loss(model, input_ids, positions, ro, adv, old, cfg, scale, ref_model)
+        with phase("loss_and_backward"):
+            stats = _naive_loss(model, input_ids, positions, ro, adv, old, cfg, scale, ref_model)
     else:
         stats = _one_pass_loss(model, input_ids, positions, main, ro, adv, old, cfg, scale, ref_model)
     stats.rewards = {
@@ -235,25 +282,27 @@ def _one_pass_loss(model, input_ids, positions, main, ro, adv, old, cfg, scale, 
     b, p, r, length = ro.tokens.shape
     branch_at = positions.repeat_interleave(r, dim=1)  # [B, P*R], stream (p, r) -> branch p*R + r
     tokens = ro.tokens.reshape(b, p * r, length)
-    if main is None:
-        out = model.forward_branched(input_ids, branch_at, tokens)
-        logits, branch_logits = out.logits, out.branch_logits
-    else:
-        state = main.captured.repeat_interleave(r)  # differentiable: gradients reach the prefix
-        # seen_tokens (0 here) is bookkeeping for generate() only; the state is what continues.
-        cont = model(tokens.reshape(b * p * r, length), past_key_values=FastWeightCache(state, 0))
-        logits, branch_logits = main.logits, cont.logits.view(b, p * r, length, -1)
-    ntp = ntp_loss(logits, input_ids)
-    logp = _branch_log_probs(logits, branch_logits, branch_at, tokens, cfg.temperature).flatten(0, 1)
-    ref_logp = None
-    if ref_model is not None and cfg.kl_coef > 0:
-        with torch.no_grad():
-            ref = ref_model.forward_branched(input_ids, branch_at, tokens)
-            ref_logp = _branch_log_probs(ref.logits, ref.branch_logits, branch_at, tokens, cfg.temperature)
-            ref_logp = ref_logp.flatten(0, 1)
-    grpo, kl, pl = _policy_terms(logp, old, adv, cfg, ref_logp)
-    loss = refine_loss(ntp, grpo, cfg.coef)
-    _backward(loss, scale)
+    with phase("loss_forward"):
+        if main is None:
+            out = model.forward_branched(input_ids, branch_at, tokens)
+            logits, branch_logits = out.logits, out.branch_logits
+        else:
+            state = main.captured.repeat_interleave(r)  # differentiable: gradients reach the prefix
+            # seen_tokens (0 here) is bookkeeping for generate() only; the state is what continues.
+            cont = model(tokens.reshape(b * p * r, length), past_key_values=FastWeightCache(state, 0))
+            logits, branch_logits = main.logits, cont.logits.view(b, p * r, length, -1)
+        ntp = ntp_loss(logits, input_ids)
+        logp = _branch_log_probs(logits, branch_logits, branch_at, tokens, cfg.temperature).flatten(0, 1)
+        ref_logp = None
+        if ref_model is not None and cfg.kl_coef > 0:
+            with torch.no_grad():
+                ref = ref_model.forward_branched(input_ids, branch_at, tokens)
+                ref_logp = _branch_log_probs(ref.logits, ref.branch_logits, branch_at, tokens, cfg.temperature)
+                ref_logp = ref_logp.flatten(0, 1)
+        grpo, kl, pl = _policy_terms(logp, old, adv, cfg, ref_logp)
+        loss = refine_loss(ntp, grpo, cfg.coef)
+    with phase("backward"):
+        _backward(loss, scale)
     return StepStats(
         loss=float(loss.detach()),
         ntp=float(ntp.detach()),

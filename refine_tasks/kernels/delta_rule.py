@@ -3,7 +3,8 @@
 `delta_rule` is what the DeltaNet mixer calls. `mode="chunk"` is the training/prefill form,
 `mode="recurrent"` the decoding form (fla: `fused_recurrent_delta_rule`). Shapes as in
 `delta_rule_reference`; `cu_seqlens` packs N sequences into one row ([1, total, H, D] inputs,
-N initial/final states), each with its own state.
+N initial/final states), each with its own state; `cu_seqlens_cpu`, its host copy, spares fla
+the device sync of reading the bounds back.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def delta_rule(
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
     cu_seqlens: Tensor | None = None,
+    cu_seqlens_cpu: Tensor | None = None,
     normalize_qk: bool = True,
     mode: Literal["chunk", "recurrent"] = "chunk",
 ) -> tuple[Tensor, Tensor | None]:
@@ -41,7 +43,7 @@ def delta_rule(
     scale = q.shape[-1] ** -0.5
     if backend == "fla":
         return _fla_delta_rule(
-            q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, normalize_qk, mode
+            q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, cu_seqlens_cpu, normalize_qk, mode
         )
     if normalize_qk:
         q, k = l2_normalize(q, L2_EPS), l2_normalize(k, L2_EPS)
@@ -49,7 +51,7 @@ def delta_rule(
     if cu_seqlens is None:
         o, final = rule(q, k, v, beta, scale, initial_state)
     else:
-        bounds = cu_seqlens.tolist()
+        bounds = (cu_seqlens if cu_seqlens_cpu is None else cu_seqlens_cpu).tolist()
         pieces = [
             rule(
                 *(x[:, s:e] for x in (q, k, v, beta)),
@@ -63,7 +65,9 @@ def delta_rule(
     return o.to(v.dtype), (final if output_final_state else None)
 
 
-def _fla_delta_rule(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, normalize_qk, mode):
+def _fla_delta_rule(
+    q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, cu_seqlens_cpu, normalize_qk, mode
+):
     from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
 
     if mode == "chunk" and q.dtype not in (torch.bfloat16, torch.float16):
@@ -71,7 +75,10 @@ def _fla_delta_rule(q, k, v, beta, scale, initial_state, output_final_state, cu_
             f"fla's chunk_delta_rule needs bfloat16/float16 inputs, got {q.dtype}: run the model in bf16 "
             f"(torch_dtype=torch.bfloat16) or use the torch backend (REFINE_KERNEL_BACKEND=torch)"
         )
-    kernel = chunk_delta_rule if mode == "chunk" else fused_recurrent_delta_rule
+    if mode == "chunk":
+        kernel, extra = chunk_delta_rule, {"cu_seqlens_cpu": cu_seqlens_cpu}
+    else:
+        kernel, extra = fused_recurrent_delta_rule, {}
     return kernel(
         q=q,
         k=k,
@@ -82,4 +89,5 @@ def _fla_delta_rule(q, k, v, beta, scale, initial_state, output_final_state, cu_
         output_final_state=output_final_state,
         use_qk_l2norm_in_kernel=normalize_qk,
         cu_seqlens=cu_seqlens,
+        **extra,
     )

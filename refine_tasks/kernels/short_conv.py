@@ -34,17 +34,22 @@ def conv_states(x: Tensor, positions: Tensor, width: int, initial_state: Tensor 
     """The conv state after each prefix length: [B, P, D, W] for x: [B, T, D], positions: [B, P] in 0..T.
 
     The state after p tokens holds the inputs p-W..p-1; those before the sequence come from
-    `initial_state` ([B, D, W]), else zeros. A gather, so gradients flow back into x.
+    `initial_state` ([B, D, W]), else zeros. Gathers straight from x (no padded copy of the
+    whole sequence, which would cost a full read and write of x per call), so gradients flow
+    back into x (and into initial_state).
     """
+    B, P = positions.shape
+    D = x.shape[-1]
+    index = positions[:, :, None] - width + torch.arange(width, device=x.device)  # [B, P, W]: p-W..p-1
+    before = index < 0  # slots that predate the sequence
+    windows = x.gather(1, index.clamp(min=0).reshape(B, P * width, 1).expand(-1, -1, D)).view(B, P, width, D)
     if initial_state is None:
-        history = x.new_zeros(x.shape[0], width, x.shape[-1])
+        windows = windows.masked_fill(before[..., None], 0)
     else:
-        history = initial_state.transpose(1, 2).to(x.dtype)
-    padded = torch.cat([history, x], dim=1)  # token t of x sits at W + t
-    index = positions[:, :, None] + torch.arange(width, device=x.device)  # [B, P, W]: inputs p-W..p-1
-    B, P, _ = index.shape
-    windows = padded.gather(1, index.reshape(B, P * width, 1).expand(-1, -1, x.shape[-1]))
-    return windows.reshape(B, P, width, -1).transpose(2, 3)
+        history = initial_state.transpose(1, 2).to(x.dtype)  # [B, W, D]: slot i holds input i-W (i >= 0)
+        slots = (index + width).clamp(max=width - 1).reshape(B, P * width, 1).expand(-1, -1, D)
+        windows = torch.where(before[..., None], history.gather(1, slots).view(B, P, width, D), windows)
+    return windows.transpose(2, 3)
 
 
 def short_conv_step(x: Tensor, state: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:

@@ -48,6 +48,25 @@ def test_conv_states_hold_the_last_inputs_and_continue_exactly():
     assert rel_err(tail, short_conv(x[1:], w, "torch")[:, 4:]) < 1e-13
 
 
+def test_conv_states_with_initial_state_match_the_padded_sequence():
+    """Windows reaching before the sequence read the initial state; gradients reach x and the state."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    init = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    positions = torch.tensor([[0, 2, 6], [5, 1, 3]])
+    states = conv_states(x, positions, 4, initial_state=init)
+    padded = torch.cat([init.transpose(1, 2), x], dim=1)  # input t sits at 4 + t; slot i of init is input i-4
+    want = torch.stack(
+        [torch.stack([padded[b, p : p + 4].T for p in positions[b].tolist()]) for b in range(2)]
+    )
+    assert torch.equal(states, want)
+    w = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    got_grads = torch.autograd.grad((states * w).sum(), (x, init))
+    want_grads = torch.autograd.grad((want * w).sum(), (x, init))
+    for got, ref in zip(got_grads, want_grads, strict=True):
+        assert ref.norm() > 0 and torch.equal(got, ref)
+
+
 def test_step_by_step_equals_full_conv():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 7, 4, generator=g, dtype=torch.float64)
