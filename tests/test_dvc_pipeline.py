@@ -46,8 +46,9 @@ def test_repro_all_then_nothing_then_only_dependants(project: Path) -> None:
 
     changed = run(["dvc", "exp", "run", "-S", "refine.coef=0.5"], project)  # an experiment on one value
     assert read_params(project)["refine"]["coef"] == 0.5
-    refine_chain = {"midtrain_refine", "eval_niah@refine", "eval_qa@refine", "eval_longbench@refine", "report"}
-    assert ran(changed.stdout) == refine_chain, changed.stdout
+    refine_chain = {"midtrain_refine", "eval_niah@refine", "eval_qa@refine", "eval_longbench@refine"}
+    # the report re-runs only when an evaluation output changed (a tiny model may answer the same)
+    assert ran(changed.stdout) - {"report"} == refine_chain, changed.stdout
 
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
     flat = json.dumps(metrics)
