@@ -79,7 +79,9 @@ class DistributedMidTrainer(MidTrainer):
 
         self.world = world
         t = cfg.train
-        self.loader = LongDocumentLoader(cfg.paths.corpus_dir, t.seq_len, t.batch_size, t.packing, cfg.seed + rank)
+        self.loader = LongDocumentLoader(
+            cfg.paths.corpus_dir, t.seq_len, t.batch_size, t.packing, cfg.seed + rank
+        )
 
     def micro_step(self, step: int, micro: int):
         import torch.distributed as dist

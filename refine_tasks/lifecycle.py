@@ -243,7 +243,9 @@ def _positions(cfg: PipelineConfig, on_step: OnStep | None) -> StageResult:
     if cfg.positions.policy != "precomputed":
         summary = {"policy": cfg.positions.policy}
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-        notice = "positions: positions.policy=online selects positions in every training step; nothing to cache"
+        notice = (
+            "positions: positions.policy=online selects positions in every training step; nothing to cache"
+        )
         return StageResult("positions", [("policy", cfg.positions.policy)], notice=notice)
     report = precompute_positions(
         stage_config("positions", cfg), on_progress=lambda n: on_step and on_step({"done": n})

@@ -81,9 +81,16 @@ def cells(run: str, scores: dict[str, float]) -> dict:
         "run": run,
         "checkpoint": f"data/runs/{run}/checkpoints/step-0000004",
         "cells": [
-            {"run": run, "checkpoint": f"data/runs/{run}/checkpoints/step-0000004", "family": family,
-             "task": task, "length": 1024, "depth": 50.0 if family == "niah" else None, "n_samples": 2,
-             "score": score}  # fmt: skip
+            {
+                "run": run,
+                "checkpoint": f"data/runs/{run}/checkpoints/step-0000004",
+                "family": family,
+                "task": task,
+                "length": 1024,
+                "depth": 50.0 if family == "niah" else None,
+                "n_samples": 2,
+                "score": score,
+            }  # fmt: skip
             for (family, task), score in scores.items()
         ],
     }
@@ -107,9 +114,15 @@ def test_report_compares_the_models_from_their_scores(make_config, tmp_path: Pat
     assert "| RULER QA | average | 20.00 | **30.00** |" in comparison
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert metrics == {"base": {"niah": 50.0, "ruler_qa": 20.0}, "sft": {"niah": 0.0, "ruler_qa": 30.0}}
-    assert (tmp_path / "rep" / "base_niah.png").is_file() and ("report", str(tmp_path / "rep" / "comparison.md")) in result.rows
+    assert (tmp_path / "rep" / "base_niah.png").is_file() and (
+        "report",
+        str(tmp_path / "rep" / "comparison.md"),
+    ) in result.rows
     header, rows = lifecycle.comparison(cfg)
-    assert header == ["family", "task", "base", "sft"] and ["RULER NIAH", "niah_single_1", "**50.00**", "0.00"] in rows
+    assert (
+        header == ["family", "task", "base", "sft"]
+        and ["RULER NIAH", "niah_single_1", "**50.00**", "0.00"] in rows
+    )
 
 
 def test_a_failing_stage_leaves_none_of_its_outputs(make_config, tmp_path: Path) -> None:

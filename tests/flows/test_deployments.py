@@ -166,7 +166,9 @@ def test_evaluate_publishes_the_comparison_and_the_plots(server: Server) -> None
     done = server.wait(UUID.search(out).group(1))
     assert done["state"]["type"] == "COMPLETED", done["state"]
     comparison = server.artifact("refine-comparison")["data"]
-    assert "| family | task | base | refine |" in comparison and "| RULER NIAH | niah_single_1 |" in comparison
+    assert (
+        "| family | task | base | refine |" in comparison and "| RULER NIAH | niah_single_1 |" in comparison
+    )
     scores = server.artifact("refine-scores")["data"]
     assert "niah_single_1" in scores and '"refine"' in scores
     plots = server.artifact("refine-plots")["data"]
