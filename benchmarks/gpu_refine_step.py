@@ -12,6 +12,10 @@ CUDA-graph capture), median of --reps, gradients only (the optimizer step is the
                          entropy pass in the step)
   naive                  entropy pass -> positions -> `refine_backward` mode naive (the
                          reference way: per-prefix prefill, reward re-run, per-rollout losses)
+First, unless --check-tokens 0: forward_branched against each prefix + branch run alone at the
+`small` shape in bf16 (`branched_vs_naive_rel_err_*`). Mind the Triton cache: kernels of a shape
+or variant not in it (the small shape; the chain's varlen call with 2V value columns) compile
+and autotune cold on first use, minutes each set.
 Every rep of every mode uses the same positions (the entropy pass still runs in each online
 rep; its draw is salted with step 0), so no mode meets new segment or prefix lengths in its
 timed reps that its warm-up did not: a fair comparison of steady-state costs.
@@ -130,20 +134,25 @@ def branched_errors(preset: str, tokens: int, device: torch.device) -> dict[str,
     return errors
 
 
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The batch and ReFINE settings a StepBench reads (shared with profile_refine_step.py)."""
+    parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--positions", type=int, default=8)
+    parser.add_argument("--rollout-len", type=int, default=5)
+    parser.add_argument("--margin", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny preset, 512 tokens")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for results.jsonl / RESULTS.md")
     parser.add_argument("--shapes", default="small,paper-1.3b")
     parser.add_argument("--modes", default=",".join(MODES), help=f"ReFINE modes to time after ntp ({', '.join(MODES)})")
-    parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--positions", type=int, default=8)
-    parser.add_argument("--rollout-len", type=int, default=5)
-    parser.add_argument("--margin", type=int, default=20)
+    add_batch_arguments(parser)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--naive-reps", type=int, default=1, help="timed repetitions of the slow naive step")
     parser.add_argument("--budget-s", type=float, default=540.0, help="skip what would run past this")
-    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny preset, 512 tokens")
     parser.add_argument("--check-tokens", type=int, default=2048, help="sequence length of the exactness check (0: skip it)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

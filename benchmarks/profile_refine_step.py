@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_refine_step import StepBench  # noqa: E402
+from benchmarks.gpu_refine_step import StepBench, add_batch_arguments  # noqa: E402
 from benchmarks.record import record  # noqa: E402
 from refine_tasks.refine_step import phase_timer  # noqa: E402
 
@@ -68,13 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="paper-1.3b")
     parser.add_argument("--modes", default="ntp,branched,fused")
     parser.add_argument("--no-profile-modes", default="naive", help="modes timed by phase only")
-    parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--positions", type=int, default=8)
-    parser.add_argument("--rollout-len", type=int, default=5)
-    parser.add_argument("--margin", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=2)
+    add_batch_arguments(parser)
     parser.add_argument("--top", type=int, default=20, help="rows of each profiler table")
-    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny preset, 512 tokens")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     card = "cpu-dry-run" if args.dry_run else torch.cuda.get_device_name()

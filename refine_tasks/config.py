@@ -118,9 +118,10 @@ class RefineConfig(Section):
     kl_coef: float = Field(0.0, ge=0, description="weight of KL(pi || frozen initial model); 0: no reference")
     kl_estimator: Literal["k1", "k3"] = "k3"
     mode: Literal["branched", "fused", "naive"] = Field(
-        "branched",
-        description="branched: one forward_branched pass; fused: the capturing prefill is the loss pass's "
-        "main half; naive: prefix+rollout re-run per position (see refine_tasks.refine_step)",
+        "fused",
+        description="fused (fastest, exact): the capturing prefill is the loss pass's main half; branched: "
+        "a no-grad capturing prefill, then one forward_branched pass; naive: prefix+rollout re-run per "
+        "position (see refine_tasks.refine_step)",
     )
 
 

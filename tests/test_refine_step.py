@@ -10,7 +10,13 @@ import torch
 
 from refine_tasks.config import RefineConfig
 from refine_tasks.models import build_model
-from refine_tasks.refine_step import branched_rollouts, naive_rollouts, ntp_backward, refine_backward
+from refine_tasks.refine_step import (
+    branched_rollouts,
+    naive_rollouts,
+    ntp_backward,
+    phase_timer,
+    refine_backward,
+)
 from refine_tasks.rl.grpo import ntp_loss
 
 VOCAB = 53
@@ -154,3 +160,26 @@ def test_kl_without_reference_is_a_clear_error():
     ids, positions = batch(model, seed=13)
     with pytest.raises(ValueError, match="kl_coef > 0 needs a frozen reference"):
         refine_backward(model, ids, positions, RefineConfig(rollout_len=4, kl_coef=0.1))
+
+
+@pytest.mark.parametrize(
+    ("mode", "phases"),
+    [
+        ("fused", {"prefill", "rollouts", "rewards", "loss_forward", "backward"}),
+        ("branched", {"prefill", "rollouts", "rewards", "loss_forward", "backward"}),
+        ("naive", {"rollouts", "rewards", "loss_and_backward"}),
+    ],
+)
+def test_phase_timer_times_each_phase_without_changing_the_step(mode, phases):
+    cfg = RefineConfig(rollout_len=4, n_rollouts=2)
+    model = tiny()
+    ids, positions = batch(model, seed=14)
+    plain, g_plain = run(model, mode, cfg, ids, positions, seed=3)
+    with phase_timer() as seconds:
+        timed, g_timed = run(model, mode, cfg, ids, positions, seed=3)
+    assert set(seconds) == phases and all(s > 0 for s in seconds.values())
+    assert timed.loss == plain.loss and all(torch.equal(g_timed[n], g) for n, g in g_plain.items())
+    with phase_timer() as fresh:
+        pass
+    run(model, mode, cfg, ids, positions, seed=3)  # outside the timer: nothing is collected
+    assert fresh == {}
