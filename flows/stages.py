@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import time
 
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.sync import concurrency
 
 from refine_tasks.config import load_config
@@ -32,7 +33,7 @@ def artifact_key(*parts: str) -> str:
     return "-".join(parts).lower().replace("_", "-").replace("@", "-")
 
 
-def transient(task, task_run, state) -> bool:
+def transient(task: Task, task_run: TaskRun, state: State) -> bool:
     """Retry only errors that another attempt may not meet: locks held by others, connections."""
     from dvc.lock import LockError
 
