@@ -93,8 +93,13 @@ def stage_task(
     on_step = None
     if stage in TRAIN_STAGES:
         on_step = TrainingProgress(name, stage_config(name, cfg).train.max_steps)
+    held = " and ".join(limits)
     with concurrency(limits, occupy=1):
-        result = run_tracked(name, cfg, on_step=on_step, force=force)
+        logger.info("%s: holding %s", name, held)
+        try:
+            result = run_tracked(name, cfg, on_step=on_step, force=force)
+        finally:
+            logger.info("%s: releasing %s", name, held)
     if result.notice:
         logger.warning(result.notice)
     create_markdown_artifact(_rows_markdown(result), key=artifact_key(name, "summary"), description=name)

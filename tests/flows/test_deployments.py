@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,42 @@ def test_evaluate_publishes_the_comparison_and_the_plots(server: Server) -> None
     assert str(project / "data" / "reports" / "base_niah.png") in plots
     stages = [f"{s}@{m}" for s in ("eval_niah", "eval_qa", "eval_longbench") for m in ("base", "refine")]
     assert "up to date" in run(["dvc", "status", *stages, "report"], project).stdout
+
+
+def holding_intervals(server: Server, run_id: str) -> list[tuple[datetime, datetime, str]]:
+    """(from, to, stage) of every stage of the run, read from its 'holding' / 'releasing' logs."""
+    logs = json.loads(server.prefect("flow-run", "logs", run_id, "--output", "json").stdout)
+    began: dict[str, datetime] = {}
+    intervals = []
+    for log in sorted(logs, key=lambda entry: entry["timestamp"]):
+        found = re.match(r"(\S+): (holding|releasing) dvc", log["message"])
+        if found:
+            stage, what = found.groups()
+            at = datetime.fromisoformat(log["timestamp"])
+            if what == "holding":
+                began[stage] = at
+            else:
+                intervals.append((began.pop(stage), at, f"{run_id[:8]}:{stage}"))
+    return intervals
+
+
+def test_two_runs_at_once_take_turns_on_the_dvc_limit(server: Server) -> None:
+    """Two preprocess runs started together (each re-reading the corpus): the worker runs both at
+    once, and the global limit `dvc` lets one stage at a time touch the DVC-tracked outputs."""
+    params = json.dumps({"refresh_corpus": True})
+    ids = [
+        UUID.search(
+            server.prefect("deployment", "run", "refine-preprocess/tiny-cpu", "--params", params).stdout
+        )
+        for _ in range(2)
+    ]
+    runs = [server.wait(found.group(1)) for found in ids]
+    assert [r["state"]["type"] for r in runs] == ["COMPLETED", "COMPLETED"]
+    spans = [(datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"])) for r in runs]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], f"the runs did not overlap: {spans}"
+    intervals = sorted(i for found in ids for i in holding_intervals(server, found.group(1)))
+    # both runs re-read the corpus (the tokenizer, up to date, may come from the cache unrun)
+    assert sorted(label.split(":")[1] for *_, label in intervals).count("corpus") == 2, intervals
+    for (_, end, first), (start, _, second) in zip(intervals, intervals[1:], strict=False):
+        assert start >= end, f"{second} began holding dvc before {first} released it"
+    assert "up to date" in run(["dvc", "status", "tokenizer", "corpus"], server.project).stdout
