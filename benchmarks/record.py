@@ -82,6 +82,26 @@ def record(
     return entry
 
 
+def record_row(
+    rows: list[tuple[str, str, str]],
+    metric: str,
+    value: float,
+    unit: str,
+    card: str,
+    command: str,
+    note: str = "",
+    verdict: str = "",
+    *,
+    jsonl: Path,
+    md: Path,
+    suffix: str = "",
+) -> None:
+    """`record` for the device scripts: also add the figure to their closing table and print it."""
+    record(metric, value, unit, card, command, note, jsonl=jsonl, md=md)
+    rows.append((metric, f"{value:.4g} {unit}", verdict))
+    print(f"  {metric} = {value:.4g} {unit} {verdict} {note}{suffix}", flush=True)
+
+
 def import_results(path: Path, *, jsonl: Path | None = None, md: Path | None = None) -> list[dict]:
     """Record every line of a results file written elsewhere (e.g. by a device run under $OUT).
 
