@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.record import record_row  # noqa: E402
+from benchmarks.record import FigureLog  # noqa: E402
 from refine_tasks.models import FastWeightForCausalLM, State, build_model  # noqa: E402
 from refine_tasks.models.branched import forward_branched_naive  # noqa: E402
 from refine_tasks.models.checkpoint import FLA_DEFAULTS  # noqa: E402
@@ -63,17 +63,8 @@ class Bench:
         return min(n, 96) if self.args.dry_run else n
 
     def emit(self, metric: str, value: float, unit: str, note: str = "", verdict: str = "") -> None:
-        record_row(
-            ROWS,
-            metric,
-            value,
-            unit,
-            self.card,
-            COMMAND,
-            note,
-            verdict,
-            jsonl=self.out / "results.jsonl",
-            md=self.md,
+        FigureLog(self.card, COMMAND, self.out / "results.jsonl", self.md, ROWS).emit(
+            metric, value, unit, note, verdict
         )
 
     def left(self) -> float:

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.record import record_row  # noqa: E402
+from benchmarks.record import FigureLog  # noqa: E402
 from refine_tasks.kernels.lact import FastWeights, lact_fast_weight  # noqa: E402
 from refine_tasks.models import build_model  # noqa: E402
 
@@ -71,17 +71,12 @@ class Run:
             ROWS.append((name, "FAILED", f"{type(e).__name__}: {e}"[:120]))
 
     def emit(self, metric: str, value: float, unit: str, note: str = "", verdict: str = "") -> None:
-        record_row(
-            ROWS,
+        FigureLog(self.card, COMMAND, self.out / "results.jsonl", self.out / "RESULTS.md", ROWS).emit(
             metric,
             value,
             unit,
-            self.card,
-            COMMAND,
             note,
             verdict,
-            jsonl=self.out / "results.jsonl",
-            md=self.out / "RESULTS.md",
             suffix=f" [{time.time() - self.t0:.0f}s]",
         )
 

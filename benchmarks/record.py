@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -82,24 +83,22 @@ def record(
     return entry
 
 
-def record_row(
-    rows: list[tuple[str, str, str]],
-    metric: str,
-    value: float,
-    unit: str,
-    card: str,
-    command: str,
-    note: str = "",
-    verdict: str = "",
-    *,
-    jsonl: Path,
-    md: Path,
-    suffix: str = "",
-) -> None:
-    """`record` for the device scripts: also add the figure to their closing table and print it."""
-    record(metric, value, unit, card, command, note, jsonl=jsonl, md=md)
-    rows.append((metric, f"{value:.4g} {unit}", verdict))
-    print(f"  {metric} = {value:.4g} {unit} {verdict} {note}{suffix}", flush=True)
+@dataclass
+class FigureLog:
+    """The device scripts' figures: each one recorded, added to their closing table and printed."""
+
+    card: str
+    command: str
+    jsonl: Path
+    md: Path
+    rows: list[tuple[str, str, str]]  # (name, value, verdict), shared with the script's other rows
+
+    def emit(
+        self, metric: str, value: float, unit: str, note: str = "", verdict: str = "", suffix: str = ""
+    ) -> None:
+        record(metric, value, unit, self.card, self.command, note, jsonl=self.jsonl, md=self.md)
+        self.rows.append((metric, f"{value:.4g} {unit}", verdict))
+        print(f"  {metric} = {value:.4g} {unit} {verdict} {note}{suffix}", flush=True)
 
 
 def import_results(path: Path, *, jsonl: Path | None = None, md: Path | None = None) -> list[dict]:
