@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,15 +82,16 @@ def record(
     return entry
 
 
-@dataclass
 class FigureLog:
-    """The device scripts' figures: each one recorded, added to their closing table and printed."""
+    """The device scripts' figures: each one recorded, added to their closing table and printed.
 
-    card: str
-    command: str
-    jsonl: Path
-    md: Path
-    rows: list[tuple[str, str, str]]  # (name, value, verdict), shared with the script's other rows
+    `rows` ([(name, value, verdict)]) is shared with the script's other rows of that table.
+    """
+
+    def __init__(
+        self, card: str, command: str, jsonl: Path, md: Path, rows: list[tuple[str, str, str]]
+    ) -> None:
+        self.card, self.command, self.jsonl, self.md, self.rows = card, command, jsonl, md, rows
 
     def emit(
         self, metric: str, value: float, unit: str, note: str = "", verdict: str = "", suffix: str = ""
