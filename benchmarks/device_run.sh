@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One device-machine call: install the carried wheels, restore the Triton cache, run the named
+# benchmark steps in order (each under its own time limit), then return the grown Triton cache.
+#
+#   bash benchmarks/device_run.sh STEP[:SECONDS] ...      # on the device machine, OUT set
+#
+# Steps (each writes under $OUT/<step>/; a failed or timed-out step does not stop the others):
+#   dn-check     gpu_deltanet.py --phases check,check32   (fla parity, forward_branched vs separate)
+#   dn-all       gpu_deltanet.py                           (every DeltaNet figure)
+#   refine       gpu_refine_step.py --shapes paper-1.3b    (ReFINE / NTP step ratios)
+#   refine-small gpu_refine_step.py --shapes small --check-tokens 0
+#   profile      profile_refine_step.py --modes ntp,fused_precomputed
+#   lact         gpu_lact.py                               (LaCT kernels, layer, paper-760m)
+# Carry: .whl .whl_lead (wheels the image lacks) and .tc (Triton cache tarballs, git-ignored).
+set -u
+OUT=${OUT:?OUT must name the folder whose files come back}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl .whl_lead/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR=$PWD/.triton_cache
+mkdir -p "$TRITON_CACHE_DIR"
+for tarball in .tc/*.txz; do
+    [ -f "$tarball" ] && tar -xJf "$tarball" -C "$TRITON_CACHE_DIR"
+done
+touch /tmp/cache_marker
+before=$(find "$TRITON_CACHE_DIR" -type f | wc -l)
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+
+run_step() {
+    local step=$1 limit=$2 dir=$OUT/$1
+    mkdir -p "$dir"
+    echo "==== $step (limit ${limit}s) $(date -u +%H:%M:%S)"
+    case $step in
+        dn-check) timeout "$limit" python3 benchmarks/gpu_deltanet.py --out "$dir" --phases check,check32 ;;
+        dn-all) timeout "$limit" python3 benchmarks/gpu_deltanet.py --out "$dir" ;;
+        refine) timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes paper-1.3b \
+            --check-tokens 0 --budget-s $((limit - 60)) ;;
+        refine-small) timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes small \
+            --check-tokens 0 --budget-s $((limit - 60)) ;;
+        profile) timeout "$limit" python3 benchmarks/profile_refine_step.py --out "$dir" \
+            --modes ntp,fused_precomputed --warmup 1 ;;
+        lact) timeout "$limit" python3 benchmarks/gpu_lact.py --out "$dir" --budget-s $((limit - 60)) ;;
+        *) echo "unknown step $step" ;;
+    esac
+    echo "==== $step exit $? $(date -u +%H:%M:%S)"
+}
+
+for spec in "$@"; do  # RESULTS.md copies are dropped below: results.jsonl is imported instead
+    run_step "${spec%%:*}" "$([[ $spec == *:* ]] && echo "${spec##*:}" || echo 300)"
+done
+
+find "$OUT" -name RESULTS.md -delete
+after=$(find "$TRITON_CACHE_DIR" -type f | wc -l)
+echo "Triton cache: $before files before, $after after"
+if [ "$after" -gt "$before" ]; then
+    (cd "$TRITON_CACHE_DIR" && find . -newer /tmp/cache_marker -type f -print0 \
+        | tar -cJf "$OUT/triton_cache_new.txz" --null -T -)
+    ls -la "$OUT/triton_cache_new.txz"
+fi
