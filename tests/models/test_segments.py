@@ -7,7 +7,8 @@ import torch
 from models_helpers import rel_err
 
 from refine_tasks.kernels import delta_rule_recurrent, l2_normalize
-from refine_tasks.models.segments import chained_delta_rule, segment_plan
+from refine_tasks.models import segments
+from refine_tasks.models.segments import SegmentBlocks, chained_delta_rule, segment_plan
 
 B, T, H, K, V = 2, 23, 2, 4, 3
 
@@ -25,7 +26,15 @@ def recurrence(q, k, v, beta, h0, p: int) -> tuple[torch.Tensor, torch.Tensor]:
     return delta_rule_recurrent(q[:, :p], k[:, :p], v[:, :p], beta[:, :p], K**-0.5, h0)
 
 
-def test_chained_outputs_and_states_equal_the_recurrence():
+@pytest.fixture(params=[256, 4], ids=["one-block-per-segment", "padded-blocks"])
+def block(request, monkeypatch) -> int:
+    """The correction's block size: the default (every segment here fits one block) and 4
+    (segments span several blocks, last ones padded)."""
+    monkeypatch.setattr(segments, "BLOCK", request.param)
+    return request.param
+
+
+def test_chained_outputs_and_states_equal_the_recurrence(block):
     q, k, v, beta, h0 = inputs(0)
     positions = torch.tensor([[17, 0, 5, 17], [23, 9, 1, 12]])  # unsorted, repeated, 0 and T
     o, at, final = chained_delta_rule(q, k, v, beta, positions, backend="torch", initial_state=h0)
@@ -40,7 +49,7 @@ def test_chained_outputs_and_states_equal_the_recurrence():
             assert rel_err(at[b, j], want[0]) < 1e-12, (b, j)
 
 
-def test_chained_gradients_equal_the_recurrence():
+def test_chained_gradients_equal_the_recurrence(block):
     """Gradients reach every input through the chain: a loss on o and on the captured states."""
     tensors = [t.requires_grad_() for t in inputs(1)]
     positions = torch.tensor([[3, 20, 11], [22, 6, 6]])
@@ -71,6 +80,15 @@ def test_chained_without_initial_state_and_without_positions():
     assert rel_err(at[1, 0], recurrence(q[1:], k[1:], v[1:], beta[1:], zero[1:], 9)[1][0]) < 1e-12
     o, at, final = chained_delta_rule(q, k, v, beta, torch.zeros(B, 0, dtype=torch.long), backend="torch")
     assert at.shape == (B, 0, H, K, V) and rel_err(final, recurrence(q, k, v, beta, zero, T)[1]) < 1e-12
+
+
+def test_segment_blocks_map_tokens_to_padded_slots_of_their_own_segment(monkeypatch):
+    assert SegmentBlocks.build([2, 5, 1], torch.device("cpu")).size == 5  # the longest, under BLOCK
+    monkeypatch.setattr(segments, "BLOCK", 2)
+    blocks = SegmentBlocks.build([2, 5, 1], torch.device("cpu"))
+    assert blocks.size == 2 and blocks.segment.tolist() == [0, 1, 1, 1, 2]
+    assert blocks.gather.tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 7, 0]  # padding slots read token 0
+    assert blocks.slot.tolist() == [0, 1, 2, 3, 4, 5, 6, 8]
 
 
 def test_segment_plan_is_built_once_per_positions_tensor_and_version():
