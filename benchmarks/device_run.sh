@@ -7,9 +7,9 @@
 # Steps (each writes under $OUT/<step>/; a failed or timed-out step does not stop the others):
 #   dn-check     gpu_deltanet.py --phases check,check32   (fla parity, forward_branched vs separate)
 #   dn-all       gpu_deltanet.py                           (every DeltaNet figure)
-#   refine       gpu_refine_step.py --shapes paper-1.3b    (ReFINE / NTP step ratios)
-#   refine-small gpu_refine_step.py --shapes small --check-tokens 0
-#   profile      profile_refine_step.py --modes ntp,fused_precomputed
+#   refine       gpu_refine_step.py --shapes paper-1.3b    (ReFINE / NTP step ratios; $REFINE_MODES)
+#   refine-small gpu_refine_step.py --shapes small         (with the bf16 branched-vs-naive check)
+#   profile      profile_refine_step.py                     (phases + top ops; $PROFILE_MODES)
 #   lact         gpu_lact.py                               (LaCT kernels, layer, paper-760m)
 # Carry: .whl .whl_lead (wheels the image lacks) and .tc (Triton cache tarballs, git-ignored).
 set -u
@@ -34,11 +34,11 @@ run_step() {
         dn-check) timeout "$limit" python3 benchmarks/gpu_deltanet.py --out "$dir" --phases check,check32 ;;
         dn-all) timeout "$limit" python3 benchmarks/gpu_deltanet.py --out "$dir" ;;
         refine) timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes paper-1.3b \
-            --check-tokens 0 --budget-s $((limit - 60)) ;;
+            --check-tokens 0 --budget-s $((limit - 60)) ${REFINE_MODES:+--modes $REFINE_MODES} ;;
         refine-small) timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes small \
-            --check-tokens 0 --budget-s $((limit - 60)) ;;
+            --check-tokens 2048 --budget-s $((limit - 60)) ${REFINE_MODES:+--modes $REFINE_MODES} ;;
         profile) timeout "$limit" python3 benchmarks/profile_refine_step.py --out "$dir" \
-            --modes ntp,fused_precomputed --warmup 1 ;;
+            --modes "${PROFILE_MODES:-ntp,fused_precomputed,fused-eager_precomputed}" --warmup 1 ;;
         lact) timeout "$limit" python3 benchmarks/gpu_lact.py --out "$dir" --budget-s $((limit - 60)) ;;
         *) echo "unknown step $step" ;;
     esac

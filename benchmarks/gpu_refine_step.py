@@ -7,7 +7,8 @@ CUDA-graph capture), median of --reps, gradients only (the optimizer step is the
   ntp                    `ntp_backward` (the NTP-SFT step, refine.coef = 0)
   branched               entropy pass -> positions -> `refine_backward` mode branched
   fused                  entropy pass -> positions -> `refine_backward` mode fused (no separate
-                         capturing prefill)
+                         capturing prefill; the rollouts' continuation replayed from CUDA graphs)
+  fused-eager            fused with refine.graph_branches off (the continuation launched op by op)
   *_precomputed          the same with cached positions (positions.policy=precomputed: no
                          entropy pass in the step)
   naive                  entropy pass -> positions -> `refine_backward` mode naive (the
@@ -50,7 +51,7 @@ from refine_tasks.starting_model import mixed_precision  # noqa: E402
 
 COMMAND = "python benchmarks/gpu_refine_step.py"
 VOCAB = 32000
-MODES = ("branched", "fused", "branched_precomputed", "fused_precomputed", "naive")
+MODES = ("branched", "fused", "branched_precomputed", "fused_precomputed", "fused-eager_precomputed", "naive")
 
 
 class StepBench:
@@ -90,8 +91,16 @@ class StepBench:
                 return ntp_backward(self.model, self.ids).loss
             way, _, cached = mode.partition("_")
             positions = self.cached if cached else self.positions()
-            cfg = self.cfg.model_copy(update={"mode": way})
+            eager = way.endswith("-eager")  # fused-eager: the continuation launched op by op
+            cfg = self.cfg.model_copy(
+                update={"mode": way.removesuffix("-eager"), "graph_branches": not eager}
+            )
             return refine_backward(self.model, self.ids, positions, cfg, generator).loss
+
+    def grads(self, mode: str, step: int) -> tuple[float, list[torch.Tensor]]:
+        """One step's loss and a copy of every parameter's gradient."""
+        loss = self.step(mode, step)
+        return loss, [p.grad.detach().clone() for p in self.model.parameters() if p.grad is not None]
 
     def seconds(self, mode: str, reps: int, warmup: int) -> float:
         """Median wall seconds of `reps` timed steps after `warmup` untimed ones, device-synchronised."""
@@ -120,8 +129,13 @@ def branched_errors(preset: str, tokens: int, device: torch.device) -> dict[str,
     branch = torch.randint(0, VOCAB, (1, 8, 5), generator=g).to(device)
     params = list(model.parameters())
     errors: dict[str, float] = {}
-    runs = [model.forward_branched(ids, positions, branch), forward_branched_naive(model, ids, positions, branch)]
-    weights = [torch.randn(t.shape, generator=g).to(device, dtype) for t in (runs[0].logits, runs[0].branch_logits)]
+    runs = [
+        model.forward_branched(ids, positions, branch),
+        forward_branched_naive(model, ids, positions, branch),
+    ]
+    weights = [
+        torch.randn(t.shape, generator=g).to(device, dtype) for t in (runs[0].logits, runs[0].branch_logits)
+    ]
     grads = []
     for out in runs:
         loss = (out.logits.float() * weights[0]).sum() + (out.branch_logits.float() * weights[1]).sum()
@@ -132,6 +146,19 @@ def branched_errors(preset: str, tokens: int, device: torch.device) -> dict[str,
     diff = sum(float((a.double() - b.double()).norm() ** 2) for a, b in zip(*grads, strict=True))
     errors["grads"] = (diff / sum(float(b.double().norm() ** 2) for b in grads[1])) ** 0.5
     return errors
+
+
+def graph_errors(bench: StepBench) -> dict[str, float]:
+    """The fused step with its continuation replayed from CUDA graphs against launched op by op:
+    same positions, same rollouts (same seed): |loss difference| and the gradients' relative
+    error over all parameters. Two graphed steps run first (capture, then a replay)."""
+    for step in range(2):
+        bench.step("fused_precomputed", step)
+    graphed_loss, graphed = bench.grads("fused_precomputed", 7)
+    eager_loss, eager = bench.grads("fused-eager_precomputed", 7)
+    diff = sum(float((a.double() - b.double()).norm() ** 2) for a, b in zip(graphed, eager, strict=True))
+    total = sum(float(b.double().norm() ** 2) for b in eager)
+    return {"loss_abs_diff": abs(graphed_loss - eager_loss), "grads_rel_err": (diff / total) ** 0.5}
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,12 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for results.jsonl / RESULTS.md")
     parser.add_argument("--shapes", default="small,paper-1.3b")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"ReFINE modes to time after ntp ({', '.join(MODES)})")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"ReFINE modes to time after ntp ({', '.join(MODES)})"
+    )
     add_batch_arguments(parser)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--naive-reps", type=int, default=1, help="timed repetitions of the slow naive step")
     parser.add_argument("--budget-s", type=float, default=540.0, help="skip what would run past this")
-    parser.add_argument("--check-tokens", type=int, default=2048, help="sequence length of the exactness check (0: skip it)")
+    parser.add_argument(
+        "--graph-check", type=int, default=1, help="1: check graphed vs eager continuation first"
+    )
+    parser.add_argument(
+        "--check-tokens", type=int, default=2048, help="sequence length of the exactness check (0: skip it)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -177,17 +211,31 @@ def main(argv: list[str] | None = None) -> int:
     check = "tiny" if args.dry_run else "small"
     errors = {}
     if args.check_tokens > 0:
-        errors = branched_errors(check, 256 if args.dry_run else args.check_tokens, torch.device(device_name(args)))
+        errors = branched_errors(
+            check, 256 if args.dry_run else args.check_tokens, torch.device(device_name(args))
+        )
     for name, err in errors.items():
-        emit(f"branched_vs_naive_rel_err_{name}_{check}", err, "ratio",
-             f"{check} deltanet, forward_branched vs each prefix + branch alone, 8 positions x 5 tokens, "
-             f"{'float64 torch' if args.dry_run else 'bf16 fla'}; grads: all parameters together")
+        emit(
+            f"branched_vs_naive_rel_err_{name}_{check}",
+            err,
+            "ratio",
+            f"{check} deltanet, forward_branched vs each prefix + branch alone, 8 positions x 5 tokens, "
+            f"{'float64 torch' if args.dry_run else 'bf16 fla'}; grads: all parameters together",
+        )
     for preset in shapes:
         bench = StepBench(preset, tokens, args)
         note = (
             f"{preset} deltanet, 1x{tokens} tokens, {args.positions} positions x {args.rollout_len}-token rollouts, "
             f"fp32 weights + {'no' if args.dry_run else 'bf16'} autocast, gradients only, median of timed reps"
         )
+        if args.graph_check:
+            for name, err in graph_errors(bench).items():
+                emit(
+                    f"fused_graph_vs_eager_{name}_{preset}",
+                    err,
+                    "ratio" if "rel" in name else "nats",
+                    f"{note}; fused step, continuation from CUDA graphs vs eager, same rollouts",
+                )
         ntp = None
         for mode in ("ntp", *args.modes.split(",")):
             if time.time() - started > args.budget_s:

@@ -123,6 +123,12 @@ class RefineConfig(Section):
         "a no-grad capturing prefill, then one forward_branched pass; naive: prefix+rollout re-run per "
         "position (see refine_tasks.refine_step)",
     )
+    graph_branches: bool = Field(
+        True,
+        description="fused mode on CUDA: replay the rollouts' continuation (forward and backward) from "
+        "CUDA graphs instead of launching its small kernels one by one; same numbers (see "
+        "refine_tasks.models.continuation)",
+    )
 
 
 class TrainConfig(Section):

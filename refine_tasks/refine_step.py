@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 
 from refine_tasks.config import RefineConfig
-from refine_tasks.models import FastWeightCache, FastWeightForCausalLM, PrefillOutput
+from refine_tasks.models import FastWeightForCausalLM, PrefillOutput
+from refine_tasks.models.continuation import continue_branches
 from refine_tasks.rl.grpo import (
     PolicyLoss,
     aggregate_loss,
@@ -288,9 +289,8 @@ def _one_pass_loss(model, input_ids, positions, main, ro, adv, old, cfg, scale, 
             logits, branch_logits = out.logits, out.branch_logits
         else:
             state = main.captured.repeat_interleave(r)  # differentiable: gradients reach the prefix
-            # seen_tokens (0 here) is bookkeeping for generate() only; the state is what continues.
-            cont = model(tokens.reshape(b * p * r, length), past_key_values=FastWeightCache(state, 0))
-            logits, branch_logits = main.logits, cont.logits.view(b, p * r, length, -1)
+            cont, _ = continue_branches(model, state, tokens.reshape(b * p * r, length), cfg.graph_branches)
+            logits, branch_logits = main.logits, cont.view(b, p * r, length, -1)
         ntp = ntp_loss(logits, input_ids)
         logp = _branch_log_probs(logits, branch_logits, branch_at, tokens, cfg.temperature).flatten(0, 1)
         ref_logp = None

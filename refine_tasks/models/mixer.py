@@ -45,7 +45,13 @@ class MixerOutput:
 
 
 class TokenMixer(nn.Module, ABC):
-    """One layer's token mixer. Built as `cls(config, layer_idx)` from a `FastWeightConfig`."""
+    """One layer's token mixer. Built as `cls(config, layer_idx)` from a `FastWeightConfig`.
+
+    `capturable`: `forward` with a `state` (no capture) is CUDA-graph safe, so short branch
+    continuations may replay from graphs (`models.continuation`); off unless a mixer says so.
+    """
+
+    capturable: bool = False
 
     @abstractmethod
     def empty_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState:

@@ -1,0 +1,156 @@
+"""Branches continued from captured states, with gradients: eagerly, or replayed from CUDA graphs.
+
+In the fused ReFINE step the rollout tokens continue, differentiably, from the states captured
+in the main pass: N streams x L tokens through every layer. That is a few hundred small
+kernels forward and twice as many backward for only N*L tokens, so run eagerly it is
+host-bound (1.3B, 8 x 5 tokens, H100: 70 ms of wall time for 10 ms of GPU work, forward
+alone). `GraphedContinuation` captures the forward and the backward once per shape; a replay is
+one launch each, and an autograd Function joins them to the surrounding graph: gradients flow
+into the captured states (so on into the prefix) and accumulate into the parameters as usual.
+
+The backward graph writes the parameters' gradients into static buffers and hands them to
+autograd without a copy (a copy of every gradient would cost ~5 GiB at 1.3B). Autograd may keep
+such a buffer as a parameter's `.grad`; before the next replay, a `.grad` still sharing a
+buffer is moved to its own memory (only under gradient accumulation or `zero_grad(set_to_none=
+False)`; the usual step has set it to None by then).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from refine_tasks.models.state import State
+
+if TYPE_CHECKING:
+    from refine_tasks.models.modeling import FastWeightForCausalLM
+
+WARMUP_STEPS = 3  # Triton autotuning and lazy allocations must happen before capture
+
+
+def continue_eager(model: FastWeightForCausalLM, state: State, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """logits [N, L, V] and hidden [N, L, D] of tokens [N, L], each stream from its row of `state`."""
+    hidden, _, _ = model._run(tokens, state)
+    return model.lm_head(hidden), hidden
+
+
+class GraphedContinuation:
+    """The continuation's forward and backward for one shape (streams, length, state layout),
+    captured under the autocast settings active at construction."""
+
+    def __init__(self, model: FastWeightForCausalLM, state: State, tokens: Tensor) -> None:
+        self.names = [sorted(layer) for layer in state.layers]
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.pointers = [p.data_ptr() for p in self.params]  # captured addresses of the weights
+        self.autocast = _autocast(tokens.device)
+        self.tokens = tokens.detach().clone()
+        self.states = [t.detach().clone().requires_grad_(True) for t in state.tensors()]
+        inputs = self.states + self.params
+        device = tokens.device
+
+        def run() -> tuple[Tensor, Tensor]:
+            return continue_eager(model, self._state(self.states), self.tokens)
+
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                outs = run()
+                torch.autograd.grad(outs, inputs, [torch.ones_like(o) for o in outs], allow_unused=True)
+        torch.cuda.current_stream(device).wait_stream(side)
+        pool = torch.cuda.graph_pool_handle()
+        self.forward_graph, self.backward_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.forward_graph, pool=pool):
+            self.outputs = run()
+        self.grad_outputs = [torch.zeros_like(o) for o in self.outputs]
+        with torch.cuda.graph(self.backward_graph, pool=pool):
+            self.grads = torch.autograd.grad(self.outputs, inputs, self.grad_outputs, allow_unused=True)
+        self._pending: weakref.ref | None = None  # the replayed forward whose backward has not run
+
+    @property
+    def pending(self) -> bool:
+        """A replayed forward still awaits its backward (its saved activations are the graph's)."""
+        return self._pending is not None and self._pending() is not None
+
+    def _state(self, tensors: list[Tensor]) -> State:
+        it = iter(tensors)
+        return State([{name: next(it) for name in names} for names in self.names])
+
+    def matches(self, state: State, tokens: Tensor) -> bool:
+        mine = self.states
+        theirs = state.tensors()
+        return (
+            tokens.shape == self.tokens.shape
+            and _autocast(tokens.device) == self.autocast
+            and len(theirs) == len(mine)
+            and all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(theirs, mine, strict=True))
+        )
+
+    def __call__(self, state: State, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        logits, hidden = _Replay.apply(self, tokens, *state.tensors(), *self.params)
+        return logits, hidden
+
+    def reclaim_grads(self) -> None:
+        """Move any parameter `.grad` that still shares a static gradient buffer to its own memory."""
+        for p, g in zip(self.params, self.grads[len(self.states) :], strict=True):
+            if g is not None and p.grad is not None and p.grad.data_ptr() == g.data_ptr():
+                p.grad = p.grad.clone()
+
+
+def _autocast(device: torch.device) -> tuple[bool, torch.dtype]:
+    return torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type)
+
+
+class _Replay(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, graphed: GraphedContinuation, tokens: Tensor, *inputs: Tensor):
+        graphed.tokens.copy_(tokens)
+        torch._foreach_copy_(graphed.states, list(inputs[: len(graphed.states)]))
+        graphed.forward_graph.replay()
+        graphed._pending = weakref.ref(ctx)  # dies with the autograd graph if backward never runs
+        ctx.graphed = graphed
+        return tuple(o.detach().clone() for o in graphed.outputs)  # the buffers are reused next replay
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grad_outputs: Tensor):
+        graphed: GraphedContinuation = ctx.graphed
+        for buffer, grad in zip(graphed.grad_outputs, grad_outputs, strict=True):
+            buffer.copy_(grad) if grad is not None else buffer.zero_()
+        graphed.reclaim_grads()
+        graphed.backward_graph.replay()
+        graphed._pending = None
+        n = len(graphed.states)
+        states = [g.clone() if g is not None else None for g in graphed.grads[:n]]
+        params = [g.detach() if g is not None else None for g in graphed.grads[n:]]
+        return None, None, *states, *params
+
+
+def continue_branches(
+    model: FastWeightForCausalLM, state: State, tokens: Tensor, graphs: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Tokens [N, L] continued from `state` (N streams) with gradients: logits [N, L, V], hidden
+    [N, L, D]. On CUDA with `graphs` (and gradients on, every mixer capturable) the two passes
+    replay from CUDA graphs built on first use per shape; otherwise eagerly. Same numbers either way."""
+    usable = (
+        graphs
+        and tokens.is_cuda
+        and torch.is_grad_enabled()
+        and all(getattr(layer.attn, "capturable", False) for layer in model.model.layers)
+    )
+    if not usable:
+        return continue_eager(model, state, tokens)
+    cache: list[GraphedContinuation] = model._continuations
+    pointers = [p.data_ptr() for p in model.parameters() if p.requires_grad]
+    cache[:] = [g for g in cache if g.pointers == pointers]  # weights moved or cast: stale captures
+    graphed = next((g for g in cache if g.matches(state, tokens)), None)
+    if graphed is None:
+        graphed = GraphedContinuation(model, state, tokens)
+        cache.append(graphed)
+    if graphed.pending:  # its saved activations belong to a forward still awaiting backward
+        return continue_eager(model, state, tokens)
+    return graphed(state, tokens)
