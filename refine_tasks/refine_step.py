@@ -289,7 +289,7 @@ def _one_pass_loss(model, input_ids, positions, main, ro, adv, old, cfg, scale, 
             logits, branch_logits = out.logits, out.branch_logits
         else:
             state = main.captured.repeat_interleave(r)  # differentiable: gradients reach the prefix
-            cont, _ = continue_branches(model, state, tokens.reshape(b * p * r, length), cfg.graph_branches)
+            cont = continue_branches(model, state, tokens.reshape(b * p * r, length), cfg.graph_branches)
             logits, branch_logits = main.logits, cont.view(b, p * r, length, -1)
         ntp = ntp_loss(logits, input_ids)
         logp = _branch_log_probs(logits, branch_logits, branch_at, tokens, cfg.temperature).flatten(0, 1)

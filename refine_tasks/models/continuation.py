@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.func import functional_call
 
+from refine_tasks.models.cache import FastWeightCache
 from refine_tasks.models.state import State
 
 if TYPE_CHECKING:
@@ -32,10 +34,10 @@ if TYPE_CHECKING:
 WARMUP_STEPS = 3  # Triton autotuning and lazy allocations must happen before capture
 
 
-def continue_eager(model: FastWeightForCausalLM, state: State, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """logits [N, L, V] and hidden [N, L, D] of tokens [N, L], each stream from its row of `state`."""
-    hidden, _, _ = model._run(tokens, state)
-    return model.lm_head(hidden), hidden
+def continue_eager(model: FastWeightForCausalLM, state: State, tokens: Tensor) -> Tensor:
+    """logits [N, L, V] of tokens [N, L], each stream from its row of `state`."""
+    # seen_tokens (0) is bookkeeping for generate() only; the state is what continues.
+    return model(tokens, past_key_values=FastWeightCache(state, 0)).logits
 
 
 class GraphedContinuation:
@@ -43,32 +45,39 @@ class GraphedContinuation:
     captured under the autocast settings active at construction."""
 
     def __init__(self, model: FastWeightForCausalLM, state: State, tokens: Tensor) -> None:
-        self.names = [sorted(layer) for layer in state.layers]
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
         self.pointers = [p.data_ptr() for p in self.params]  # captured addresses of the weights
         self.autocast = _autocast(tokens.device)
+        self.names = [sorted(layer) for layer in state.layers]
         self.tokens = tokens.detach().clone()
         self.states = [t.detach().clone().requires_grad_(True) for t in state.tensors()]
-        inputs = self.states + self.params
         device = tokens.device
 
-        def run() -> tuple[Tensor, Tensor]:
-            return continue_eager(model, self._state(self.states), self.tokens)
+        def run() -> tuple[Tensor, list[Tensor]]:
+            # Views made here stand in for the states and the weights, so the backward ends at
+            # nodes of this stream: the weights' own AccumulateGrad nodes belong to the default
+            # stream (the main pass made them), and a capture must not make it wait.
+            states = [t.view_as(t) for t in self.states]
+            weights = {name: p.view_as(p) for name, p in named}
+            cache = FastWeightCache(self._state(states), 0)
+            logits = functional_call(model, weights, (self.tokens,), {"past_key_values": cache}).logits
+            return logits, states + list(weights.values())
 
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
-                outs = run()
-                torch.autograd.grad(outs, inputs, [torch.ones_like(o) for o in outs], allow_unused=True)
+                logits, leaves = run()
+                torch.autograd.grad(logits, leaves, torch.ones_like(logits), allow_unused=True)
         torch.cuda.current_stream(device).wait_stream(side)
         pool = torch.cuda.graph_pool_handle()
         self.forward_graph, self.backward_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.forward_graph, pool=pool):
-            self.outputs = run()
-        self.grad_outputs = [torch.zeros_like(o) for o in self.outputs]
+            self.logits, leaves = run()
+        self.grad_logits = torch.zeros_like(self.logits)
         with torch.cuda.graph(self.backward_graph, pool=pool):
-            self.grads = torch.autograd.grad(self.outputs, inputs, self.grad_outputs, allow_unused=True)
+            self.grads = torch.autograd.grad(self.logits, leaves, self.grad_logits, allow_unused=True)
         self._pending: weakref.ref | None = None  # the replayed forward whose backward has not run
 
     @property
@@ -90,9 +99,8 @@ class GraphedContinuation:
             and all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(theirs, mine, strict=True))
         )
 
-    def __call__(self, state: State, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        logits, hidden = _Replay.apply(self, tokens, *state.tensors(), *self.params)
-        return logits, hidden
+    def __call__(self, state: State, tokens: Tensor) -> Tensor:
+        return _Replay.apply(self, tokens, *state.tensors(), *self.params)
 
     def reclaim_grads(self) -> None:
         """Move any parameter `.grad` that still shares a static gradient buffer to its own memory."""
@@ -107,20 +115,19 @@ def _autocast(device: torch.device) -> tuple[bool, torch.dtype]:
 
 class _Replay(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, graphed: GraphedContinuation, tokens: Tensor, *inputs: Tensor):
+    def forward(ctx, graphed: GraphedContinuation, tokens: Tensor, *inputs: Tensor) -> Tensor:
         graphed.tokens.copy_(tokens)
         torch._foreach_copy_(graphed.states, list(inputs[: len(graphed.states)]))
         graphed.forward_graph.replay()
         graphed._pending = weakref.ref(ctx)  # dies with the autograd graph if backward never runs
         ctx.graphed = graphed
-        return tuple(o.detach().clone() for o in graphed.outputs)  # the buffers are reused next replay
+        return graphed.logits.detach().clone()  # the buffer is rewritten by the next replay
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, *grad_outputs: Tensor):
+    def backward(ctx, grad_logits: Tensor):
         graphed: GraphedContinuation = ctx.graphed
-        for buffer, grad in zip(graphed.grad_outputs, grad_outputs, strict=True):
-            buffer.copy_(grad) if grad is not None else buffer.zero_()
+        graphed.grad_logits.copy_(grad_logits)
         graphed.reclaim_grads()
         graphed.backward_graph.replay()
         graphed._pending = None
@@ -132,9 +139,8 @@ class _Replay(torch.autograd.Function):
 
 def continue_branches(
     model: FastWeightForCausalLM, state: State, tokens: Tensor, graphs: bool = True
-) -> tuple[Tensor, Tensor]:
-    """Tokens [N, L] continued from `state` (N streams) with gradients: logits [N, L, V], hidden
-    [N, L, D]. On CUDA with `graphs` (and gradients on, every mixer capturable) the two passes
+) -> Tensor:
+    """Tokens [N, L] continued from `state` (N streams) with gradients: logits [N, L, V]. On CUDA with `graphs` (and gradients on, every mixer capturable) the two passes
     replay from CUDA graphs built on first use per shape; otherwise eagerly. Same numbers either way."""
     usable = (
         graphs
