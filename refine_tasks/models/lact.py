@@ -24,7 +24,6 @@ from refine_tasks.kernels import Backend, rms_norm
 from refine_tasks.kernels.lact import (
     FastWeights,
     FastWeightState,
-    chunk_ops,
     fast_weight_update,
     lact_fast_weight,
     row_norms,
@@ -282,7 +281,6 @@ class LaCTMixer(TokenMixer):
         momentum = fast_weights(state, keys=MOMENTA) if self.opts.use_momentum else None
         gate = new["pending_gate"].flatten(0, 1).mean(-1) if momentum is not None else None
         updated = fast_weight_update(
-            chunk_ops("torch"),
             FastWeightState(weights, momentum),
             FastWeights(*(s.to(weights.w0.dtype) for s in step)),
             self._norms(n),

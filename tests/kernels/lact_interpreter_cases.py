@@ -3,7 +3,9 @@
 Run by test_lact_triton.py in a fresh interpreter-mode process (Triton reads TRITON_INTERPRET
 once, when `triton` is first imported). Tiny shapes with sides that are not powers of two (the
 masks), float32 on random inputs: forward values and every input's gradient of the whole
-chunked layer, with momentum off, on, and Muon.
+chunked layer, with momentum off, on, and Muon; half-precision matmul operands (the GPU's path:
+operand copies written by the update kernel; float16, as the interpreter's bf16 dot is wrong); states kept mid-sequence, with a loss on the states alone
+(chunks whose output gets no gradient).
 """
 
 from __future__ import annotations
@@ -88,4 +90,48 @@ def test_chunked_layer_matches_reference_with_gradients(t, momentum_on, use_muon
             assert got is None and want is None
             continue
         assert torch.isfinite(got).all(), name
+        assert rel(got, want) < 1e-4, name
+
+
+def test_half_operands_match_float32_reference():
+    inputs = make_inputs(seed=3, t=26)
+    inputs[:3] = [x.half() for x in inputs[:3]]  # q, k, v: the matmuls then run in float16
+    o_ref, final_ref, grads_ref = run_layer("torch", [x.float() for x in inputs], True, False)
+    o, final, grads = run_layer("triton", inputs, True, False)
+    assert o.dtype == torch.float16
+    assert rel(o, o_ref) < 5e-3
+    for got, want in zip(final, final_ref, strict=True):
+        assert got.dtype == torch.float32 and rel(got, want) < 5e-3
+    for name, got, want in zip(
+        ["q", "k", "v", "lr0", "lr1", "lr2", "gate", "w0", "w1", "w2"], grads, grads_ref, strict=True
+    ):
+        assert rel(got, want) < 5e-3, name
+
+
+def kept_states(backend: str, inputs: list[torch.Tensor]):
+    """States after 1 and 2 of 3 updates and the final momentum, and gradients of a random functional
+    of those states only."""
+    leaves = [x.clone().requires_grad_(True) for x in inputs]
+    q, k, v, lr0, lr1, lr2, gate, w0, w1, w2 = leaves
+    _, trace = lact_fast_weight(
+        q, k, v, lr0, lr1, lr2, FastWeights(w0, w1, w2), chunk_size=8, momentum_gate=gate,
+        update_last_full_chunk=True, keep=(1, 2), backend=backend,
+    )  # fmt: skip
+    states = [m for c in (1, 2) for m in (*trace.at[c].weights, *trace.at[c].momentum)]
+    states += list(trace.final.momentum)  # the last update's weights get no gradient, its momentum does
+    gen = torch.Generator().manual_seed(7)
+    sum((m * torch.randn(m.shape, generator=gen)).sum() for m in states).backward()
+    return [m.detach() for m in states], [x.grad for x in leaves]
+
+
+def test_kept_states_and_their_gradients_match_reference():
+    inputs = make_inputs(seed=4, t=24)
+    states_ref, grads_ref = kept_states("torch", inputs)
+    states, grads = kept_states("triton", inputs)
+    for got, want in zip(states, states_ref, strict=True):
+        assert rel(got, want) < 1e-5
+    assert grads[0] is None and grads_ref[0] is None  # q only reaches the outputs
+    for name, got, want in zip(
+        ["k", "v", "lr0", "lr1", "lr2", "gate", "w0", "w1", "w2"], grads[1:], grads_ref[1:], strict=True
+    ):
         assert rel(got, want) < 1e-4, name

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from refine_tasks.kernels.lact import (
     FastWeights,
     FastWeightState,
-    chunk_ops,
     fast_weight_update,
     lact_fast_weight,
     newton_schulz,
@@ -80,7 +79,6 @@ def test_newton_schulz_orthogonalises(shape):
 
 def token_by_token(q, k, v, lrs, gate, w, chunk, use_muon, momentum_on):
     """The recurrent definition: apply to each token, buffer it, update once the buffer is full."""
-    ops = chunk_ops("torch")
     norms = row_norms(w)
     state = FastWeightState(w, FastWeights(*(torch.zeros_like(m) for m in w)) if momentum_on else None)
     outs, start = [], 0
@@ -90,7 +88,7 @@ def token_by_token(q, k, v, lrs, gate, w, chunk, use_muon, momentum_on):
             span = slice(start, t + 1)
             step = swiglu_fast_weight_grad(state.weights, k[:, span], v[:, span], *(x[:, span] for x in lrs))
             g = gate[:, span].mean(1) if momentum_on else None
-            state = fast_weight_update(ops, state, step, norms, g, use_muon)
+            state = fast_weight_update(state, step, norms, g, use_muon)
             start = t + 1
     return torch.cat(outs, 1), state
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -30,42 +30,91 @@ class FastWeightState:
     momentum: FastWeights | None
 
 
+class Chunk(NamedTuple):
+    """One chunk's inputs: q, k, v [B, C, D]; rates [B, 3, C] (lr0, lr1, lr2); gate [B], the chunk's
+    mean momentum gate (None: momentum off, or a chunk that only applies)."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    rates: Tensor
+    gate: Tensor | None
+
+
+def split_chunks(
+    q: Tensor, k: Tensor, v: Tensor, rates: Tensor, gate: Tensor | None, chunk_size: int, updates: int
+) -> list[Chunk]:
+    """The sequence's chunks. One split per input and one mean for all gates, not ops per chunk:
+    autograd then also joins the chunks' gradients in one concatenation per input."""
+    pieces = [x.split(chunk_size, dim=1) for x in (q, k, v)] + [rates.split(chunk_size, dim=2)]
+    means: list[Tensor | None] = [None] * len(pieces[0])
+    if gate is not None and updates:
+        means[:updates] = (
+            gate[:, : updates * chunk_size].unflatten(1, (updates, chunk_size)).mean(2).unbind(1)
+        )
+    return [Chunk(*parts, m) for *parts, m in zip(*pieces, means, strict=True)]
+
+
 class ChunkOps(Protocol):
-    def apply(self, w: FastWeights, q: Tensor) -> Tensor: ...
+    """One backend's steps over one sequence, on its own form S of the fast-weight state."""
 
-    def apply_and_step(
-        self, w: FastWeights, q: Tensor, k: Tensor, v: Tensor, lr0: Tensor, lr1: Tensor, lr2: Tensor
-    ) -> tuple[Tensor, FastWeights]: ...
-
-    def update(
+    def start(
         self,
-        w: FastWeights,
-        step: FastWeights,
-        norms: FastWeights,
-        previous: FastWeights | None,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        lrs: tuple[Tensor, Tensor, Tensor],
         gate: Tensor | None,
-    ) -> tuple[FastWeights, FastWeights | None]: ...
+        state: FastWeightState,
+        norms: FastWeights,
+        chunk_size: int,
+        updates: int,
+    ) -> tuple[list[Chunk], Any]:
+        """The chunks and the starting state S; fixes everything that holds for the whole sequence."""
+        ...
 
-    def orthogonalise(self, step: Tensor) -> Tensor: ...
+    def apply(self, s: Any, x: Chunk) -> Tensor: ...
+
+    def apply_and_update(self, s: Any, x: Chunk, use_muon: bool) -> tuple[Tensor, Any]:
+        """f(x.q) with the weights of s, and s updated by the chunk's step (x.k, x.v, x.rates, x.gate)."""
+        ...
+
+    def public(self, s: Any) -> FastWeightState: ...
+
+
+def fast_weight_update(
+    state: FastWeightState, step: FastWeights, norms: FastWeights, gate: Tensor | None, use_muon: bool
+) -> FastWeightState:
+    """One update of `state` by `step` (from `swiglu_fast_weight_grad`) in the torch reference; gate [B]
+    is the chunk's mean momentum gate (None: momentum off). Muon orthogonalises the step after momentum."""
+    momentum = ref.momentum_step(step, state.momentum, gate) if state.momentum is not None else None
+    direction = momentum or step
+    if use_muon:
+        direction = FastWeights(*(ref.newton_schulz(m) for m in direction))
+    weights = FastWeights(
+        *(ref.renormalised_update(*m) for m in zip(state.weights, direction, norms, strict=True))
+    )
+    return FastWeightState(weights, momentum)
 
 
 class TorchOps:
     """The reference, step by step; torch autograd differentiates it."""
 
-    def apply(self, w: FastWeights, q: Tensor) -> Tensor:
-        return ref.swiglu_apply(w, q)
+    norms: FastWeights
 
-    def apply_and_step(self, w, q, k, v, lr0, lr1, lr2):
-        return ref.swiglu_apply(w, q), ref.swiglu_fast_weight_grad(w, k, v, lr0, lr1, lr2)
+    def start(self, q, k, v, lrs, gate, state, norms, chunk_size, updates):
+        self.norms = norms
+        return split_chunks(q, k, v, torch.stack(lrs, 1), gate, chunk_size, updates), state
 
-    def update(self, w, step, norms, previous, gate):
-        if previous is not None:
-            step = ref.momentum_step(step, previous, gate)
-        new = FastWeights(*(ref.renormalised_update(*m) for m in zip(w, step, norms, strict=True)))
-        return new, (step if previous is not None else None)
+    def apply(self, s: FastWeightState, x: Chunk) -> Tensor:
+        return ref.swiglu_apply(s.weights, x.q)
 
-    def orthogonalise(self, step: Tensor) -> Tensor:
-        return ref.newton_schulz(step)
+    def apply_and_update(self, s: FastWeightState, x: Chunk, use_muon: bool):
+        step = ref.swiglu_fast_weight_grad(s.weights, x.k, x.v, *x.rates.unbind(1))
+        return self.apply(s, x), fast_weight_update(s, step, self.norms, x.gate, use_muon)
+
+    def public(self, s: FastWeightState) -> FastWeightState:
+        return s
 
 
 def chunk_ops(backend: LaCTBackend) -> ChunkOps:
@@ -76,24 +125,6 @@ def chunk_ops(backend: LaCTBackend) -> ChunkOps:
 
         return TritonOps()
     raise ValueError(f"LaCT kernel backend {backend!r}: expected 'torch' or 'triton'")
-
-
-def fast_weight_update(
-    ops: ChunkOps,
-    state: FastWeightState,
-    step: FastWeights,
-    norms: FastWeights,
-    gate: Tensor | None,
-    use_muon: bool,
-) -> FastWeightState:
-    """One update of `state` by `step` (from `swiglu_fast_weight_grad`); gate [B] is the chunk's mean
-    momentum gate (None: momentum off). Muon orthogonalises the step after momentum."""
-    if not use_muon:
-        return FastWeightState(*ops.update(state.weights, step, norms, state.momentum, gate))
-    momentum = ref.momentum_step(step, state.momentum, gate) if state.momentum is not None else None
-    direction = FastWeights(*(ops.orthogonalise(m) for m in (momentum or step)))
-    weights, _ = ops.update(state.weights, direction, norms, None, None)
-    return FastWeightState(weights, momentum)
 
 
 @dataclass(frozen=True)
@@ -161,20 +192,17 @@ def lact_fast_weight(
         momentum = FastWeights(*(torch.zeros_like(m) for m in weights))
     state = FastWeightState(weights, momentum if momentum_gate is not None else None)
     kept = {0: state} if 0 in keep else {}
+    chunks, s = (
+        ops.start(q, k, v, lrs, momentum_gate, state, norms, chunk_size, updates) if t else ([], state)
+    )
     outputs = []
-    # One split per input, not a slice per chunk: autograd then joins the chunks' gradients in one
-    # concatenation instead of zero-filling and adding a full-length tensor for every chunk.
-    chunks = zip(*(x.split(chunk_size, dim=1) for x in (q, k, v, *lrs)), strict=True) if t else ()
-    gates = momentum_gate.split(chunk_size, dim=1) if momentum_gate is not None else None
-    for c, (qc, kc, vc, *lrc) in enumerate(chunks):
+    for c, x in enumerate(chunks):
         if c >= updates:
-            outputs.append(ops.apply(state.weights, qc))
+            outputs.append(ops.apply(s, x))
             continue
-        o, step = ops.apply_and_step(state.weights, qc, kc, vc, *lrc)
+        o, s = ops.apply_and_update(s, x, use_muon)
         outputs.append(o)
-        gate = gates[c].mean(1) if gates is not None else None
-        state = fast_weight_update(ops, state, step, norms, gate, use_muon)
         if c + 1 in keep:
-            kept[c + 1] = state
+            kept[c + 1] = ops.public(s)
     o = torch.cat(outputs, dim=1) if outputs else q.new_empty(q.shape)
-    return o, LaCTTrace(at=kept, final=state, updates=updates)
+    return o, LaCTTrace(at=kept, final=ops.public(s) if t else state, updates=updates)

@@ -1,8 +1,9 @@
-"""A batched Triton matmul summing one or two products: out[b] = A1[b] @ B1[b] (+ A2[b] @ B2[b]).
+"""A batched Triton matmul summing one or two products: out[b] (+)= A1[b] @ B1[b] (+ A2[b] @ B2[b]).
 
 Every operand is addressed through its strides, so transposed views cost nothing: the fast-weight
 layer needs token-major products (f's output, the input gradients) and token reductions (the
-weight steps and weight gradients), often as a sum of two products that share the output.
+weight steps and weight gradients), often as a sum of two products that share the output, or
+added to a gradient already in the output (the weights' gradient from the update that follows).
 Operands share one dtype (the wrapper casts); accumulation is float32; out may be any float dtype.
 The reduction lengths are compile-time constants: the loop unrolls, and Triton 3.6's interpreter
 (the CPU test path) cannot take a run-time loop bound under numpy >= 2.4.
@@ -45,7 +46,7 @@ def _bmm_kernel(
     s_a1b, s_a1m, s_a1k, s_b1b, s_b1k, s_b1n,
     s_a2b, s_a2m, s_a2k, s_b2b, s_b2k, s_b2n,
     s_ob, s_om, s_on,
-    TWO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    TWO: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     bid = tl.program_id(1).to(tl.int64)
@@ -73,7 +74,10 @@ def _bmm_kernel(
             BLOCK_K,
         )
     out = out_ptr + bid * s_ob + rm[:, None] * s_om + rn[None, :] * s_on
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    if ACC:
+        acc += tl.load(out, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _blocks(m: int, n: int, k: int, batch: int) -> tuple[int, int, int, int]:
@@ -84,8 +88,16 @@ def _blocks(m: int, n: int, k: int, batch: int) -> tuple[int, int, int, int]:
     return 128, 128 if wide else 64, 64, 8 if wide else 4
 
 
-def bmm(a1: Tensor, b1: Tensor, out: Tensor, a2: Tensor | None = None, b2: Tensor | None = None) -> Tensor:
-    """out = a1 @ b1 (+ a2 @ b2), batched over the leading axis: a [B, M, K], b [B, K, N], out [B, M, N]."""
+def bmm(
+    a1: Tensor,
+    b1: Tensor,
+    out: Tensor,
+    a2: Tensor | None = None,
+    b2: Tensor | None = None,
+    accumulate: bool = False,
+) -> Tensor:
+    """out = a1 @ b1 (+ a2 @ b2), batched over the leading axis: a [B, M, K], b [B, K, N], out [B, M, N];
+    with `accumulate`, out += instead (out's values are read first)."""
     batch, m, k1 = a1.shape
     n = b1.shape[2]
     if b1.shape != (batch, k1, n) or out.shape != (batch, m, n):
@@ -106,6 +118,6 @@ def bmm(a1: Tensor, b1: Tensor, out: Tensor, a2: Tensor | None = None, b2: Tenso
     _bmm_kernel[grid](
         a1, b1, a2, b2, out, m, n, k1, k2,
         *a1.stride(), *b1.stride(), *a2.stride(), *b2.stride(), *out.stride(),
-        TWO=two, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=3,
+        TWO=two, ACC=accumulate, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=3,
     )  # fmt: skip
     return out

@@ -52,7 +52,7 @@ def _store(ptr, rt, rh, row_stride, col0, val, T, H):
 def _swiglu_tokens_kernel(
     x_ptr, y_ptr, w02_ptr, w1_ptr, g02_ptr, g1_ptr, lr_ptr, out_a_ptr, out_b_ptr, dlr_ptr,
     T, D: tl.constexpr, H,
-    s_xb, s_xt, s_yb, s_yt, s_lrb, s_lrk, s_ab, s_at, s_bb, s_bt, s_db, s_dk, s_dh,
+    s_xb, s_xt, s_yb, s_yt, s_lrb, s_lrk, s_ab, s_at, s_bb, s_bt, s_db, s_dk, s_dh, s_w02b, s_w1b, s_g02b, s_g1b,
     MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -64,12 +64,12 @@ def _swiglu_tokens_kernel(
     rd = tl.arange(0, BLOCK_D)
     x_ptr += bid * s_xb
     y_ptr += bid * s_yb
-    w0_ptr = w02_ptr + bid * 2 * H * D
+    w0_ptr = w02_ptr + bid * s_w02b
     w2_ptr = w0_ptr + H * D
-    w1_ptr += bid * D * H
-    g0_ptr = g02_ptr + bid * 2 * H * D
+    w1_ptr += bid * s_w1b
+    g0_ptr = g02_ptr + bid * s_g02b
     g2_ptr = g0_ptr + H * D
-    g1_ptr += bid * D * H
+    g1_ptr += bid * s_g1b
 
     gate = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
     up = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
@@ -171,8 +171,9 @@ def swiglu_tokens(
     g1: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Run one mode over x [B, T, D] (inner stride 1). w02 = [W0; W2] [B, 2H, D], w1 [B, D, H]
-    (contiguous, x's dtype); y [B, T, D]; lrs [B, 3, T] float32 (lr0, lr1, lr2); g02 [B, 2H, D],
-    g1 [B, D, H] the step's incoming gradients (STEP_BWD). Returns (out_a [B, T, a*H],
+    (x's dtype; each batch row's matrix dense, batch stride free: views of the packed state);
+    y [B, T, D]; lrs [B, 3, T] float32 (lr0, lr1, lr2); g02 [B, 2H, D], g1 [B, D, H] the step's
+    incoming gradients (STEP_BWD, laid out as w02, w1). Returns (out_a [B, T, a*H],
     out_b [B, T, b*H] or None, learning-rate gradients [B, 3, T] or None)."""
     batch, t, d = x.shape
     h = w1.shape[2]
@@ -192,12 +193,18 @@ def swiglu_tokens(
     g1 = w1 if g1 is None else g1
     if x.stride(2) != 1 or y.stride(2) != 1 or lrs.stride(-1) != 1:
         raise ValueError("swiglu_tokens: x, y and lrs need a unit stride on their last axis")
+    for name, m in (("w02", w02), ("w1", w1), ("g02", g02), ("g1", g1)):
+        if m.stride()[1:] != (m.shape[2], 1):
+            raise ValueError(
+                f"swiglu_tokens: {name} {tuple(m.shape)} strides {m.stride()}: each matrix must be dense"
+            )
     grid = (triton.cdiv(t, block_t) * n_h, batch)
     _swiglu_tokens_kernel[grid](
-        x, y, w02.contiguous(), w1.contiguous(), g02.contiguous(), g1.contiguous(), lrs, out_a, out_b, dlr,
+        x, y, w02, w1, g02, g1, lrs, out_a, out_b, dlr,
         t, d, h, x.stride(0), x.stride(1), y.stride(0), y.stride(1), lrs.stride(0), lrs.stride(1),
         out_a.stride(0), out_a.stride(1), out_b.stride(0), out_b.stride(1),
         dlr.stride(0), dlr.stride(1), dlr.stride(2) if mode == STEP_BWD else 0,
+        w02.stride(0), w1.stride(0), g02.stride(0), g1.stride(0),
         MODE=mode, BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out_a, (out_b if width_b else None), (dlr.sum(2) if mode == STEP_BWD else None)
