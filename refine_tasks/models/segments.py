@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from refine_tasks.kernels import Backend, delta_rule
 
@@ -69,42 +70,78 @@ class SegmentBlocks:
     """The flattened tokens of the non-empty segments (lengths, in order) regrouped into blocks of
     `size` slots, each block within one segment, the last block of a segment padded.
 
-    segment [nb]: the segment of each block; gather [nb * size]: the token each slot reads (padding
-    slots read token 0: their results are never read back, so they get no gradient); slot [N]:
-    the slot of each token (N = sum of lengths).
+    segment [nb]: the segment of each block; gather [nb * size]: the token each slot reads
+    (padding slots read token 0; their results are never read back); valid [nb * size]: the
+    slots that hold a token; slot [N]: the slot of each token (N = sum of lengths).
     """
 
     size: int
     segment: Tensor
     gather: Tensor
+    valid: Tensor
     slot: Tensor
 
     @classmethod
     def build(cls, lengths: list[int], device: torch.device) -> SegmentBlocks:
         size = min(BLOCK, max(lengths, default=1))
-        segment, gather, slot = [], [], []
+        segment, gather, valid, slot = [], [], [], []
         start = 0
         for j, length in enumerate(lengths):
             count = -(-length // size)
             first_slot = len(segment) * size
             segment += [j] * count
-            tokens = list(range(start, start + length))
-            gather += tokens + [0] * (count * size - length)
+            gather += [*range(start, start + length), *[0] * (count * size - length)]
+            valid += [True] * length + [False] * (count * size - length)
             slot += range(first_slot, first_slot + length)
             start += length
 
-        def tensor(values: list[int]) -> Tensor:
-            return torch.tensor(values, dtype=torch.long).to(device)
+        def tensor(values: list, dtype: torch.dtype = torch.long) -> Tensor:
+            return torch.tensor(values, dtype=dtype).to(device)
 
-        return cls(size, tensor(segment), tensor(gather), tensor(slot))
+        return cls(size, tensor(segment), tensor(gather), tensor(valid, torch.bool), tensor(slot))
 
     def correction(self, response: Tensor, starts: Tensor) -> Tensor:
-        """S_j^T r_t for every token t of segment j: response [N, H, K], starts [n, H, K, V] -> [N, H, V]."""
+        """S_j^T r_t for every token t of segment j, in response's dtype: response [N, H, K],
+        starts [n, H, K, V] (float32 or wider; their gradient is summed over blocks there) -> [N, H, V]."""
         _, H, K = response.shape
-        r = response.index_select(0, self.gather).view(-1, self.size, H, K)  # [nb, size, H, K]
-        per_block = starts.index_select(0, self.segment)  # [nb, H, K, V]
+        r = _Regroup.apply(response, self.gather, self.slot).view(-1, self.size, H, K)  # [nb, size, H, K]
+        per_block = starts.index_select(0, self.segment).to(response.dtype)  # [nb, H, K, V]
         out = torch.einsum("nthk,nhkv->nthv", r, per_block)
-        return out.reshape(-1, H, out.shape[-1]).index_select(0, self.slot)
+        return _Ungroup.apply(out.reshape(-1, H, out.shape[-1]), self.slot, self.gather, self.valid)
+
+
+class _Regroup(torch.autograd.Function):
+    """Tokens into slots, x.index_select(0, gather). Each token fills exactly one slot, and the
+    padding slots' gradients are zero (their outputs are never read), so the backward is a
+    gather by `slot` rather than a scatter-add: no atomics, the same bits every run."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, gather: Tensor, slot: Tensor) -> Tensor:
+        ctx.save_for_backward(slot)
+        return x.index_select(0, gather)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        (slot,) = ctx.saved_tensors
+        return grad.index_select(0, slot), None, None
+
+
+class _Ungroup(torch.autograd.Function):
+    """Slots back to tokens, y.index_select(0, slot); the backward gathers by `gather` and zeroes
+    the padding slots (no token reads them)."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, slot: Tensor, gather: Tensor, valid: Tensor) -> Tensor:
+        ctx.save_for_backward(gather, valid)
+        return y.index_select(0, slot)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        gather, valid = ctx.saved_tensors
+        padded = grad.index_select(0, gather).masked_fill(~valid.view(-1, *[1] * (grad.dim() - 1)), 0)
+        return padded, None, None, None
 
 
 _plan_cache: list[tuple[Tensor, int, int, torch.device, SegmentPlan]] = []
@@ -174,6 +211,6 @@ def chained_delta_rule(
         finals.append(state)
     # o = o0 + S^T r at the kernel's output precision (fla's own output kernel reads the states in
     # the input dtype too); the chain itself stays in float32 or wider.
-    correction = plan.blocks.correction(response, torch.stack(starts).to(response.dtype))
+    correction = plan.blocks.correction(response, torch.stack(starts))
     o = (o_free.to(state_dtype) + correction.to(state_dtype)).to(v.dtype)
     return o.view(B, T, H, V), torch.stack(captured), torch.stack(finals)
