@@ -11,11 +11,13 @@ The reduction lengths are compile-time constants: the loop unrolls, and Triton 3
 
 from __future__ import annotations
 
+from functools import cache
+
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from refine_tasks.kernels.lact.triton_launch import interpreting, pow2_block
+from refine_tasks.kernels.lact.triton_launch import cdiv, interpreting, pow2_block
 
 
 @triton.jit
@@ -80,11 +82,12 @@ def _bmm_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@cache  # a handful of shapes per model: one computation each, not one per launch
 def _blocks(m: int, n: int, k: int, batch: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): 128x128 tiles when they still fill an H100 twice over."""
     if interpreting():
         return pow2_block(m, 32), pow2_block(n, 32), pow2_block(k, 32), 4
-    wide = batch * triton.cdiv(m, 128) * triton.cdiv(n, 128) >= 264
+    wide = batch * cdiv(m, 128) * cdiv(n, 128) >= 264
     return 128, 128 if wide else 64, 64, 8 if wide else 4
 
 
@@ -114,7 +117,7 @@ def bmm(
     else:
         a2, b2, k2 = a1, b1, 0
     block_m, block_n, block_k, warps = _blocks(m, n, max(k1, k2), batch)
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n), batch)
+    grid = (cdiv(m, block_m) * cdiv(n, block_n), batch)
     _bmm_kernel[grid](
         a1, b1, a2, b2, out, m, n, k1, k2,
         *a1.stride(), *b1.stride(), *a2.stride(), *b2.stride(), *out.stride(),

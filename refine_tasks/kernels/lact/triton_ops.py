@@ -28,19 +28,19 @@ def _unit_stride(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _apply_forward(lay: Layout, q: Tensor, operand: Tensor) -> Tensor:
-    w02, w1 = lay.w02(operand), lay.w1(operand)
+def _apply_forward(q: Tensor, w02: Tensor, w1: Tensor) -> Tensor:
+    """f(q) with the operand's views w02 [B, 2H, D], w1 [B, D, H]."""
     hidden, _, _ = swiglu_tokens(APPLY, q, w02, w1)
     return bmm(hidden, w1.transpose(1, 2), torch.empty_like(q))
 
 
-def _step_forward(lay: Layout, k: Tensor, v: Tensor, rates: Tensor, operand: Tensor) -> Tensor:
+def _step_forward(lay: Layout, k: Tensor, v: Tensor, rates: Tensor, w02: Tensor, w1: Tensor) -> Tensor:
     """The update step, packed [B, 3HD] float32."""
-    w02, w1 = lay.w02(operand), lay.w1(operand)
     left02, left1, _ = swiglu_tokens(STEP, k, w02, w1, y=v, lrs=rates)
     step = lay.empty(k, k.shape[0])
-    bmm(left02.transpose(1, 2), k, lay.w02(step))
-    bmm(v.transpose(1, 2), left1, lay.w1(step))
+    step02, step1 = lay.split(step)
+    bmm(left02.transpose(1, 2), k, step02)
+    bmm(v.transpose(1, 2), left1, step1)
     return step
 
 
@@ -58,7 +58,7 @@ def _backward(
     """(dq, dk, dv, drates, dW packed) of o = f(q) and the step from (k, v, rates); dW is added onto
     grad_w when given (in place). k is None for a chunk that only applies; grad_step is packed in
     the operand's dtype."""
-    w02, w1 = lay.w02(operand), lay.w1(operand)
+    w02, w1 = lay.split(operand)
     dq = dk = dv = dlr = None
     prods02: list[tuple[Tensor, Tensor]] = []  # (a, b): dW02 += a^T b
     prods1: list[tuple[Tensor, Tensor]] = []
@@ -69,7 +69,7 @@ def _backward(
         prods02.append((pre_grads, q))
         prods1.append((grad_o, hidden))
     if k is not None and grad_step is not None:
-        g02, g1 = lay.w02(grad_step), lay.w1(grad_step)
+        g02, g1 = lay.split(grad_step)
         # a: [g_bar | u_bar | lr0 b | lr2 a], b: [e_bar | lr1 h] for every key token
         a, b, dlr = swiglu_tokens(STEP_BWD, k, w02, w1, y=v, lrs=rates, g02=g02, g1=g1)
         h = lay.h
@@ -81,7 +81,7 @@ def _backward(
         return dq, dk, dv, dlr, grad_w
     accumulate = grad_w is not None
     grad_w = grad_w if accumulate else lay.empty(q, q.shape[0])
-    for prods, out in ((prods02, lay.w02(grad_w)), (prods1, lay.w1(grad_w))):
+    for prods, out in zip((prods02, prods1), lay.split(grad_w), strict=True):
         (a1, b1), *rest = prods
         a2, b2 = (rest[0][0].transpose(1, 2), rest[0][1]) if rest else (None, None)
         bmm(a1.transpose(1, 2), b1, out, a2, b2, accumulate=accumulate)
@@ -100,7 +100,7 @@ class _Apply(Function):
         ctx.set_materialize_grads(False)
         ctx.lay = lay
         ctx.save_for_backward(q, operand)
-        return _apply_forward(lay, q, operand)
+        return _apply_forward(q, *lay.split(operand))
 
     @staticmethod
     @once_differentiable
@@ -118,7 +118,8 @@ class _ApplyStep(Function):
         ctx.set_materialize_grads(False)
         ctx.lay = lay
         ctx.save_for_backward(q, k, v, rates, operand)
-        return _apply_forward(lay, q, operand), _step_forward(lay, k, v, rates, operand)
+        w02, w1 = lay.split(operand)
+        return _apply_forward(q, w02, w1), _step_forward(lay, k, v, rates, w02, w1)
 
     @staticmethod
     @once_differentiable
@@ -163,8 +164,9 @@ class _Chunk(Function):
     def forward(ctx, q, k, v, rates, gate, weights, operand, momentum, norms, lay, plan):
         ctx.set_materialize_grads(False)
         ctx.lay, ctx.plan = lay, plan
-        o = _apply_forward(lay, q, operand)
-        step = _step_forward(lay, k, v, rates, operand)
+        w02, w1 = lay.split(operand)
+        o = _apply_forward(q, w02, w1)
+        step = _step_forward(lay, k, v, rates, w02, w1)
         new, new_momentum, new_operand = update_forward(plan, weights, step, norms, momentum, gate, q.dtype)
         ctx.save_for_backward(q, k, v, rates, weights, operand, step, norms, momentum, gate)
         if new_operand is not None:

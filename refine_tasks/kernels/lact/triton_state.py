@@ -42,6 +42,10 @@ class Layout:
         """W1 [B, D, H], a view of packed [B, 3HD]."""
         return packed[:, 2 * self.h * self.d :].unflatten(1, (self.d, self.h))
 
+    def split(self, packed: Tensor) -> tuple[Tensor, Tensor]:
+        """([W0; W2] [B, 2H, D], W1 [B, D, H]): the views the kernels take."""
+        return self.w02(packed), self.w1(packed)
+
     def empty(self, like: Tensor, batch: int) -> Tensor:
         return torch.empty(batch, self.size, device=like.device, dtype=torch.float32)
 

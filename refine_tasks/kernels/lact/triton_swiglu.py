@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from refine_tasks.kernels.lact.triton_launch import interpreting, pow2_block
+from refine_tasks.kernels.lact.triton_launch import cdiv, interpreting, pow2_block
 
 APPLY, STEP, APPLY_BWD, STEP_BWD = 0, 1, 2, 3
 # (hidden columns written to out_a, to out_b) per mode, in units of H
@@ -185,7 +185,7 @@ def swiglu_tokens(
     out_a = x.new_empty(batch, t, width_a * h)
     out_b = x.new_empty(batch, t, width_b * h) if width_b else out_a
     block_t, block_h, block_d, warps, stages = _blocks(mode, t, h, d)
-    n_h = triton.cdiv(h, block_h)
+    n_h = cdiv(h, block_h)
     dlr = torch.empty(batch, 3, n_h, t, device=x.device, dtype=torch.float32) if mode == STEP_BWD else out_a
     y = x if y is None else y
     lrs = out_a if lrs is None else lrs
@@ -198,7 +198,7 @@ def swiglu_tokens(
             raise ValueError(
                 f"swiglu_tokens: {name} {tuple(m.shape)} strides {m.stride()}: each matrix must be dense"
             )
-    grid = (triton.cdiv(t, block_t) * n_h, batch)
+    grid = (cdiv(t, block_t) * n_h, batch)
     _swiglu_tokens_kernel[grid](
         x, y, w02, w1, g02, g1, lrs, out_a, out_b, dlr,
         t, d, h, x.stride(0), x.stride(1), y.stride(0), y.stride(1), lrs.stride(0), lrs.stride(1),

@@ -17,7 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from refine_tasks.kernels.lact.reference import RENORM_EPS
-from refine_tasks.kernels.lact.triton_launch import interpreting
+from refine_tasks.kernels.lact.triton_launch import cdiv, interpreting, next_pow2
 from refine_tasks.kernels.lact.triton_state import Layout
 
 
@@ -116,10 +116,10 @@ class UpdatePlan:
     @classmethod
     def of(cls, layout: Layout, batch: int) -> UpdatePlan:
         h, d = layout.h, layout.d
-        block_n = max(16, triton.next_power_of_2(max(h, d)))
+        block_n = max(16, next_pow2(max(h, d)))
         block_r = 2 if interpreting() else max(1, 2048 // block_n)
-        n_a = triton.cdiv(2 * h, block_r)
-        grid = (n_a + triton.cdiv(d, block_r), batch)
+        n_a = cdiv(2 * h, block_r)
+        grid = (n_a + cdiv(d, block_r), batch)
         return cls(grid, (n_a, 2 * h, d, d, h, layout.size, layout.rows), block_r, block_n)
 
 
