@@ -19,10 +19,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR=$PWD/.triton_cache
 mkdir -p "$TRITON_CACHE_DIR"
-for tarball in .tc/*.txz; do
+for tarball in "${TC_DIR:-.tc}"/*.txz; do  # TC_DIR: another folder of cache tarballs
     [ -f "$tarball" ] && tar -xJf "$tarball" -C "$TRITON_CACHE_DIR"
 done
-touch /tmp/cache_marker
+sleep 1; touch /tmp/cache_marker
 before=$(find "$TRITON_CACHE_DIR" -type f | wc -l)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
@@ -36,7 +36,7 @@ run_step() {
         refine) timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes paper-1.3b \
             --check-tokens 0 --budget-s $((limit - 60)) ${REFINE_MODES:+--modes $REFINE_MODES} ;;
         refine-small) timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes small \
-            --check-tokens 2048 --budget-s $((limit - 60)) ${REFINE_MODES:+--modes $REFINE_MODES} ;;
+            --check-tokens "${CHECK_TOKENS:-2048}" --budget-s $((limit - 60)) ${REFINE_MODES:+--modes $REFINE_MODES} ;;
         profile) timeout "$limit" python3 benchmarks/profile_refine_step.py --out "$dir" \
             --modes "${PROFILE_MODES:-ntp,fused_precomputed,fused-eager_precomputed}" --warmup 1 ;;
         lact) timeout "$limit" python3 benchmarks/gpu_lact.py --out "$dir" --budget-s $((limit - 60)) ;;
