@@ -11,15 +11,16 @@
 #   refine-small gpu_refine_step.py --shapes small         (with the bf16 branched-vs-naive check)
 #   profile      profile_refine_step.py                     (phases + top ops; $PROFILE_MODES)
 #   lact         gpu_lact.py                               (LaCT kernels, layer, paper-760m)
-# Carry: .whl .whl_lead (wheels the image lacks) and .tc (Triton cache tarballs, git-ignored).
+# Carry: .whl .whl_lead or .whl_min (wheels the image lacks; .whl_min without DuckDB, enough for the
+# GPU benchmarks) and the Triton cache tarball folders named in TC_DIRS (default .tc; git-ignored).
 set -u
 OUT=${OUT:?OUT must name the folder whose files come back}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl .whl_lead/*.whl || exit 1
+    $(ls .whl*/*.whl | sort -u) || exit 1  # every carried wheel folder (.whl, .whl_lead, .whl_min)
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR=$PWD/.triton_cache
 mkdir -p "$TRITON_CACHE_DIR"
-for tarball in "${TC_DIR:-.tc}"/*.txz; do  # TC_DIR: another folder of cache tarballs
+for tarball in $(for d in ${TC_DIRS:-.tc}; do ls "$d"/*.txz; done); do  # TC_DIRS: cache tarball folders
     [ -f "$tarball" ] && tar -xJf "$tarball" -C "$TRITON_CACHE_DIR"
 done
 sleep 1; touch /tmp/cache_marker

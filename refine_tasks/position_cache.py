@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from refine_tasks.catalog_wait import waiting_writer
 from refine_tasks.config import PositionsConfig
 from refine_tasks.positions import entropy_window, select_positions, smooth_entropy
 
@@ -77,8 +76,14 @@ class PositionCache:
     def __init__(self, catalog: Path) -> None:
         self.catalog = Path(catalog)
 
+    def _writer(self):
+        # DuckDB loads on the first catalog access: the online policy, with no catalog, never needs it
+        from refine_tasks.catalog_wait import waiting_writer
+
+        return waiting_writer(self.catalog)
+
     def get(self, doc_ids: list[str], checkpoint: str, params_hash: str) -> dict[str, CachedPositions]:
-        with waiting_writer(self.catalog) as con:
+        with self._writer() as con:
             rows = con.execute(
                 f"SELECT {', '.join(self.COLUMNS)} FROM positions "
                 "WHERE checkpoint = ? AND params_hash = ? AND list_contains(?, doc_id)",
@@ -90,7 +95,7 @@ class PositionCache:
         if not records:
             return
         marks = ", ".join("?" for _ in self.COLUMNS)
-        with waiting_writer(self.catalog) as con:
+        with self._writer() as con:
             con.executemany(
                 f"INSERT OR REPLACE INTO positions ({', '.join(self.COLUMNS)}) VALUES ({marks})",
                 [[getattr(r, c) for c in self.COLUMNS] for r in records],

@@ -37,7 +37,9 @@ class SegmentPlan:
     order[b]: the row's positions sorted (indices into the row); sizes[b]: the P+1 segment
     lengths (zeros allowed); lengths: the non-empty ones of all rows in order; cu_seqlens:
     their boundaries in the flattened [B*T] sequence (device and host copies, reused across
-    layers so that fla's per-tensor caches hit and no layer syncs).
+    layers so that fla's per-tensor caches hit and no layer syncs); steps[b]: the row's count
+    of non-empty segments; at[b][j]: how many of them precede position j (the index of its
+    state in the row's chain of states).
     """
 
     order: list[list[int]]
@@ -46,6 +48,8 @@ class SegmentPlan:
     cu_seqlens: Tensor
     cu_seqlens_cpu: Tensor
     blocks: SegmentBlocks
+    steps: list[int]
+    at: list[list[int]]
 
     @classmethod
     def build(cls, rows: list[list[int]], T: int, device: torch.device) -> SegmentPlan:
@@ -59,7 +63,14 @@ class SegmentPlan:
             sizes.append([end - start for start, end in zip(cuts[:-1], cuts[1:], strict=True)])
         lengths = [size for row in sizes for size in row if size]
         host = torch.tensor([0, *lengths], dtype=torch.long).cumsum(0)
-        return cls(order, sizes, lengths, host.to(device), host, SegmentBlocks.build(lengths, device))
+        steps = [sum(1 for size in row if size) for row in sizes]
+        at = []
+        for rank, row in zip(order, sizes, strict=True):
+            before = [sum(1 for size in row[:i] if size) for i in range(len(row))]  # per segment
+            position_rank = sorted(range(len(rank)), key=rank.__getitem__)
+            at.append([before[1 + r] for r in position_rank])
+        blocks = SegmentBlocks.build(lengths, device)
+        return cls(order, sizes, lengths, host.to(device), host, blocks, steps, at)
 
 
 BLOCK = 256  # tokens per block of the batched correction: padding waste <= BLOCK - 1 per segment
@@ -191,23 +202,44 @@ def chained_delta_rule(
     o_free, response = out[0].split([V, K], dim=-1)  # o0 [B*T, H, V], r [B*T, H, K]
     if initial_state is None:
         initial_state = q.new_zeros(B, H, K, V, dtype=state_dtype)
-    segments = iter(zip(free, transition, strict=True))
     starts, captured, finals = [], [], []  # starts: the state before each non-empty segment
-    for b in range(B):
-        state = initial_state[b].to(state_dtype)  # [H, K, V]
-        row = []  # the state before each segment of the row
-        for size in plan.sizes[b]:
-            row.append(state)
-            if size:
-                starts.append(state)
-                f, a = next(segments)
-                with torch.autocast(q.device.type, enabled=False):
-                    state = torch.baddbmm(f, a, state)
-        at = [row[1 + rank] for rank in sorted(range(len(plan.order[b])), key=plan.order[b].__getitem__)]
-        captured.append(torch.stack(at) if at else state.new_zeros(0, H, K, V))
-        finals.append(state)
+    rows = zip(free.split(plan.steps), transition.split(plan.steps), strict=True)
+    for b, (f, a) in enumerate(rows):
+        chain = _Chain.apply(initial_state[b].to(state_dtype), f, a)  # [steps + 1, H, K, V]
+        starts.append(chain[:-1])
+        captured.append(chain[plan.at[b]])
+        finals.append(chain[-1])
     # o = o0 + S^T r at the kernel's output precision (fla's own output kernel reads the states in
     # the input dtype too); the chain itself stays in float32 or wider.
-    correction = plan.blocks.correction(response, torch.stack(starts))
+    correction = plan.blocks.correction(response, torch.cat(starts))
     o = (o_free.to(state_dtype) + correction.to(state_dtype)).to(v.dtype)
     return o.view(B, T, H, V), torch.stack(captured), torch.stack(finals)
+
+
+class _Chain(torch.autograd.Function):
+    """The states along one row: S_0 = start [H, K, V], S_{j+1} = A_j S_j + F_j (free [n, H, K, V],
+    transition [n, H, K, K]) -> [n + 1, H, K, V]. One autograd node with a hand-written backward
+    (dS_j = grad_j + A_j^T dS_{j+1}; dA_j = dS_{j+1} S_j^T; dF_j = dS_{j+1}) instead of one per
+    step: each node costs more host time than its two small matmuls take on the GPU."""
+
+    @staticmethod
+    def forward(ctx, start: Tensor, free: Tensor, transition: Tensor) -> Tensor:
+        states = start.new_empty(free.shape[0] + 1, *start.shape)
+        states[0] = start
+        with torch.autocast(start.device.type, enabled=False):
+            for j in range(free.shape[0]):
+                torch.baddbmm(free[j], transition[j], states[j], out=states[j + 1])
+        ctx.save_for_backward(states, transition)
+        return states
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        states, transition = ctx.saved_tensors
+        d = torch.empty_like(states)  # d[j]: the loss's gradient with respect to S_j, all paths
+        d[-1] = grad[-1]
+        with torch.autocast(states.device.type, enabled=False):
+            for j in reversed(range(transition.shape[0])):
+                torch.baddbmm(grad[j], transition[j].transpose(-1, -2), d[j + 1], out=d[j])
+            d_transition = torch.matmul(d[1:], states[:-1].transpose(-1, -2))
+        return d[0], d[1:], d_transition
