@@ -21,7 +21,7 @@ from torch import Tensor, nn
 class DecodingModel(Protocol):
     """What rollouts need from a model (see `refine_tasks.models`)."""
 
-    def decode(self, state, tokens: Tensor): ...
+    def decode_stream(self, state): ...
 
     def get_output_embeddings(self) -> nn.Module: ...
 
@@ -123,13 +123,14 @@ def rollout(
         n_rollouts, dim=0
     )
     tokens, log_probs, hidden = [], [], []
+    stream = model.decode_stream(state)  # the streams' State stays in the decoder between steps
     for _ in range(length):
         y, lp = sample_tokens(logits, params, generator)
-        out = model.decode(state, y)
+        out = stream.step(y)  # on CUDA: views of the decoder's buffers, valid until the next step
         tokens.append(y)
         log_probs.append(lp)
-        hidden.append(out.hidden)
-        logits, state = out.logits, out.state
+        hidden.append(out.hidden.clone())
+        logits = out.logits
     shape = (b, p, n_rollouts, length)
     return Rollouts(
         tokens=torch.stack(tokens, dim=-1).view(shape),
