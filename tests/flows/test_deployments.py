@@ -12,7 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -199,9 +199,15 @@ def test_two_runs_at_once_take_turns_on_the_dvc_limit(server: Server) -> None:
     """Two preprocess runs started together (each re-reading the corpus): the worker runs both at
     once, and the global limit `dvc` lets one stage at a time touch the DVC-tracked outputs."""
     params = json.dumps({"refresh_corpus": True})
+    # Both scheduled for the same moment, far enough ahead that both exist when the worker's poll
+    # first sees that moment: run "now", the second could miss the poll that takes the first
+    # (CLI calls take seconds under load) and start only after the first has ended.
+    at = (datetime.now(UTC) + timedelta(seconds=25)).strftime("%Y-%m-%d %H:%M:%S UTC")
     ids = [
         UUID.search(
-            server.prefect("deployment", "run", "refine-preprocess/tiny-cpu", "--params", params).stdout
+            server.prefect(
+                "deployment", "run", "refine-preprocess/tiny-cpu", "--params", params, "--start-at", at
+            ).stdout
         )
         for _ in range(2)
     ]
