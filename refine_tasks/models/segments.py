@@ -38,8 +38,8 @@ class SegmentPlan:
     lengths (zeros allowed); lengths: the non-empty ones of all rows in order; cu_seqlens:
     their boundaries in the flattened [B*T] sequence (device and host copies, reused across
     layers so that fla's per-tensor caches hit and no layer syncs); steps[b]: the row's count
-    of non-empty segments; at[b][j]: how many of them precede position j (the index of its
-    state in the row's chain of states).
+    of non-empty segments; at[b] [P]: for each position, how many of them precede it (the
+    index of its state in the row's chain of states; on the device, made once per plan).
     """
 
     order: list[list[int]]
@@ -49,7 +49,7 @@ class SegmentPlan:
     cu_seqlens_cpu: Tensor
     blocks: SegmentBlocks
     steps: list[int]
-    at: list[list[int]]
+    at: list[Tensor]
 
     @classmethod
     def build(cls, rows: list[list[int]], T: int, device: torch.device) -> SegmentPlan:
@@ -68,7 +68,7 @@ class SegmentPlan:
         for rank, row in zip(order, sizes, strict=True):
             before = [sum(1 for size in row[:i] if size) for i in range(len(row))]  # per segment
             position_rank = sorted(range(len(rank)), key=rank.__getitem__)
-            at.append([before[1 + r] for r in position_rank])
+            at.append(torch.tensor([before[1 + r] for r in position_rank], dtype=torch.long).to(device))
         blocks = SegmentBlocks.build(lengths, device)
         return cls(order, sizes, lengths, host.to(device), host, blocks, steps, at)
 
@@ -82,14 +82,14 @@ class SegmentBlocks:
     `size` slots, each block within one segment, the last block of a segment padded.
 
     segment [nb]: the segment of each block; gather [nb * size]: the token each slot reads
-    (padding slots read token 0; their results are never read back); valid [nb * size]: the
-    slots that hold a token; slot [N]: the slot of each token (N = sum of lengths).
+    (padding slots read token 0; their results are never read back); padding [nb * size]: the
+    slots that hold no token; slot [N]: the slot of each token (N = sum of lengths).
     """
 
     size: int
     segment: Tensor
     gather: Tensor
-    valid: Tensor
+    padding: Tensor
     slot: Tensor
 
     @classmethod
@@ -104,52 +104,41 @@ class SegmentBlocks:
         slot = first_slot[segment_of_token] + token - first_token[segment_of_token]
         slots = int(blocks.sum()) * size
         gather = torch.zeros(slots, dtype=torch.long).index_copy_(0, slot, token)
-        valid = torch.zeros(slots, dtype=torch.bool).index_fill_(0, slot, True)
+        padding = torch.ones(slots, dtype=torch.bool).index_fill_(0, slot, False)
         segment = torch.repeat_interleave(torch.arange(len(lengths)), blocks)
-        return cls(size, *(t.to(device) for t in (segment, gather, valid, slot)))
+        return cls(size, *(t.to(device) for t in (segment, gather, padding, slot)))
 
     def correction(self, response: Tensor, starts: Tensor) -> Tensor:
         """S_j^T r_t for every token t of segment j, in response's dtype: response [N, H, K],
         starts [n, H, K, V] (float32 or wider; their gradient is summed over blocks there) -> [N, H, V]."""
         _, H, K = response.shape
-        r = _Regroup.apply(response, self.gather, self.slot).view(-1, self.size, H, K)  # [nb, size, H, K]
+        r = _Gather.apply(response, self.gather, self.slot, None).view(
+            -1, self.size, H, K
+        )  # [nb, size, H, K]
         per_block = starts.index_select(0, self.segment).to(response.dtype)  # [nb, H, K, V]
         out = torch.einsum("nthk,nhkv->nthv", r, per_block)
-        return _Ungroup.apply(out.reshape(-1, H, out.shape[-1]), self.slot, self.gather, self.valid)
+        return _Gather.apply(out.reshape(-1, H, out.shape[-1]), self.slot, self.gather, self.padding)
 
 
-class _Regroup(torch.autograd.Function):
-    """Tokens into slots, x.index_select(0, gather). Each token fills exactly one slot, and the
-    padding slots' gradients are zero (their outputs are never read), so the backward is a
-    gather by `slot` rather than a scatter-add: no atomics, the same bits every run."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, gather: Tensor, slot: Tensor) -> Tensor:
-        ctx.save_for_backward(slot)
-        return x.index_select(0, gather)
+class _Gather(torch.autograd.Function):
+    """x.index_select(0, index) where `index` and `inverse` map tokens and block slots one to one,
+    up to padding slots (read by no token, their rows `pad` in the slot layout, or reading token 0
+    with a gradient that is zero since their outputs are never read). The backward is then the
+    gather by `inverse` (padding rows zeroed), not a scatter-add: no atomics, the same bits every run."""
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        (slot,) = ctx.saved_tensors
-        return grad.index_select(0, slot), None, None
-
-
-class _Ungroup(torch.autograd.Function):
-    """Slots back to tokens, y.index_select(0, slot); the backward gathers by `gather` and zeroes
-    the padding slots (no token reads them)."""
-
-    @staticmethod
-    def forward(ctx, y: Tensor, slot: Tensor, gather: Tensor, valid: Tensor) -> Tensor:
-        ctx.save_for_backward(gather, valid)
-        return y.index_select(0, slot)
+    def forward(ctx, x: Tensor, index: Tensor, inverse: Tensor, pad: Tensor | None) -> Tensor:
+        ctx.save_for_backward(inverse, pad)
+        return x.index_select(0, index)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        gather, valid = ctx.saved_tensors
-        padded = grad.index_select(0, gather).masked_fill(~valid.view(-1, *[1] * (grad.dim() - 1)), 0)
-        return padded, None, None, None
+        inverse, pad = ctx.saved_tensors
+        back = grad.index_select(0, inverse)
+        if pad is not None:
+            back = back.masked_fill(pad.view(-1, *[1] * (grad.dim() - 1)), 0)
+        return back, None, None, None
 
 
 _plan_cache: list[tuple[Tensor, int, int, torch.device, SegmentPlan]] = []
@@ -207,7 +196,7 @@ def chained_delta_rule(
     for b, (f, a) in enumerate(rows):
         chain = _Chain.apply(initial_state[b].to(state_dtype), f, a)  # [steps + 1, H, K, V]
         starts.append(chain[:-1])
-        captured.append(chain[plan.at[b]])
+        captured.append(chain.index_select(0, plan.at[b]))
         finals.append(chain[-1])
     # o = o0 + S^T r at the kernel's output precision (fla's own output kernel reads the states in
     # the input dtype too); the chain itself stays in float32 or wider.

@@ -88,7 +88,7 @@ def test_segment_blocks_map_tokens_to_padded_slots_of_their_own_segment(monkeypa
     blocks = SegmentBlocks.build([2, 5, 1], torch.device("cpu"))
     assert blocks.size == 2 and blocks.segment.tolist() == [0, 1, 1, 1, 2]
     assert blocks.gather.tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 7, 0]  # padding slots read token 0
-    assert blocks.valid.tolist() == [True] * 7 + [False, True, False]
+    assert blocks.padding.tolist() == [False] * 7 + [True, False, True]
     assert blocks.slot.tolist() == [0, 1, 2, 3, 4, 5, 6, 8]
 
 
