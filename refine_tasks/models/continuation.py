@@ -26,12 +26,12 @@ from torch.autograd.function import once_differentiable
 from torch.func import functional_call
 
 from refine_tasks.models.cache import FastWeightCache
+from refine_tasks.models.decoding import warm_up
 from refine_tasks.models.state import State
 
 if TYPE_CHECKING:
     from refine_tasks.models.modeling import FastWeightForCausalLM
 
-WARMUP_STEPS = 3  # Triton autotuning and lazy allocations must happen before capture
 MAX_GRAPHS = 2  # shapes kept per model: each holds every parameter's gradient buffer (~5 GiB at 1.3B)
 
 
@@ -65,13 +65,11 @@ class GraphedContinuation:
             logits = functional_call(model, weights, (self.tokens,), {"past_key_values": cache}).logits
             return logits, states + list(weights.values())
 
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
-                logits, leaves = run()
-                torch.autograd.grad(logits, leaves, torch.ones_like(logits), allow_unused=True)
-        torch.cuda.current_stream(device).wait_stream(side)
+        def forward_and_backward() -> None:
+            logits, leaves = run()
+            torch.autograd.grad(logits, leaves, torch.ones_like(logits), allow_unused=True)
+
+        warm_up(device, forward_and_backward)
         pool = torch.cuda.graph_pool_handle()
         self.forward_graph, self.backward_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.forward_graph, pool=pool):

@@ -9,6 +9,7 @@ caller's State in and the results out (the caller's tensors are never aliased), 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,6 +23,16 @@ if TYPE_CHECKING:
 WARMUP_STEPS = 3  # Triton autotuning and lazy allocations must happen before capture
 
 
+def warm_up(device: torch.device, step: Callable[[], object]) -> None:
+    """Run `step` WARMUP_STEPS times on a side stream, as a CUDA-graph capture of it needs."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP_STEPS):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+
+
 class GraphDecoder:
     """A captured decode step for a fixed number of streams, on the model's device and dtype."""
 
@@ -29,12 +40,8 @@ class GraphDecoder:
         device = model.lm_head.weight.device
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.state = model.empty_state(batch_size)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.no_grad(), torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
-                model._decode_eager(self.state, self.tokens)
-        torch.cuda.current_stream(device).wait_stream(side)
+        with torch.no_grad():
+            warm_up(device, lambda: model._decode_eager(self.state, self.tokens))
         self.graph = torch.cuda.CUDAGraph()
         with torch.no_grad(), torch.cuda.graph(self.graph):
             self.out = model._decode_eager(self.state, self.tokens)
