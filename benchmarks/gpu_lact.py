@@ -110,25 +110,31 @@ def matmul_rate(run: Run) -> float:
     return rate
 
 
-# Candidate (BLOCK_T, BLOCK_H, BLOCK_D, num_warps, num_stages) of the fused SwiGLU kernel per mode,
-# each free of register spills on sm_90 by the compiler's resource report.
-SWEEP = {
+# Candidate (BLOCK_T, BLOCK_H, BLOCK_D, num_warps, num_stages) of the fused SwiGLU kernel per mode;
+# the 128 x 128 tiles may spill registers or run out of shared memory (a failure skips the candidate).
+SWEEP_FUSED = {
     0: [
         (128, 64, 64, 8, 2),
         (128, 64, 64, 8, 3),
-        (64, 64, 64, 4, 2),
         (64, 64, 64, 4, 3),
         (128, 64, 128, 8, 2),
+        (128, 128, 64, 8, 3),
+        (128, 128, 32, 8, 4),
     ],
-    3: [(64, 64, 64, 8, 2), (64, 64, 64, 8, 3), (64, 32, 64, 4, 3), (64, 32, 64, 4, 2)],
+    3: [(64, 64, 64, 8, 2), (64, 64, 64, 8, 3), (64, 32, 64, 4, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3)],
 }
-SWEEP |= {1: SWEEP[0], 2: SWEEP[0]}
+SWEEP_FUSED |= {1: SWEEP_FUSED[0], 2: SWEEP_FUSED[0]}
+# (BLOCK_T, BLOCK_H, num_warps) of the split path's element-wise kernel, the same for every mode
+SWEEP_SPLIT = [(32, 128, 4), (16, 128, 4), (64, 128, 8), (32, 64, 4)]
 MODE_UNITS = {0: 2, 1: 3, 2: 3, 3: 6}  # matmuls of T x D x H per mode
 
 
 def sweep_swiglu(run: Run) -> None:
-    """Time each candidate block shape of each mode on one chunk (760M shapes); keep the fastest."""
+    """Time each candidate block shape of each mode of both SwiGLU paths on one chunk (760M shapes);
+    keep the fastest of each path. The split path's GEMMs run on the default GEMM path."""
     from refine_tasks.kernels.lact import triton_swiglu as ts
+    from refine_tasks.kernels.lact.triton_swiglu_fused import CONFIGS
+    from refine_tasks.kernels.lact.triton_swiglu_split import SPLIT_CONFIGS
 
     batch, t, d = (2, 16, 16) if run.dry else (16, 2048, 384)
     g = torch.Generator(device="cpu").manual_seed(5)
@@ -144,19 +150,28 @@ def sweep_swiglu(run: Run) -> None:
     lrs = torch.rand(batch, 3, t, generator=g).to(run.device) * 0.01
     args = {0: {}, 1: {"y": y, "lrs": lrs}, 2: {"y": y}, 3: {"y": y, "lrs": lrs, "g02": g02, "g1": g1}}
     lines = []
-    for mode, configs in SWEEP.items():
-        times = {}
-        for cfg in configs:
-            ts.CONFIGS[mode] = cfg
-            try:
-                times[cfg] = run.time_ms(lambda m=mode: ts.swiglu_tokens(m, x, w02, w1, **args[m]), rep=100)
-            except Exception as e:  # a candidate that fails to compile or launch is skipped
-                lines.append(f"mode {mode} {cfg}: {type(e).__name__}: {str(e)[:80]}")
-                continue
-            rate = MODE_UNITS[mode] * 2 * batch * t * d * d / times[cfg] / 1e9
-            lines.append(f"mode {mode} {cfg}: {times[cfg] * 1e3:.1f} us, {rate:.0f} TFLOP/s")
-        ts.CONFIGS[mode] = min(times, key=times.get)
-        lines.append(f"mode {mode} chosen {ts.CONFIGS[mode]}")
+    candidates = {
+        "fused": (CONFIGS, SWEEP_FUSED),
+        "split": (SPLIT_CONFIGS, {mode: SWEEP_SPLIT for mode in MODE_UNITS}),
+    }
+    for path, (table, sweep) in candidates.items():
+        os.environ[ts.SWIGLU_ENV] = path
+        for mode, configs in sweep.items():
+            times = {}
+            for cfg in configs:
+                table[mode] = cfg
+                try:
+                    times[cfg] = run.time_ms(
+                        lambda m=mode: ts.swiglu_tokens(m, x, w02, w1, **args[m]), rep=100
+                    )
+                except Exception as e:  # a candidate that fails to compile or launch is skipped
+                    lines.append(f"{path} mode {mode} {cfg}: {type(e).__name__}: {str(e)[:80]}")
+                    continue
+                rate = MODE_UNITS[mode] * 2 * batch * t * d * d / times[cfg] / 1e9
+                lines.append(f"{path} mode {mode} {cfg}: {times[cfg] * 1e3:.1f} us, {rate:.0f} TFLOP/s")
+            table[mode] = min(times, key=times.get)
+            lines.append(f"{path} mode {mode} chosen {table[mode]}")
+    del os.environ[ts.SWIGLU_ENV]
     (run.out / "sweep.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
@@ -204,44 +219,86 @@ def layer_pass(inputs: list[torch.Tensor], backend: str, chunk: int, grad_o: tor
     return o, trace.final.weights, [x.grad for x in inputs]
 
 
+def variants(device_tensor: torch.Tensor) -> tuple[list[tuple[str, str]], tuple[str, str]]:
+    """Every (GEMM path, SwiGLU path) pair, and the pair the code picks with no switch set."""
+    from refine_tasks.kernels.lact.triton_gemm import GEMM_ENV, GEMM_PATHS, gemm_path
+    from refine_tasks.kernels.lact.triton_swiglu import SWIGLU_ENV, SWIGLU_PATHS, swiglu_path
+
+    for name in (GEMM_ENV, SWIGLU_ENV):
+        os.environ.pop(name, None)
+    default = (gemm_path(device_tensor), swiglu_path())
+    return [(g, s) for g in GEMM_PATHS for s in SWIGLU_PATHS], default
+
+
+def use_variant(variant: tuple[str, str]) -> str:
+    """Set both switches (read by the kernels at each call); returns the variant's metric suffix."""
+    from refine_tasks.kernels.lact.triton_gemm import GEMM_ENV
+    from refine_tasks.kernels.lact.triton_swiglu import SWIGLU_ENV
+
+    os.environ[GEMM_ENV], os.environ[SWIGLU_ENV] = variant
+    return "_".join(variant)
+
+
 def check_and_time_layer(run: Run, rate: float) -> None:
     batch, t, d, chunk = (4, 40, 16, 8) if run.dry else (16, 16384, 384, 2048)
     shape = f"D=H={d}, {batch} batch x heads, L={t}, chunk {chunk}, momentum"
     base = layer_inputs(run, batch, t, d)
     g = torch.Generator(device="cpu").manual_seed(9)
     grad_o = torch.randn(batch, t, d, generator=g).to(run.device, base[0].dtype)
+    all_variants, default = variants(base[0])
 
-    print("[check] Triton kernels vs float32 torch reference", flush=True)
-    fast_in = [x.detach().clone().requires_grad_(True) for x in base]
+    print("[check] Triton kernels vs float32 torch reference, every variant", flush=True)
     ref_in = [x.detach().double().float().clone().requires_grad_(True) for x in base]
-    o, w, grads = layer_pass(fast_in, "triton", chunk, grad_o, autocast=False)
     o_ref, w_ref, grads_ref = layer_pass(ref_in, "torch", chunk, grad_o.float(), autocast=False)
+    del ref_in
     tol = 1e-4 if run.dry else 3e-2
-    errs = {"output": rel_err(o, o_ref)}
-    errs |= {f"final_{n}": rel_err(a, b) for n, a, b in zip(("w0", "w1", "w2"), w, w_ref, strict=True)}
     names = ("q", "k", "v", "lr0", "lr1", "lr2", "gate", "w0", "w1", "w2")
-    errs |= {f"grad_{n}": rel_err(a, b) for n, a, b in zip(names, grads, grads_ref, strict=True)}
-    worst = max(errs, key=errs.get)
-    run.emit(
-        "lact_triton_vs_reference_output_rel_err",
-        errs["output"],
-        "ratio",
-        shape,
-        "PASS" if errs["output"] < tol else "FAIL",
-    )
-    run.emit(
-        "lact_triton_vs_reference_max_rel_err",
-        errs[worst],
-        "ratio",
-        f"{shape}; max over output, final weights, 10 input grads: {worst}",
-        "PASS" if errs[worst] < tol else "FAIL",
-    )
-    print("   " + ", ".join(f"{n} {e:.2e}" for n, e in errs.items()), flush=True)
-    del o, w, grads, o_ref, w_ref, grads_ref, ref_in
+    fast_in = [x.detach().clone().requires_grad_(True) for x in base]
+    for variant in all_variants:
+        tag = use_variant(variant)
+        o, w, grads = layer_pass(fast_in, "triton", chunk, grad_o, autocast=False)
+        errs = {"output": rel_err(o, o_ref)}
+        errs |= {f"final_{n}": rel_err(a, b) for n, a, b in zip(("w0", "w1", "w2"), w, w_ref, strict=True)}
+        errs |= {f"grad_{n}": rel_err(a, b) for n, a, b in zip(names, grads, grads_ref, strict=True)}
+        worst = max(errs, key=errs.get)
+        verdict = "PASS" if errs[worst] < tol else "FAIL"
+        note = f"{shape}; max over output, final weights, 10 input grads: {worst}"
+        run.emit(f"lact_triton_vs_reference_max_rel_err_{tag}", errs[worst], "ratio", note, verdict)
+        if variant == default:
+            run.emit(
+                "lact_triton_vs_reference_output_rel_err",
+                errs["output"],
+                "ratio",
+                f"{shape}; {tag}",
+                "PASS" if errs["output"] < tol else "FAIL",
+            )
+            run.emit("lact_triton_vs_reference_max_rel_err", errs[worst], "ratio", f"{note}; {tag}", verdict)
+        print(f"   {tag}: " + ", ".join(f"{n} {e:.2e}" for n, e in errs.items()), flush=True)
+        for x in fast_in:
+            x.grad = None
+        del o, w, grads
+    del o_ref, w_ref, grads_ref
 
-    print("[time] fast-weight layer fwd+bwd: Triton vs torch reference (bf16 autocast)", flush=True)
-    leaves = [x for x in fast_in if x.requires_grad]
-    t_fast = run.time_ms(lambda: layer_pass(fast_in, "triton", chunk, grad_o, False), grad_to_none=leaves)
+    print(
+        "[time] fast-weight layer fwd+bwd, every variant, and the torch reference (bf16 autocast)", flush=True
+    )
+    updates = (t - 1) // chunk
+    flops_fwd = 18 * d * d * chunk * batch * updates + 6 * d * d * (t - updates * chunk) * batch
+    flops = 3 * flops_fwd
+    goal = f"3 x {flops_fwd / 1e9:.0f} GFLOP forward over {rate:.0f} TFLOP/s measured; goal >= 0.5"
+    eager = {}
+    for variant in all_variants:
+        tag = use_variant(variant)
+        eager[variant] = run.time_ms(
+            lambda: layer_pass(fast_in, "triton", chunk, grad_o, False), grad_to_none=fast_in
+        )
+        util = flops / (eager[variant] * 1e-3) / (rate * 1e12)
+        run.emit(f"lact_fastweight_fwdbwd_ms_{tag}", eager[variant], "ms", f"{shape}")
+        run.emit(f"lact_fastweight_util_{tag}", util, "ratio", f"fwd+bwd, {goal}")
+        for x in fast_in:
+            x.grad = None
+    use_variant(default)
+    t_fast = eager[default]
     ref_bf16 = [x.detach().clone().requires_grad_(True) for x in base]
     t_ref = run.time_ms(
         lambda: layer_pass(ref_bf16, "torch", chunk, grad_o, not run.dry), grad_to_none=ref_bf16
@@ -252,73 +309,116 @@ def check_and_time_layer(run: Run, rate: float) -> None:
                 *base[:6], FastWeights(*base[7:]), chunk_size=chunk, momentum_gate=base[6], backend="triton"
             )
         )
-    updates = (t - 1) // chunk
-    flops_fwd = 18 * d * d * chunk * batch * updates + 6 * d * d * (t - updates * chunk) * batch
-    run.emit("lact_fastweight_fwd_ms", t_fwd, "ms", f"Triton, {shape}")
-    run.emit("lact_fastweight_fwdbwd_ms", t_fast, "ms", f"Triton, {shape}")
+    tag = "_".join(default)
+    run.emit("lact_fastweight_fwd_ms", t_fwd, "ms", f"Triton {tag}, {shape}")
+    run.emit("lact_fastweight_fwdbwd_ms", t_fast, "ms", f"Triton {tag}, {shape}")
     run.emit("lact_reference_fwdbwd_ms", t_ref, "ms", f"torch reference under bf16 autocast, {shape}")
-    run.emit("lact_triton_speedup", t_ref / t_fast, "x", f"fwd+bwd, reference / Triton, {shape}")
-    util = 3 * flops_fwd / (t_fast * 1e-3) / (rate * 1e12)
+    run.emit("lact_triton_speedup", t_ref / t_fast, "x", f"fwd+bwd, reference / Triton {tag}, {shape}")
+    util = flops / (t_fast * 1e-3) / (rate * 1e12)
     run.emit(
         "lact_fastweight_util",
         util,
         "ratio",
-        f"fwd+bwd, 3 x {flops_fwd / 1e9:.0f} GFLOP forward over {rate:.0f} TFLOP/s measured; goal >= 0.5",
+        f"fwd+bwd, Triton {tag}, {goal}",
         "PASS" if util >= 0.5 else "below goal",
     )
     run.emit(
         "lact_fastweight_fwd_util",
         flops_fwd / (t_fwd * 1e-3) / (rate * 1e12),
         "ratio",
-        f"forward only, {shape}",
+        f"forward only, Triton {tag}, {shape}",
     )
-    for x in fast_in:
-        x.grad = None
+    best = min(eager, key=eager.get)
+    run.emit(
+        "lact_fastweight_util_best",
+        flops / (eager[best] * 1e-3) / (rate * 1e12),
+        "ratio",
+        f"fwd+bwd, fastest variant eager: {'_'.join(best)}",
+    )
     if not run.dry:
-        profile_layer(run, fast_in, chunk, grad_o)
-        run.later.append(lambda: time_graphed_layer(run, fast_in, chunk, grad_o, 3 * flops_fwd, rate, shape))
+        for variant in all_variants:
+            use_variant(variant)
+            profile_layer(run, fast_in, chunk, grad_o, "_".join(variant))
+        graph = GraphTimes(run, fast_in, chunk, grad_o, flops, rate, shape)
+        run.later.extend(lambda v=v: graph.time(v, v == default) for v in all_variants)
+        run.later.append(graph.summary)
 
 
-def profile_layer(run: Run, inputs: list[torch.Tensor], chunk: int, grad_o: torch.Tensor) -> None:
-    """GPU time per kernel of one fwd+bwd, to OUT/profile.txt (where the time goes)."""
+def profile_layer(run: Run, inputs: list[torch.Tensor], chunk: int, grad_o: torch.Tensor, tag: str) -> None:
+    """GPU time per kernel of one fwd+bwd, to OUT/profile_<variant>.txt (where the time goes)."""
     from torch.profiler import ProfilerActivity, profile
 
+    layer_pass(inputs, "triton", chunk, grad_o, False)  # compiled and warm before profiling
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         layer_pass(inputs, "triton", chunk, grad_o, False)
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
-    (run.out / "profile.txt").write_text(table)
-    print("\n".join(table.splitlines()[:30]), flush=True)
-
-
-def time_graphed_layer(
-    run: Run,
-    inputs: list[torch.Tensor],
-    chunk: int,
-    grad_o: torch.Tensor,
-    flops: float,
-    rate: float,
-    shape: str,
-) -> None:
-    """The same fwd+bwd replayed from a CUDA graph: the kernels' own speed, without launch overhead."""
-    print("[time] fast-weight layer fwd+bwd from a CUDA graph", flush=True)
     for x in inputs:
         x.grad = None
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            layer_pass(inputs, "triton", chunk, grad_o, False)
-            for x in inputs:
-                x.grad = None
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        layer_pass(inputs, "triton", chunk, grad_o, False)
-    ms = run.time_ms(graph.replay)
-    run.emit("lact_fastweight_fwdbwd_graph_ms", ms, "ms", f"Triton, CUDA graph replay, {shape}")
-    util = flops / (ms * 1e-3) / (rate * 1e12)
-    run.emit("lact_fastweight_util_graph", util, "ratio", f"fwd+bwd from a CUDA graph, {shape}")
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    (run.out / f"profile_{tag}.txt").write_text(table)
+    print(f"[profile] {tag}\n" + "\n".join(table.splitlines()[:18]), flush=True)
+
+
+class GraphTimes:
+    """The same fwd+bwd replayed from a CUDA graph, per variant: the kernels' own speed, without
+    launch overhead. Run last (a failed capture can spoil the context)."""
+
+    def __init__(
+        self,
+        run: Run,
+        inputs: list[torch.Tensor],
+        chunk: int,
+        grad_o: torch.Tensor,
+        flops: float,
+        rate: float,
+        shape: str,
+    ) -> None:
+        self.run, self.inputs, self.chunk, self.grad_o = run, inputs, chunk, grad_o
+        self.flops, self.rate, self.shape = flops, rate, shape
+        self.ms: dict[tuple[str, str], float] = {}
+
+    def time(self, variant: tuple[str, str], default: bool) -> None:
+        tag = use_variant(variant)
+        print(f"[time] fast-weight layer fwd+bwd from a CUDA graph, {tag}", flush=True)
+        inputs = self.inputs
+        for x in inputs:
+            x.grad = None
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                layer_pass(inputs, "triton", self.chunk, self.grad_o, False)
+                for x in inputs:
+                    x.grad = None
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            layer_pass(inputs, "triton", self.chunk, self.grad_o, False)
+        ms = self.ms[variant] = self.run.time_ms(graph.replay)
+        del graph
+        for x in inputs:
+            x.grad = None
+        torch.cuda.empty_cache()
+        util = self.flops / (ms * 1e-3) / (self.rate * 1e12)
+        note = f"fwd+bwd from a CUDA graph, {self.shape}"
+        self.run.emit(f"lact_fastweight_fwdbwd_graph_ms_{tag}", ms, "ms", note)
+        self.run.emit(f"lact_fastweight_util_graph_{tag}", util, "ratio", note)
+        if default:
+            self.run.emit(
+                "lact_fastweight_fwdbwd_graph_ms", ms, "ms", f"Triton {tag}, CUDA graph replay, {self.shape}"
+            )
+            self.run.emit("lact_fastweight_util_graph", util, "ratio", f"Triton {tag}, {note}")
+
+    def summary(self) -> None:
+        best = min(self.ms, key=self.ms.get)
+        util = self.flops / (self.ms[best] * 1e-3) / (self.rate * 1e12)
+        self.run.emit(
+            "lact_fastweight_util_graph_best",
+            util,
+            "ratio",
+            f"fwd+bwd from a CUDA graph, fastest variant: {'_'.join(best)}",
+            "PASS" if util >= 0.5 else "below goal",
+        )
 
 
 def time_model(run: Run) -> None:

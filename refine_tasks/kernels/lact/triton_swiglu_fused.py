@@ -1,0 +1,123 @@
+"""The fused SwiGLU token kernel: a tile of tokens against a tile of the hidden layer, in one pass.
+
+The projections run on the tensor cores into float32 accumulators that never leave registers,
+then the shared epilogue (`triton_swiglu_epilogue`) writes the mode's outputs. Nothing but the
+outputs touches memory, at the price of up to six live accumulators per tile (STEP_BWD), which
+caps the tile size.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from refine_tasks.kernels.lact.triton_launch import interpreting, pow2_block
+from refine_tasks.kernels.lact.triton_swiglu_epilogue import (
+    APPLY,
+    APPLY_BWD,
+    STEP,
+    STEP_BWD,
+    TokenStage,
+    swiglu_epilogue,
+    tile_of_program,
+)
+
+
+@triton.jit
+def _rows_tile(ptr, rows, cols, n_rows, n_cols, row_stride):
+    """Tile [len(cols), len(rows)] of a row-major matrix read transposed: element (c, r) = m[r, c]."""
+    return tl.load(
+        ptr + rows[None, :] * row_stride + cols[:, None],
+        mask=(rows[None, :] < n_rows) & (cols[:, None] < n_cols),
+        other=0.0,
+    )
+
+
+@triton.jit
+def _swiglu_tokens_kernel(
+    x_ptr, y_ptr, w02_ptr, w1_ptr, g02_ptr, g1_ptr, lr_ptr, out_a_ptr, out_b_ptr, dlr_ptr,
+    T, D: tl.constexpr, H,
+    s_xb, s_xt, s_yb, s_yt, s_lrb, s_lrk, s_ab, s_at, s_bb, s_bt, s_db, s_dk, s_dh, s_w02b, s_w1b, s_g02b, s_g1b,
+    MODE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    bid, h_tile, rt, rh = tile_of_program(H, BLOCK_T, BLOCK_H)
+    rd = tl.arange(0, BLOCK_D)
+    x_ptr += bid * s_xb
+    y_ptr += bid * s_yb
+    w0_ptr = w02_ptr + bid * s_w02b
+    w2_ptr = w0_ptr + H * D
+    w1_ptr += bid * s_w1b
+    g0_ptr = g02_ptr + bid * s_g02b
+    g2_ptr = g0_ptr + H * D
+    g1_ptr += bid * s_g1b
+
+    gate = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
+    up = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
+    e = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
+    b_raw = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)  # k G0^T
+    a_raw = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)  # k G2^T
+    h_raw = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)  # v G1
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + rd
+        x = tl.load(
+            x_ptr + rt[:, None] * s_xt + dd[None, :], mask=(rt[:, None] < T) & (dd[None, :] < D), other=0.0
+        )
+        gate = tl.dot(x, _rows_tile(w0_ptr, rh, dd, H, D, D), gate)
+        up = tl.dot(x, _rows_tile(w2_ptr, rh, dd, H, D, D), up)
+        if MODE != 0:
+            y = tl.load(
+                y_ptr + rt[:, None] * s_yt + dd[None, :],
+                mask=(rt[:, None] < T) & (dd[None, :] < D),
+                other=0.0,
+            )
+            w1 = tl.load(
+                w1_ptr + dd[:, None] * H + rh[None, :], mask=(dd[:, None] < D) & (rh[None, :] < H), other=0.0
+            )
+            e = tl.dot(y, w1, e)
+        if MODE == 3:
+            b_raw = tl.dot(x, _rows_tile(g0_ptr, rh, dd, H, D, D), b_raw)
+            a_raw = tl.dot(x, _rows_tile(g2_ptr, rh, dd, H, D, D), a_raw)
+            g1 = tl.load(
+                g1_ptr + dd[:, None] * H + rh[None, :], mask=(dd[:, None] < D) & (rh[None, :] < H), other=0.0
+            )
+            h_raw = tl.dot(y, g1, h_raw)
+
+    swiglu_epilogue(
+        gate, up, e, b_raw, a_raw, h_raw, rt, rh, T, H,
+        lr_ptr + bid * s_lrb, s_lrk, out_a_ptr + bid * s_ab, s_at, out_b_ptr + bid * s_bb, s_bt,
+        dlr_ptr + bid * s_db + h_tile * s_dh, s_dk, MODE,
+    )  # fmt: skip
+
+
+# (BLOCK_T, BLOCK_H, BLOCK_D, num_warps, num_stages) per mode on the GPU: no register spills on
+# sm_90 (the compiler's resource report), and the fastest of benchmarks/gpu_lact.py's sweep on an
+# H200 at the 760M chunk shape (2026-11-25: 362, 253, 263, 232 TFLOP/s for the four modes).
+CONFIGS: dict[int, tuple[int, int, int, int, int]] = {
+    APPLY: (128, 64, 64, 8, 3),
+    STEP: (128, 64, 64, 8, 3),
+    APPLY_BWD: (128, 64, 64, 8, 3),
+    STEP_BWD: (64, 64, 64, 8, 3),
+}
+
+
+def _blocks(mode: int, t: int, h: int, d: int) -> tuple[int, int, int, int, int]:
+    if interpreting():
+        return pow2_block(t, 32), pow2_block(h, 32), pow2_block(d, 32), 4, 1
+    return CONFIGS[mode]
+
+
+def swiglu_fused(s: TokenStage) -> Tensor:
+    """One launch of the fused kernel; returns the rate-gradient output (`TokenStage.launch`)."""
+    batch, t, d = s.x.shape
+    h = s.w1.shape[2]
+    block_t, block_h, block_d, warps, stages = _blocks(s.mode, t, h, d)
+    grid, dlr, dlr_strides = s.launch(block_t, block_h)
+    _swiglu_tokens_kernel[grid](
+        s.x, s.y, s.w02, s.w1, s.g02, s.g1, s.lrs, s.out_a, s.out_b, dlr,
+        t, d, h, s.x.stride(0), s.x.stride(1), s.y.stride(0), s.y.stride(1), s.lrs.stride(0), s.lrs.stride(1),
+        s.out_a.stride(0), s.out_a.stride(1), s.out_b.stride(0), s.out_b.stride(1), *dlr_strides,
+        s.w02.stride(0), s.w1.stride(0), s.g02.stride(0), s.g1.stride(0),
+        MODE=s.mode, BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return dlr
