@@ -9,7 +9,8 @@
 #   dn-all       gpu_deltanet.py                           (every DeltaNet figure)
 #   refine       gpu_refine_step.py --shapes paper-1.3b    (ReFINE / NTP step ratios; $REFINE_MODES)
 #   refine-small gpu_refine_step.py --shapes small         (with the bf16 branched-vs-naive check)
-#   profile      profile_refine_step.py                     (phases + top ops; $PROFILE_MODES)
+#   profile      profile_refine_step.py                     (phases + top ops; $PROFILE_MODES, $PROFILE_SHAPE;
+#                                                             PROFILE_TRACE=1: Chrome traces with Python frames)
 #   lact         gpu_lact.py                               (LaCT kernels, layer, paper-760m)
 # Carry: .whl .whl_lead or .whl_min (wheels the image lacks; .whl_min without DuckDB, enough for the
 # GPU benchmarks) and the Triton cache tarball folders named in TC_DIRS (default .tc; git-ignored).
@@ -39,7 +40,7 @@ run_step() {
         refine-small) timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes small \
             --check-tokens "${CHECK_TOKENS:-2048}" --budget-s $((limit - 60)) ${REFINE_MODES:+--modes $REFINE_MODES} ;;
         profile) timeout "$limit" python3 benchmarks/profile_refine_step.py --out "$dir" --shape "${PROFILE_SHAPE:-paper-1.3b}" \
-            --modes "${PROFILE_MODES:-ntp,fused_precomputed,fused-eager_precomputed}" --warmup 1 ;;
+            --modes "${PROFILE_MODES:-ntp,fused_precomputed,fused-eager_precomputed}" --warmup 1 ${PROFILE_TRACE:+--trace} ;;
         lact) timeout "$limit" python3 benchmarks/gpu_lact.py --out "$dir" --budget-s $((limit - 60)) ;;
         *) echo "unknown step $step" ;;
     esac
@@ -51,6 +52,7 @@ for spec in "$@"; do  # RESULTS.md copies are dropped below: results.jsonl is im
 done
 
 find "$OUT" -name RESULTS.md -delete
+find "$OUT" -name "trace_*.json" -exec xz -T4 {} \;  # PROFILE_TRACE's Chrome traces, compressed
 after=$(find "$TRITON_CACHE_DIR" -type f | wc -l)
 echo "Triton cache: $before files before, $after after"
 if [ "$after" -gt "$before" ]; then

@@ -46,12 +46,15 @@ def phase_breakdown(bench: StepBench, mode: str, step: int) -> tuple[dict[str, f
     return dict(phases), time.perf_counter() - began
 
 
-def top_ops(bench: StepBench, mode: str, step: int, rows: int) -> str:
-    """The profiler's tables of one step: top ops by self device time and by total host time."""
+def top_ops(bench: StepBench, mode: str, step: int, rows: int, trace: Path | None = None) -> str:
+    """The profiler's tables of one step: top ops by self device time and by total host time;
+    with `trace`, also its Chrome trace there, Python frames included (where host time goes)."""
     activities = [ProfilerActivity.CPU] + ([] if bench.args.dry_run else [ProfilerActivity.CUDA])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, with_stack=trace is not None) as prof:
         bench.step(mode, step)
         _sync(bench.args.dry_run)
+    if trace is not None:
+        prof.export_chrome_trace(str(trace))
     averages = prof.key_averages()
     tables = []
     if not bench.args.dry_run:
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profile-modes", default="naive", help="modes timed by phase only")
     add_batch_arguments(parser)
     parser.add_argument("--top", type=int, default=20, help="rows of each profiler table")
+    parser.add_argument("--trace", action="store_true", help="also write OUT/trace_<shape>_<mode>.json (with Python frames)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     card = "cpu-dry-run" if args.dry_run else torch.cuda.get_device_name()
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                        jsonl=args.out / "results.jsonl", md=args.out / "RESULTS.md")
             summary.append((mode, phases, total))
             if mode not in args.no_profile_modes.split(","):
-                text = top_ops(bench, mode, args.warmup + 1, args.top)
+                trace = args.out / f"trace_{preset}_{mode}.json" if args.trace else None
+                text = top_ops(bench, mode, args.warmup + 1, args.top, trace)
                 report.write(f"\n==== {preset} {mode}\n{text}\n")
                 print(text, flush=True)
     print(f"\nphases of one step ({preset}, ms, device synchronised between phases)")

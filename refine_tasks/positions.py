@@ -45,7 +45,7 @@ def token_entropy(hidden: Tensor, lm_head: nn.Module, chunk: int = 1024) -> Tens
 @torch.no_grad()
 def sequence_entropy(model: nn.Module, input_ids: Tensor, chunk: int = 1024) -> Tensor:
     """Next-token entropy [B, T] of input_ids [B, T] under `model`: one prefill, no [T, V] logits kept."""
-    hidden = model.prefill(input_ids, return_logits=False).hidden
+    hidden = model.prefill(input_ids, return_logits=False, return_final=False).hidden
     return token_entropy(hidden, model.get_output_embeddings(), chunk)
 
 

@@ -172,7 +172,7 @@ def branched_rollouts(
 ) -> tuple[Rollouts, Tensor, Tensor]:
     """Rollouts from states captured by one no-grad prefill (see `rollouts_from_states`)."""
     with phase("prefill"):
-        pre = model.prefill(input_ids, capture=positions, return_logits=False)
+        pre = model.prefill(input_ids, capture=positions, return_logits=False, return_final=False)
     with phase("rollouts"):
         return rollouts_from_states(model, input_ids, positions, pre, cfg, generator)
 
@@ -198,11 +198,11 @@ def naive_rollouts(
     length = cfg.rollout_len
     # The reference's reward pass: each prefix + rollout re-run for the rollout's hidden states.
     hidden = [
-        model.prefill(seq[None], return_logits=False).hidden[0, p : p + length]
+        model.prefill(seq[None], return_logits=False, return_final=False).hidden[0, p : p + length]
         for p, seq in _prefixed(input_ids, positions, ro.tokens)
     ]
     ro.hidden = torch.stack(hidden).view_as(ro.hidden)
-    main = model.prefill(input_ids, return_logits=False).hidden
+    main = model.prefill(input_ids, return_logits=False, return_final=False).hidden
     return ro, *true_continuation(input_ids, main, positions, length)
 
 
@@ -253,7 +253,8 @@ def refine_backward(
     main = None
     if cfg.mode == "fused":
         with phase("prefill"):
-            main = model.prefill(input_ids, capture=positions)  # with gradients: the loss pass's main half
+            # with gradients: the loss pass's main half
+            main = model.prefill(input_ids, capture=positions, return_final=False)
         with phase("rollouts"):
             ro, true_tokens, true_hidden = rollouts_from_states(model, input_ids, positions, main, cfg, generator)
     elif cfg.mode == "branched":

@@ -7,6 +7,8 @@ the same tensor can go to fla's kernels.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,16 +42,50 @@ def conv_states(x: Tensor, positions: Tensor, width: int, initial_state: Tensor 
     """
     B, P = positions.shape
     D = x.shape[-1]
-    index = positions[:, :, None] - width + torch.arange(width, device=x.device)  # [B, P, W]: p-W..p-1
-    before = index < 0  # slots that predate the sequence
-    windows = x.gather(1, index.clamp(min=0).reshape(B, P * width, 1).expand(-1, -1, D)).view(B, P, width, D)
-    if initial_state is None:
-        windows = windows.masked_fill(before[..., None], 0)
-    else:
-        history = initial_state.transpose(1, 2).to(x.dtype)  # [B, W, D]: slot i holds input i-W (i >= 0)
-        slots = (index + width).clamp(max=width - 1).reshape(B, P * width, 1).expand(-1, -1, D)
-        windows = torch.where(before[..., None], history.gather(1, slots).view(B, P, width, D), windows)
+    w = _windows(positions, width)
+    windows = x.gather(1, w.index[..., None].expand(-1, -1, D)).view(B, P, width, D)
+    if w.early:
+        if initial_state is None:
+            windows = windows.masked_fill(w.before[..., None], 0)
+        else:
+            history = initial_state.transpose(1, 2).to(x.dtype)  # [B, W, D]: slot i holds input i-W (i >= 0)
+            slots = w.slots[..., None].expand(-1, -1, D)
+            windows = torch.where(w.before[..., None], history.gather(1, slots).view(B, P, width, D), windows)
     return windows.transpose(2, 3)
+
+
+@dataclass
+class _Windows:
+    """Where the conv state after each prefix reads: index [B, P*W] into the sequence (clamped),
+    before [B, P, W] (slots that predate it), slots [B, P*W] into the initial state's layout, and
+    early: whether any slot predates the sequence (else no masking at all)."""
+
+    index: Tensor
+    before: Tensor
+    slots: Tensor
+    early: bool
+
+
+_windows_cache: list[tuple[Tensor, int, int, _Windows]] = []
+
+
+def _windows(positions: Tensor, width: int) -> _Windows:
+    """Built once per positions tensor (and in-place version): a capturing pass calls conv_states
+    for three projections in every layer with the same positions, and each index op is a launch."""
+    for cached, version, w, windows in _windows_cache:
+        if cached is positions and version == positions._version and w == width:
+            return windows
+    B, P = positions.shape
+    index = positions[:, :, None] - width + torch.arange(width, device=positions.device)  # [B, P, W]: p-W..p-1
+    before = index < 0
+    windows = _Windows(
+        index.clamp(min=0).reshape(B, P * width),
+        before,
+        (index + width).clamp(max=width - 1).reshape(B, P * width),
+        bool(before.any()),
+    )
+    _windows_cache[:] = [(positions, positions._version, width, windows)]
+    return windows
 
 
 def short_conv_step(x: Tensor, state: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:

@@ -227,17 +227,22 @@ class FastWeightForCausalLM(PreTrainedModel, GenerationMixin):
 
     # ---- the state API ---------------------------------------------------------------------
     def prefill(
-        self, input_ids: Tensor, capture: Tensor | None = None, return_logits: bool = True
+        self,
+        input_ids: Tensor,
+        capture: Tensor | None = None,
+        return_logits: bool = True,
+        return_final: bool = True,
     ) -> PrefillOutput:
         """Run input_ids [B, T]; capture: LongTensor [B, P] of prefix lengths 1..T (any order).
 
         Returns hidden [B, T, D], logits [B, T, V] (or None), the captured State (B*P streams,
-        row b*P+j after input_ids[b, :capture[b, j]]) and the final State (B streams).
+        row b*P+j after input_ids[b, :capture[b, j]]) and the final State (B streams; None
+        without `return_final`, which spares its per-layer ops when only prefixes are continued).
         """
         _check_ids(input_ids, "input_ids")
         if capture is not None:
             _check_positions(capture, input_ids, "capture")
-        hidden, captured, final = self._run(input_ids, capture=capture, output_final_state=True)
+        hidden, captured, final = self._run(input_ids, capture=capture, output_final_state=return_final)
         return PrefillOutput(hidden, self.lm_head(hidden) if return_logits else None, captured, final)
 
     def decode(self, state: State, tokens: Tensor) -> DecodeOutput:

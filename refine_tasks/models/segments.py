@@ -215,9 +215,11 @@ class _Chain(torch.autograd.Function):
     def forward(ctx, start: Tensor, free: Tensor, transition: Tensor) -> Tensor:
         states = start.new_empty(free.shape[0] + 1, *start.shape)
         states[0] = start
+        # unbind: one op for all the per-step views (indexing costs an op per step and operand)
+        views = states.unbind(0)
         with torch.autocast(start.device.type, enabled=False):
-            for j in range(free.shape[0]):
-                torch.baddbmm(free[j], transition[j], states[j], out=states[j + 1])
+            for f, a, s, out in zip(free.unbind(0), transition.unbind(0), views[:-1], views[1:], strict=True):
+                torch.baddbmm(f, a, s, out=out)
         ctx.save_for_backward(states, transition)
         return states
 
@@ -227,8 +229,10 @@ class _Chain(torch.autograd.Function):
         states, transition = ctx.saved_tensors
         d = torch.empty_like(states)  # d[j]: the loss's gradient with respect to S_j, all paths
         d[-1] = grad[-1]
+        views = d.unbind(0)
+        steps = zip(grad.unbind(0)[:-1], transition.transpose(-1, -2).unbind(0), views[1:], views[:-1], strict=True)
         with torch.autocast(states.device.type, enabled=False):
-            for j in reversed(range(transition.shape[0])):
-                torch.baddbmm(grad[j], transition[j].transpose(-1, -2), d[j + 1], out=d[j])
+            for g, a_t, later, out in reversed(list(steps)):
+                torch.baddbmm(g, a_t, later, out=out)
             d_transition = torch.matmul(d[1:], states[:-1].transpose(-1, -2))
         return d[0], d[1:], d_transition

@@ -75,12 +75,13 @@ def _device_only(t: Tensor, args: tuple, kwargs: dict) -> Tensor:
 @dataclass
 class PrefillOutput:
     """`prefill`: hidden [B, T, D] (after the final norm), logits [B, T, V] or None,
-    captured (B*P streams; row b*P+j consumed input_ids[b, :capture[b, j]]), final (B streams)."""
+    captured (B*P streams; row b*P+j consumed input_ids[b, :capture[b, j]]), final (B streams, or None
+    when not asked for)."""
 
     hidden: Tensor
     logits: Tensor | None
     captured: State | None
-    final: State
+    final: State | None
 
 
 @dataclass
