@@ -21,6 +21,7 @@ Writes OUT/results.jsonl (import with `python benchmarks/record.py --import`) an
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import statistics
@@ -83,14 +84,10 @@ class Run:
     def time_ms(
         self, fn: Callable[[], object], grad_to_none: list[torch.Tensor] | None = None, rep: int = 300
     ) -> float:
-        if self.dry:
+        if self.dry:  # one pass: the interpreter's time says nothing, the call itself is the check
+            start = time.perf_counter()
             fn()
-            times = []
-            for _ in range(2):
-                start = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - start) * 1e3)
-            return statistics.median(times)
+            return (time.perf_counter() - start) * 1e3
         from triton.testing import do_bench
 
         return do_bench(fn, warmup=rep // 6, rep=rep, grad_to_none=grad_to_none, return_mode="median")
@@ -219,23 +216,32 @@ def layer_pass(inputs: list[torch.Tensor], backend: str, chunk: int, grad_o: tor
     return o, trace.final.weights, [x.grad for x in inputs]
 
 
-def variants(device_tensor: torch.Tensor) -> tuple[list[tuple[str, str]], tuple[str, str]]:
-    """Every (GEMM path, SwiGLU path) pair, and the pair the code picks with no switch set."""
-    from refine_tasks.kernels.lact.triton_gemm import GEMM_ENV, GEMM_PATHS, gemm_path
-    from refine_tasks.kernels.lact.triton_swiglu import SWIGLU_ENV, SWIGLU_PATHS, swiglu_path
+def switches() -> dict[str, tuple[str, ...]]:
+    """The environment switches between kernel paths, each with its choices."""
+    from refine_tasks.kernels.lact.triton_gemm import GEMM_ENV, GEMM_PATHS
+    from refine_tasks.kernels.lact.triton_sequence import LOOP_ENV, LOOP_PATHS
+    from refine_tasks.kernels.lact.triton_swiglu import SWIGLU_ENV, SWIGLU_PATHS
 
-    for name in (GEMM_ENV, SWIGLU_ENV):
+    return {GEMM_ENV: GEMM_PATHS, SWIGLU_ENV: tuple(SWIGLU_PATHS), LOOP_ENV: LOOP_PATHS}
+
+
+def variants(device_tensor: torch.Tensor) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
+    """Every combination of the switches (GEMM path, SwiGLU path, chunk loop), and the one the code
+    picks with no switch set."""
+    from refine_tasks.kernels.lact.triton_gemm import gemm_path
+    from refine_tasks.kernels.lact.triton_sequence import loop_path
+    from refine_tasks.kernels.lact.triton_swiglu import swiglu_path
+
+    for name in switches():
         os.environ.pop(name, None)
-    default = (gemm_path(device_tensor), swiglu_path())
-    return [(g, s) for g in GEMM_PATHS for s in SWIGLU_PATHS], default
+    default = (gemm_path(device_tensor), swiglu_path(), loop_path())
+    return list(itertools.product(*switches().values())), default
 
 
-def use_variant(variant: tuple[str, str]) -> str:
-    """Set both switches (read by the kernels at each call); returns the variant's metric suffix."""
-    from refine_tasks.kernels.lact.triton_gemm import GEMM_ENV
-    from refine_tasks.kernels.lact.triton_swiglu import SWIGLU_ENV
-
-    os.environ[GEMM_ENV], os.environ[SWIGLU_ENV] = variant
+def use_variant(variant: tuple[str, ...]) -> str:
+    """Set the switches (read by the kernels at each call); returns the variant's metric suffix."""
+    for name, value in zip(switches(), variant, strict=True):
+        os.environ[name] = value
     return "_".join(variant)
 
 
@@ -375,9 +381,9 @@ class GraphTimes:
     ) -> None:
         self.run, self.inputs, self.chunk, self.grad_o = run, inputs, chunk, grad_o
         self.flops, self.rate, self.shape = flops, rate, shape
-        self.ms: dict[tuple[str, str], float] = {}
+        self.ms: dict[tuple[str, ...], float] = {}
 
-    def time(self, variant: tuple[str, str], default: bool) -> None:
+    def time(self, variant: tuple[str, ...], default: bool) -> None:
         tag = use_variant(variant)
         print(f"[time] fast-weight layer fwd+bwd from a CUDA graph, {tag}", flush=True)
         inputs = self.inputs

@@ -18,6 +18,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from refine_tasks.kernels.lact import FastWeights, lact_fast_weight
 from refine_tasks.kernels.lact.triton_gemm import GEMM_ENV, _bmm_kernel, bmm
+from refine_tasks.kernels.lact.triton_sequence import LOOP_ENV
 from refine_tasks.kernels.lact.triton_swiglu import (
     APPLY,
     APPLY_BWD,
@@ -123,12 +124,16 @@ def test_every_kernel_variant_matches_reference(gemm, swiglu, monkeypatch):
         assert rel(got, want) < 1e-4
 
 
+@pytest.mark.parametrize("loop", ["sequence", "chunks"])
 @pytest.mark.parametrize(
     "t, momentum_on, use_muon",
     [(20, False, False), (24, True, False), (19, True, True)],
     ids=["plain", "momentum", "muon"],
 )
-def test_chunked_layer_matches_reference_with_gradients(t, momentum_on, use_muon):
+def test_chunked_layer_matches_reference_with_gradients(t, momentum_on, use_muon, loop, monkeypatch):
+    """plain: a trailing chunk that only applies; momentum: every chunk updates (Muon always runs
+    the per-chunk Functions: the loop switch does not reach it)."""
+    monkeypatch.setenv(LOOP_ENV, loop)
     inputs = make_inputs(seed=t, t=t)
     o_ref, final_ref, grads_ref = run_layer("torch", inputs, momentum_on, use_muon)
     o, final, grads = run_layer("triton", inputs, momentum_on, use_muon)
@@ -186,3 +191,28 @@ def test_kept_states_and_their_gradients_match_reference():
         ["k", "v", "lr0", "lr1", "lr2", "gate", "w0", "w1", "w2"], grads[1:], grads_ref[1:], strict=True
     ):
         assert rel(got, want) < 1e-4, name
+
+
+@pytest.mark.parametrize("loop", ["sequence", "chunks"])
+def test_final_state_alone_gets_gradients(loop, monkeypatch):
+    """A loss on the final weights and momentum only (the outputs get no gradient, so q gets none):
+    22 tokens in chunks of 8, the last full chunk not updating."""
+    monkeypatch.setenv(LOOP_ENV, loop)
+    inputs = make_inputs(seed=6, t=22)
+    results = []
+    for backend in ("torch", "triton"):
+        leaves = [x.clone().requires_grad_(True) for x in inputs]
+        q, k, v, lr0, lr1, lr2, gate, w0, w1, w2 = leaves
+        _, trace = lact_fast_weight(
+            q, k, v, lr0, lr1, lr2, FastWeights(w0, w1, w2), chunk_size=8, momentum_gate=gate, backend=backend
+        )
+        final = [*trace.final.weights, *trace.final.momentum]
+        gen = torch.Generator().manual_seed(8)
+        sum((m * torch.randn(m.shape, generator=gen)).sum() for m in final).backward()
+        results.append(([m.detach() for m in final], [x.grad for x in leaves]))
+    (final_ref, grads_ref), (final, grads) = results
+    for got, want in zip(final, final_ref, strict=True):
+        assert rel(got, want) < 1e-5
+    assert grads[0] is None and grads_ref[0] is None
+    for got, want in zip(grads[1:], grads_ref[1:], strict=True):
+        assert rel(got, want) < 1e-4

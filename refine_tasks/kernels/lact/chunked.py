@@ -41,6 +41,13 @@ class Chunk(NamedTuple):
     gate: Tensor | None
 
 
+def gate_means(gate: Tensor | None, chunk_size: int, updates: int) -> Tensor | None:
+    """Each updating chunk's mean momentum gate, [B, updates] (None: momentum off or no update)."""
+    if gate is None or not updates:
+        return None
+    return gate[:, : updates * chunk_size].unflatten(1, (updates, chunk_size)).mean(2)
+
+
 def split_chunks(
     q: Tensor, k: Tensor, v: Tensor, rates: Tensor, gate: Tensor | None, chunk_size: int, updates: int
 ) -> list[Chunk]:
@@ -48,29 +55,38 @@ def split_chunks(
     autograd then also joins the chunks' gradients in one concatenation per input."""
     pieces = [x.split(chunk_size, dim=1) for x in (q, k, v)] + [rates.split(chunk_size, dim=2)]
     means: list[Tensor | None] = [None] * len(pieces[0])
-    if gate is not None and updates:
-        means[:updates] = (
-            gate[:, : updates * chunk_size].unflatten(1, (updates, chunk_size)).mean(2).unbind(1)
-        )
+    gates = gate_means(gate, chunk_size, updates)
+    if gates is not None:
+        means[:updates] = gates.unbind(1)
     return [Chunk(*parts, m) for *parts, m in zip(*pieces, means, strict=True)]
+
+
+class SequenceInputs(NamedTuple):
+    """One sequence as `lact_fast_weight` hands it to a backend: q, k, v [B, T, D]; lrs (lr0, lr1,
+    lr2) [B, T]; gate [B, T] or None; the starting state; the norms to renormalise to; the chunk
+    size and how many chunks update."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    lrs: tuple[Tensor, Tensor, Tensor]
+    gate: Tensor | None
+    state: FastWeightState
+    norms: FastWeights
+    chunk_size: int
+    updates: int
 
 
 class ChunkOps(Protocol):
     """One backend's steps over one sequence, on its own form S of the fast-weight state."""
 
-    def start(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        lrs: tuple[Tensor, Tensor, Tensor],
-        gate: Tensor | None,
-        state: FastWeightState,
-        norms: FastWeights,
-        chunk_size: int,
-        updates: int,
-    ) -> tuple[list[Chunk], Any]:
+    def start(self, x: SequenceInputs) -> tuple[list[Chunk], Any]:
         """The chunks and the starting state S; fixes everything that holds for the whole sequence."""
+        ...
+
+    def whole(self, x: SequenceInputs) -> tuple[Tensor, FastWeightState] | None:
+        """(o, final state) of the whole sequence in one step, where the backend has such a path for
+        it (asked only without Muon and kept states); None: run the chunk loop instead."""
         ...
 
     def apply(self, s: Any, x: Chunk) -> Tensor: ...
@@ -102,9 +118,13 @@ class TorchOps:
 
     norms: FastWeights
 
-    def start(self, q, k, v, lrs, gate, state, norms, chunk_size, updates):
-        self.norms = norms
-        return split_chunks(q, k, v, torch.stack(lrs, 1), gate, chunk_size, updates), state
+    def start(self, x: SequenceInputs) -> tuple[list[Chunk], FastWeightState]:
+        self.norms = x.norms
+        rates = torch.stack(x.lrs, 1)
+        return split_chunks(x.q, x.k, x.v, rates, x.gate, x.chunk_size, x.updates), x.state
+
+    def whole(self, x: SequenceInputs) -> None:
+        return None  # autograd's graph of the chunk loop is the reference
 
     def apply(self, s: FastWeightState, x: Chunk) -> Tensor:
         return ref.swiglu_apply(s.weights, x.q)
@@ -191,10 +211,13 @@ def lact_fast_weight(
     if momentum is None and momentum_gate is not None:
         momentum = FastWeights(*(torch.zeros_like(m) for m in weights))
     state = FastWeightState(weights, momentum if momentum_gate is not None else None)
+    inputs = SequenceInputs(q, k, v, lrs, momentum_gate, state, norms, chunk_size, updates)
+    if t and not keep and not use_muon:
+        whole = ops.whole(inputs)
+        if whole is not None:
+            return whole[0], LaCTTrace(at={}, final=whole[1], updates=updates)
     kept = {0: state} if 0 in keep else {}
-    chunks, s = (
-        ops.start(q, k, v, lrs, momentum_gate, state, norms, chunk_size, updates) if t else ([], state)
-    )
+    chunks, s = ops.start(inputs) if t else ([], state)
     outputs = []
     for c, x in enumerate(chunks):
         if c >= updates:

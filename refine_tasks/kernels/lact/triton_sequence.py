@@ -1,0 +1,124 @@
+"""A whole sequence's chunk loop (no Muon, no states kept mid-sequence) as ONE autograd Function.
+
+The per-chunk Functions (`triton_ops`) take slices of q, k, v and the rates and return one output
+per chunk, so autograd joins the chunks with a concatenation of the outputs forward and of every
+input's gradient backward (about a tenth of the layer's GPU time at the 760M shapes). Here the
+forward writes each chunk's output into its slice of one [B, T, D] buffer, and the backward walks
+the chunks in reverse, writing each chunk's input gradients into slices of whole-sequence
+buffers. Selected per call by the environment variable REFINE_LACT_LOOP: `sequence` (default)
+or `chunks` (the per-chunk Functions).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+
+from refine_tasks.kernels.lact.triton_launch import variant
+from refine_tasks.kernels.lact.triton_passes import apply_forward, chunk_backward, dense, step_forward
+from refine_tasks.kernels.lact.triton_state import Layout
+from refine_tasks.kernels.lact.triton_update import UpdatePlan, update_backward, update_forward
+
+LOOP_ENV = "REFINE_LACT_LOOP"
+LOOP_PATHS = ("sequence", "chunks")
+
+
+def loop_path() -> str:
+    """`sequence` or `chunks`: REFINE_LACT_LOOP, else `sequence`."""
+    return variant(LOOP_ENV, LOOP_PATHS, "sequence")
+
+
+class Sequence(Function):
+    """Inputs: q, k, v [B, T, D] (unit inner stride); rates [B, 3, T] float32; gates [B, U] (each
+    updating chunk's mean momentum gate) or None; packed weights, their matmul operand, packed
+    momentum or None, packed norms; the layout, update plan, chunk size and number of updates U
+    (>= 1). Returns (o [B, T, D], final packed weights, final packed momentum or None)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rates, gates, weights, operand, momentum, norms, lay, plan, chunk, updates):
+        ctx.set_materialize_grads(False)
+        ctx.lay, ctx.plan, ctx.chunk, ctx.updates = lay, plan, chunk, updates
+        o = torch.empty_like(q)
+        saved = []  # per updating chunk: the weights, operand and momentum it starts from, its step
+        for c, start in enumerate(range(0, q.shape[1], chunk)):
+            part = slice(start, start + chunk)
+            w02, w1 = lay.split(operand)
+            apply_forward(q[:, part], w02, w1, out=o[:, part])
+            if c == updates:
+                break
+            step = step_forward(lay, k[:, part], v[:, part], rates[:, :, part], w02, w1)
+            gate = None if momentum is None else gates[:, c]
+            saved += [weights, operand, momentum, step]
+            weights, momentum, new_operand = update_forward(
+                plan, weights, step, norms, momentum, gate, q.dtype
+            )
+            operand = weights if new_operand is None else new_operand
+        ctx.save_for_backward(q, k, v, rates, gates, norms, operand, *saved)
+        return o, weights, momentum
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_o, grad_w, grad_momentum):
+        q, k, v, rates, gates, norms, last_operand, *saved = ctx.saved_tensors
+        lay, chunk, updates = ctx.lay, ctx.chunk, ctx.updates
+        t = q.shape[1]
+        grad_o = dense(grad_o)
+        dq = None if grad_o is None else torch.empty_like(q)
+        dk, dv, drates = torch.empty_like(k), torch.empty_like(v), torch.empty_like(rates)
+        tail = slice(updates * chunk, t)  # the chunk that only applies: its keys reach nothing
+        dk[:, tail], dv[:, tail], drates[:, :, tail] = 0, 0, 0
+        gw = None if grad_w is None else dense(grad_w).clone()  # added onto in place below
+        gm = dense(grad_momentum)
+        if updates * chunk < t and grad_o is not None:
+            _, _, _, _, gw = chunk_backward(
+                lay,
+                q[:, tail],
+                None,
+                None,
+                None,
+                last_operand,
+                grad_o[:, tail],
+                None,
+                gw,
+                (dq[:, tail], dk, dv),
+            )
+        gnorms = torch.zeros_like(norms)
+        ggates = None if gates is None else torch.empty_like(gates)
+        for c in reversed(range(updates)):
+            weights, operand, momentum, step = saved[4 * c : 4 * c + 4]
+            part = slice(c * chunk, (c + 1) * chunk)
+            gate = None if momentum is None else gates[:, c]
+            gw, gstep, gnorm, gm, ggate = update_backward(
+                ctx.plan, weights, step, norms, momentum, gate, gw, gm, q.dtype
+            )
+            gnorms += gnorm
+            if ggates is not None:
+                ggates[:, c] = ggate
+            _, _, _, dlr, gw = chunk_backward(
+                lay, q[:, part], k[:, part], v[:, part], rates[:, :, part], operand,
+                None if grad_o is None else grad_o[:, part], gstep, gw,
+                (None if dq is None else dq[:, part], dk[:, part], dv[:, part]),
+            )  # fmt: skip
+            drates[:, :, part] = dlr
+        return dq, dk, dv, drates, ggates, gw, None, gm, gnorms, None, None, None, None
+
+
+def run_sequence(
+    lay: Layout,
+    plan: UpdatePlan,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rates: Tensor,
+    gates: Tensor | None,
+    weights: Tensor,
+    operand: Tensor,
+    momentum: Tensor | None,
+    norms: Tensor,
+    chunk: int,
+    updates: int,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """`Sequence` applied (arguments as it documents them)."""
+    return Sequence.apply(q, k, v, rates, gates, weights, operand, momentum, norms, lay, plan, chunk, updates)
