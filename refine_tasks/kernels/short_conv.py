@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from refine_tasks.kernels.backend import Backend
 
@@ -43,15 +44,45 @@ def conv_states(x: Tensor, positions: Tensor, width: int, initial_state: Tensor 
     B, P = positions.shape
     D = x.shape[-1]
     w = _windows(positions, width)
+    if initial_state is None:
+        return _WindowGather.apply(x, w.index, w.before if w.early else None, width)
     windows = x.gather(1, w.index[..., None].expand(-1, -1, D)).view(B, P, width, D)
     if w.early:
-        if initial_state is None:
-            windows = windows.masked_fill(w.before[..., None], 0)
-        else:
-            history = initial_state.transpose(1, 2).to(x.dtype)  # [B, W, D]: slot i holds input i-W (i >= 0)
-            slots = w.slots[..., None].expand(-1, -1, D)
-            windows = torch.where(w.before[..., None], history.gather(1, slots).view(B, P, width, D), windows)
+        history = initial_state.transpose(1, 2).to(x.dtype)  # [B, W, D]: slot i holds input i-W (i >= 0)
+        slots = w.slots[..., None].expand(-1, -1, D)
+        windows = torch.where(w.before[..., None], history.gather(1, slots).view(B, P, width, D), windows)
     return windows.transpose(2, 3)
+
+
+class _WindowGather(torch.autograd.Function):
+    """Windows [B, P, D, W] of x [B, T, D] at index [B, P*W] (slots in `before` [B, P, W] zeroed),
+    as one autograd node: a capturing pass takes three per layer, and the gather's own backward
+    chain (gather, view, transpose, mask) cost a node each."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor, before: Tensor | None, width: int) -> Tensor:
+        B, T, D = x.shape
+        ctx.save_for_backward(index, before)
+        ctx.shape = x.shape
+        windows = x.gather(1, index[..., None].expand(-1, -1, D))
+        if before is not None:
+            windows = windows.masked_fill(before.view(B, -1, 1), 0)
+        return windows.view(B, -1, width, D).transpose(2, 3)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        index, before = ctx.saved_tensors
+        B, _, D = ctx.shape
+        grad = grad.transpose(2, 3).reshape(B, -1, D)
+        if before is not None:
+            grad = grad.masked_fill(before.view(B, -1, 1), 0)
+        return (
+            grad.new_zeros(ctx.shape).scatter_add_(1, index[..., None].expand(-1, -1, D), grad),
+            None,
+            None,
+            None,
+        )
 
 
 @dataclass
@@ -76,7 +107,9 @@ def _windows(positions: Tensor, width: int) -> _Windows:
         if cached is positions and version == positions._version and w == width:
             return windows
     B, P = positions.shape
-    index = positions[:, :, None] - width + torch.arange(width, device=positions.device)  # [B, P, W]: p-W..p-1
+    index = (
+        positions[:, :, None] - width + torch.arange(width, device=positions.device)
+    )  # [B, P, W]: p-W..p-1
     before = index < 0
     windows = _Windows(
         index.clamp(min=0).reshape(B, P * width),

@@ -16,7 +16,9 @@ GPU idle most of the step (measured: 2.1 s of host time against 0.5 s of GPU tim
 The correction runs for all segments at once, not per segment: tokens are gathered into blocks
 of at most BLOCK tokens of one segment each, so S^T r is one batched matmul per layer (a loop
 over segments cost ~9 small ops each, forward and backward, for every segment of every layer:
-~6,000 launches a step at 1.3B, 8 positions, which left the step host-bound).
+~6,000 launches a step at 1.3B, 8 positions, which left the step host-bound). Everything after
+the kernel call (chain, correction, captured and final states) is one autograd node with a
+hand-written backward: as ~70 small nodes a layer it kept a small model's step host-bound.
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ class SegmentPlan:
     lengths (zeros allowed); lengths: the non-empty ones of all rows in order; cu_seqlens:
     their boundaries in the flattened [B*T] sequence (device and host copies, reused across
     layers so that fla's per-tensor caches hit and no layer syncs); steps[b]: the row's count
-    of non-empty segments; at[b] [P]: for each position, how many of them precede it (the
-    index of its state in the row's chain of states; on the device, made once per plan).
+    of non-empty segments.
+
+    The states of all rows live in one tensor of n + B rows (n non-empty segments): row b's
+    chain S_0 .. S_steps[b] at rows base[b] .. base[b] + steps[b]. On the device, made once per
+    plan: start_rows [n] (the state each segment starts from, in segment order; `starts` on the
+    host), capture_rows
+    [B*P] (the state after each position, row-major), base_rows [B], final_rows [B].
     """
 
     order: list[list[int]]
@@ -49,7 +56,12 @@ class SegmentPlan:
     cu_seqlens_cpu: Tensor
     blocks: SegmentBlocks
     steps: list[int]
-    at: list[Tensor]
+    base: list[int]
+    starts: list[int]
+    start_rows: Tensor
+    capture_rows: Tensor
+    base_rows: Tensor
+    final_rows: Tensor
 
     @classmethod
     def build(cls, rows: list[list[int]], T: int, device: torch.device) -> SegmentPlan:
@@ -64,13 +76,17 @@ class SegmentPlan:
         lengths = [size for row in sizes for size in row if size]
         host = torch.tensor([0, *lengths], dtype=torch.long).cumsum(0)
         steps = [sum(1 for size in row if size) for row in sizes]
-        at = []
-        for rank, row in zip(order, sizes, strict=True):
+        base = [sum(steps[:b]) + b for b in range(len(rows))]
+        start_rows, capture_rows = [], []
+        for b, (rank, row) in enumerate(zip(order, sizes, strict=True)):
+            start_rows += range(base[b], base[b] + steps[b])
             before = [sum(1 for size in row[:i] if size) for i in range(len(row))]  # per segment
             position_rank = sorted(range(len(rank)), key=rank.__getitem__)
-            at.append(torch.tensor([before[1 + r] for r in position_rank], dtype=torch.long).to(device))
+            capture_rows += [base[b] + before[1 + r] for r in position_rank]
+        index = (start_rows, capture_rows, base, [at + n for at, n in zip(base, steps, strict=True)])
         blocks = SegmentBlocks.build(lengths, device)
-        return cls(order, sizes, lengths, host.to(device), host, blocks, steps, at)
+        on_device = (torch.tensor(i, dtype=torch.long).to(device) for i in index)
+        return cls(order, sizes, lengths, host.to(device), host, blocks, steps, base, start_rows, *on_device)
 
 
 BLOCK = 256  # tokens per block of the batched correction: padding waste <= BLOCK - 1 per segment
@@ -107,38 +123,6 @@ class SegmentBlocks:
         padding = torch.ones(slots, dtype=torch.bool).index_fill_(0, slot, False)
         segment = torch.repeat_interleave(torch.arange(len(lengths)), blocks)
         return cls(size, *(t.to(device) for t in (segment, gather, padding, slot)))
-
-    def correction(self, response: Tensor, starts: Tensor) -> Tensor:
-        """S_j^T r_t for every token t of segment j, in response's dtype: response [N, H, K],
-        starts [n, H, K, V] (float32 or wider; their gradient is summed over blocks there) -> [N, H, V]."""
-        _, H, K = response.shape
-        r = _Gather.apply(response, self.gather, self.slot, None).view(
-            -1, self.size, H, K
-        )  # [nb, size, H, K]
-        per_block = starts.index_select(0, self.segment).to(response.dtype)  # [nb, H, K, V]
-        out = torch.einsum("nthk,nhkv->nthv", r, per_block)
-        return _Gather.apply(out.reshape(-1, H, out.shape[-1]), self.slot, self.gather, self.padding)
-
-
-class _Gather(torch.autograd.Function):
-    """x.index_select(0, index) where `index` and `inverse` map tokens and block slots one to one,
-    up to padding slots (read by no token, their rows `pad` in the slot layout, or reading token 0
-    with a gradient that is zero since their outputs are never read). The backward is then the
-    gather by `inverse` (padding rows zeroed), not a scatter-add: no atomics, the same bits every run."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, index: Tensor, inverse: Tensor, pad: Tensor | None) -> Tensor:
-        ctx.save_for_backward(inverse, pad)
-        return x.index_select(0, index)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        inverse, pad = ctx.saved_tensors
-        back = grad.index_select(0, inverse)
-        if pad is not None:
-            back = back.masked_fill(pad.view(-1, *[1] * (grad.dim() - 1)), 0)
-        return back, None, None, None
 
 
 _plan_cache: list[tuple[Tensor, int, int, torch.device, SegmentPlan]] = []
@@ -180,59 +164,102 @@ def chained_delta_rule(
     start[..., V:] = torch.eye(K, dtype=state_dtype, device=q.device)
     widened = torch.cat([v, v.new_zeros(B, T, H, K)], dim=-1)
     out, ends = delta_rule(
-        *(x.flatten(0, 1)[None] for x in (q, k, widened, beta)),
+        *(x.reshape(1, B * T, *x.shape[2:]) for x in (q, k, widened, beta)),  # varlen: one row
         backend=backend,
         initial_state=start,
         output_final_state=True,
         cu_seqlens=plan.cu_seqlens,
         cu_seqlens_cpu=plan.cu_seqlens_cpu,
     )
-    free, transition = ends.split([V, K], dim=-1)  # F [n, H, K, V], A [n, H, K, K]
-    o_free, response = out[0].split([V, K], dim=-1)  # o0 [B*T, H, V], r [B*T, H, K]
     if initial_state is None:
         initial_state = q.new_zeros(B, H, K, V, dtype=state_dtype)
-    starts, captured, finals = [], [], []  # starts: the state before each non-empty segment
-    rows = zip(free.split(plan.steps), transition.split(plan.steps), strict=True)
-    for b, (f, a) in enumerate(rows):
-        chain = _Chain.apply(initial_state[b].to(state_dtype), f, a)  # [steps + 1, H, K, V]
-        starts.append(chain[:-1])
-        captured.append(chain.index_select(0, plan.at[b]))
-        finals.append(chain[-1])
-    # o = o0 + S^T r at the kernel's output precision (fla's own output kernel reads the states in
-    # the input dtype too); the chain itself stays in float32 or wider.
-    correction = plan.blocks.correction(response, torch.cat(starts))
-    o = (o_free.to(state_dtype) + correction.to(state_dtype)).to(v.dtype)
-    return o.view(B, T, H, V), torch.stack(captured), torch.stack(finals)
+    o, captured, final = _Chained.apply(out[0], ends, initial_state.to(state_dtype), plan, v.dtype)
+    P = positions.shape[1]
+    return o.view(B, T, H, V), captured.view(B, P, H, K, V), final
 
 
-class _Chain(torch.autograd.Function):
-    """The states along one row: S_0 = start [H, K, V], S_{j+1} = A_j S_j + F_j (free [n, H, K, V],
-    transition [n, H, K, K]) -> [n + 1, H, K, V]. One autograd node with a hand-written backward
-    (dS_j = grad_j + A_j^T dS_{j+1}; dA_j = dS_{j+1} S_j^T; dF_j = dS_{j+1}) instead of one per
-    step: each node costs more host time than its two small matmuls take on the GPU."""
+def _blocked(x: Tensor, blocks: SegmentBlocks) -> Tensor:
+    """Token rows [N, H, C] regrouped into blocks [nb, H, size, C] (padding slots read token 0)."""
+    _, H, C = x.shape
+    return x.index_select(0, blocks.gather).view(-1, blocks.size, H, C).transpose(1, 2)
+
+
+def _unblocked(x: Tensor, blocks: SegmentBlocks) -> Tensor:
+    """Blocks [nb, H, size, C] back to token rows [N, H, C] (padding slots dropped)."""
+    H, C = x.shape[1], x.shape[-1]
+    return x.transpose(1, 2).reshape(-1, H, C).index_select(0, blocks.slot)
+
+
+class _Chained(torch.autograd.Function):
+    """From the kernel's pass over all segments (each from [0 | I]) to the chained results, as ONE
+    autograd node with a hand-written backward (a node per step of it cost more host time than
+    its small matmuls take on the GPU; this is all of a layer's work between the kernel and o).
+
+    out [N, H, V + K]: [o0 | r] per token (N = B*T); ends [n, H, K, V + K]: [F | A] per segment;
+    initial [B, H, K, V]. Forward: the chain S_{j+1} = A_j S_j + F_j along each row (float32 or
+    wider), then o = o0 + S^T r with S the state before the token's segment, computed per block
+    of one segment's tokens (one batched matmul for all) in the kernel's dtype. Returns o [N, H, V]
+    in `dtype`, the states at the positions [B*P, H, K, V] and the final states [B, H, K, V].
+    """
 
     @staticmethod
-    def forward(ctx, start: Tensor, free: Tensor, transition: Tensor) -> Tensor:
-        states = start.new_empty(free.shape[0] + 1, *start.shape)
-        states[0] = start
-        # unbind: one op for all the per-step views (indexing costs an op per step and operand)
-        views = states.unbind(0)
-        with torch.autocast(start.device.type, enabled=False):
-            for f, a, s, out in zip(free.unbind(0), transition.unbind(0), views[:-1], views[1:], strict=True):
-                torch.baddbmm(f, a, s, out=out)
-        ctx.save_for_backward(states, transition)
-        return states
+    def forward(ctx, out: Tensor, ends: Tensor, initial: Tensor, plan: SegmentPlan, dtype: torch.dtype):
+        K = ends.shape[2]
+        V = ends.shape[3] - K
+        free, transition = ends.split([V, K], dim=-1)
+        o_free, response = out.split([V, K], dim=-1)
+        chains = ends.new_empty(ends.shape[0] + len(plan.steps), *initial.shape[1:])
+        chains.index_copy_(0, plan.base_rows, initial)
+        rows = chains.unbind(0)
+        pairs = zip(free.unbind(0), transition.unbind(0), strict=True)
+        with torch.autocast(out.device.type, enabled=False):
+            for base, steps in zip(plan.base, plan.steps, strict=True):
+                for j in range(steps):
+                    f, a = next(pairs)
+                    torch.baddbmm(f, a, rows[base + j], out=rows[base + j + 1])
+            per_block = chains.index_select(0, plan.start_rows).index_select(0, plan.blocks.segment)
+            r = _blocked(response, plan.blocks)  # [nb, H, size, K]
+            correction = _unblocked(torch.matmul(r, per_block.to(r.dtype)), plan.blocks)
+        # o = o0 + S^T r at the kernel's output precision (fla's own output kernel reads the states
+        # in the input dtype too); the chain itself stays in float32 or wider.
+        o = (o_free.to(chains.dtype) + correction.to(chains.dtype)).to(dtype)
+        ctx.plan = plan
+        ctx.save_for_backward(chains, transition, response)
+        return o, chains.index_select(0, plan.capture_rows), chains.index_select(0, plan.final_rows)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):
-        states, transition = ctx.saved_tensors
-        d = torch.empty_like(states)  # d[j]: the loss's gradient with respect to S_j, all paths
-        d[-1] = grad[-1]
-        views = d.unbind(0)
-        steps = zip(grad.unbind(0)[:-1], transition.transpose(-1, -2).unbind(0), views[1:], views[:-1], strict=True)
-        with torch.autocast(states.device.type, enabled=False):
-            for g, a_t, later, out in reversed(list(steps)):
-                torch.baddbmm(g, a_t, later, out=out)
-            d_transition = torch.matmul(d[1:], states[:-1].transpose(-1, -2))
-        return d[0], d[1:], d_transition
+    def backward(ctx, grad_o: Tensor | None, grad_captured: Tensor | None, grad_final: Tensor | None):
+        chains, transition, response = ctx.saved_tensors
+        plan: SegmentPlan = ctx.plan
+        blocks = plan.blocks
+        K, V = transition.shape[-1], chains.shape[-1]
+        grad_out = response.new_zeros(response.shape[0], response.shape[1], V + K)
+        d = torch.zeros_like(chains)  # d[row]: the loss's gradient with respect to that state, all paths
+        with torch.autocast(chains.device.type, enabled=False):
+            if grad_o is not None:
+                grad_out[..., :V] = grad_o
+                g = _blocked(grad_o.to(response.dtype), blocks)  # [nb, H, size, V]
+                g = g.masked_fill(blocks.padding.view(-1, 1, blocks.size, 1), 0)  # padding reads token 0
+                per_block = chains.index_select(0, plan.start_rows).index_select(0, blocks.segment)
+                grad_out[..., V:] = _unblocked(
+                    torch.matmul(g, per_block.to(g.dtype).transpose(-1, -2)), blocks
+                )
+                grad_blocks = torch.matmul(_blocked(response, blocks).transpose(-1, -2), g)  # [nb, H, K, V]
+                starts = torch.zeros_like(d[: len(plan.lengths)]).index_add_(
+                    0, blocks.segment, grad_blocks.to(d.dtype)
+                )
+                d.index_copy_(0, plan.start_rows, starts)
+            if grad_captured is not None:
+                d.index_add_(0, plan.capture_rows, grad_captured)
+            if grad_final is not None:
+                d.index_add_(0, plan.final_rows, grad_final)
+            rows = d.unbind(0)
+            steps = reversed(list(zip(transition.transpose(-1, -2).unbind(0), plan.starts, strict=True)))
+            for a_t, row in steps:  # d_j += A_j^T d_{j+1}, latest segment first
+                rows[row].baddbmm_(a_t, rows[row + 1])
+            later = d.index_select(0, plan.start_rows + 1)  # d_{j+1} per segment
+            grad_transition = torch.matmul(later, chains.index_select(0, plan.start_rows).transpose(-1, -2))
+        grad_ends = torch.cat([later, grad_transition], dim=-1)
+        grad_initial = d.index_select(0, plan.base_rows) if ctx.needs_input_grad[2] else None
+        return grad_out, grad_ends, grad_initial, None, None

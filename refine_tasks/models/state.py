@@ -35,7 +35,10 @@ class State:
         return self.map(lambda t: t.index_select(0, idx.to(t.device)))
 
     def repeat_interleave(self, n: int) -> State:
-        """Each stream repeated n times in place: stream i becomes streams i*n .. i*n+n-1."""
+        """Each stream repeated n times in place: stream i becomes streams i*n .. i*n+n-1 (n = 1:
+        this State itself, no copies)."""
+        if n == 1:
+            return self
         return self.map(lambda t: t.repeat_interleave(n, dim=0))
 
     @staticmethod

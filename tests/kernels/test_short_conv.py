@@ -67,6 +67,24 @@ def test_conv_states_with_initial_state_match_the_padded_sequence():
         assert ref.norm() > 0 and torch.equal(got, ref)
 
 
+def test_conv_states_without_initial_state_backpropagate_like_the_zero_padded_sequence():
+    """The one-node gather: windows before the sequence are zeros, overlapping and repeated
+    windows sum their gradients into x."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 7, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    positions = torch.tensor([[1, 5, 6, 6], [7, 3, 0, 4]])
+    states = conv_states(x, positions, 4)
+    padded = torch.cat([x.new_zeros(2, 4, 3), x], dim=1)
+    want = torch.stack(
+        [torch.stack([padded[b, p : p + 4].T for p in positions[b].tolist()]) for b in range(2)]
+    )
+    assert torch.equal(states, want)
+    w = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    (got,) = torch.autograd.grad((states * w).sum(), x)
+    (ref,) = torch.autograd.grad((want * w).sum(), x)
+    assert ref.norm() > 0 and rel_err(got, ref) < 1e-14
+
+
 def test_step_by_step_equals_full_conv():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 7, 4, generator=g, dtype=torch.float64)

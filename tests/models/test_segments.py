@@ -50,18 +50,20 @@ def test_chained_outputs_and_states_equal_the_recurrence(block):
 
 
 def test_chained_gradients_equal_the_recurrence(block):
-    """Gradients reach every input through the chain: a loss on o and on the captured states."""
+    """Gradients reach every input through the chain: a loss on o, the captured and the final states."""
     tensors = [t.requires_grad_() for t in inputs(1)]
     positions = torch.tensor([[3, 20, 11], [22, 6, 6]])
     g = torch.Generator().manual_seed(5)
     w_o = torch.randn(B, T, H, V, generator=g, dtype=torch.float64)
     w_s = torch.randn(B, 3, H, K, V, generator=g, dtype=torch.float64)
+    w_f = torch.randn(B, H, K, V, generator=g, dtype=torch.float64)
 
-    o, at, _ = chained_delta_rule(*tensors[:4], positions, backend="torch", initial_state=tensors[4])
-    fast = torch.autograd.grad((o * w_o).sum() + (at * w_s).sum(), tensors)
+    o, at, final = chained_delta_rule(*tensors[:4], positions, backend="torch", initial_state=tensors[4])
+    fast = torch.autograd.grad((o * w_o).sum() + (at * w_s).sum() + (final * w_f).sum(), tensors)
 
     q, k, v, beta, h0 = tensors
-    loss = (recurrence(q, k, v, beta, h0, T)[0] * w_o).sum()
+    whole, last = recurrence(q, k, v, beta, h0, T)
+    loss = (whole * w_o).sum() + (last * w_f).sum()
     for b in range(B):
         for j in range(3):
             rows = [x[b : b + 1] for x in tensors]
