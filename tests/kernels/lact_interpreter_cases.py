@@ -110,7 +110,9 @@ def test_split_swiglu_equals_fused_kernel(mode, gemm, monkeypatch):
             assert g.shape == w.shape and rel(g, w) < 1e-5
 
 
-@pytest.mark.parametrize("gemm, swiglu", [("cublas", "fused"), ("cublas", "split"), ("triton", "split")])
+@pytest.mark.parametrize(
+    "gemm, swiglu", [("cublas", "fused"), ("cublas", "split"), ("triton", "split"), ("cublas", "mixed")]
+)
 def test_every_kernel_variant_matches_reference(gemm, swiglu, monkeypatch):
     """Outputs, final state and all ten input gradients, momentum on, for each switch setting
     (the default triton/fused pair is covered by the tests below)."""

@@ -59,6 +59,8 @@ def test_default_paths_follow_the_device(monkeypatch):
     monkeypatch.setenv(GEMM_ENV, "triton")
     monkeypatch.setenv(SWIGLU_ENV, "split")
     assert gemm_path(torch.empty(1)) == "triton" and swiglu_path() == "split"
+    monkeypatch.setenv(SWIGLU_ENV, "mixed")
+    assert swiglu_path() == "mixed"
 
 
 @pytest.mark.parametrize(

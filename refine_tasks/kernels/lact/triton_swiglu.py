@@ -14,8 +14,9 @@ u = x W2^T, and for the step e = v W1). Modes:
   [g_bar | u_bar | lr0 b | lr2 a], [e_bar | lr1 h] and the learning rates' gradients.
 
 Two paths compute the same outputs, chosen per call by the environment variable
-REFINE_LACT_SWIGLU: `fused` (the default; `triton_swiglu_fused`, projections in registers) or
-`split` (`triton_swiglu_split`, projections as GEMMs, then an element-wise kernel).
+REFINE_LACT_SWIGLU: `fused` (the default; `triton_swiglu_fused`, projections in registers),
+`split` (`triton_swiglu_split`, projections as GEMMs, then an element-wise kernel) or `mixed`
+(per mode, the path named in MIXED).
 """
 
 from __future__ import annotations
@@ -36,13 +37,18 @@ from refine_tasks.kernels.lact.triton_swiglu_split import swiglu_split
 
 SWIGLU_ENV = "REFINE_LACT_SWIGLU"
 SWIGLU_PATHS = {"fused": swiglu_fused, "split": swiglu_split}
+# `mixed`: the path per mode. Estimated, not yet measured: the split path's round trip through
+# memory costs least against the fused kernel's small tiles where the fused kernel holds the most
+# accumulators (STEP_BWD six, STEP and APPLY_BWD three); APPLY (two) stays fused.
+# benchmarks/gpu_lact.py's sweep re-picks each mode by time in its run.
+MIXED: dict[int, str] = {APPLY: "fused", STEP: "split", APPLY_BWD: "split", STEP_BWD: "split"}
 
-__all__ = ["APPLY", "APPLY_BWD", "STEP", "STEP_BWD", "SWIGLU_ENV", "swiglu_path", "swiglu_tokens"]
+__all__ = ["APPLY", "APPLY_BWD", "MIXED", "STEP", "STEP_BWD", "SWIGLU_ENV", "swiglu_path", "swiglu_tokens"]
 
 
 def swiglu_path() -> str:
-    """`fused` or `split`: REFINE_LACT_SWIGLU, else `fused`."""
-    return variant(SWIGLU_ENV, tuple(SWIGLU_PATHS), "fused")
+    """`fused`, `split` or `mixed`: REFINE_LACT_SWIGLU, else `fused`."""
+    return variant(SWIGLU_ENV, (*SWIGLU_PATHS, "mixed"), "fused")
 
 
 def swiglu_tokens(
@@ -80,5 +86,7 @@ def swiglu_tokens(
             raise ValueError(
                 f"swiglu_tokens: {name} {tuple(m.shape)} strides {m.stride()}: each matrix must be dense"
             )
-    dlr = SWIGLU_PATHS[swiglu_path()](TokenStage(mode, x, y, w02, w1, g02, g1, lrs, out_a, out_b))
+    path = swiglu_path()
+    run = SWIGLU_PATHS[MIXED[mode] if path == "mixed" else path]
+    dlr = run(TokenStage(mode, x, y, w02, w1, g02, g1, lrs, out_a, out_b))
     return out_a, (out_b if width_b else None), (dlr.sum(2) if mode == STEP_BWD else None)
