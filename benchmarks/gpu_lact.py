@@ -254,17 +254,20 @@ def check_and_time_layer(run: Run, rate: float) -> None:
 
     print("[check] Triton kernels vs float32 torch reference, every variant", flush=True)
     ref_in = [x.detach().double().float().clone().requires_grad_(True) for x in base]
-    o_ref, w_ref, grads_ref = layer_pass(ref_in, "torch", chunk, grad_o.float(), autocast=False)
+    ref = list(layer_pass(ref_in, "torch", chunk, grad_o.float(), autocast=False))  # o, final weights, grads
     del ref_in
     tol = 1e-4 if run.dry else 3e-2
     names = ("q", "k", "v", "lr0", "lr1", "lr2", "gate", "w0", "w1", "w2")
     fast_in = [x.detach().clone().requires_grad_(True) for x in base]
-    for variant in all_variants:
+
+    def check(variant: tuple[str, ...]) -> None:
         tag = use_variant(variant)
         o, w, grads = layer_pass(fast_in, "triton", chunk, grad_o, autocast=False)
-        errs = {"output": rel_err(o, o_ref)}
-        errs |= {f"final_{n}": rel_err(a, b) for n, a, b in zip(("w0", "w1", "w2"), w, w_ref, strict=True)}
-        errs |= {f"grad_{n}": rel_err(a, b) for n, a, b in zip(names, grads, grads_ref, strict=True)}
+        for x in fast_in:
+            x.grad = None
+        errs = {"output": rel_err(o, ref[0])}
+        errs |= {f"final_{n}": rel_err(a, b) for n, a, b in zip(("w0", "w1", "w2"), w, ref[1], strict=True)}
+        errs |= {f"grad_{n}": rel_err(a, b) for n, a, b in zip(names, grads, ref[2], strict=True)}
         worst = max(errs, key=errs.get)
         verdict = "PASS" if errs[worst] < tol else "FAIL"
         note = f"{shape}; max over output, final weights, 10 input grads: {worst}"
@@ -279,10 +282,11 @@ def check_and_time_layer(run: Run, rate: float) -> None:
             )
             run.emit("lact_triton_vs_reference_max_rel_err", errs[worst], "ratio", f"{note}; {tag}", verdict)
         print(f"   {tag}: " + ", ".join(f"{n} {e:.2e}" for n, e in errs.items()), flush=True)
-        for x in fast_in:
-            x.grad = None
-        del o, w, grads
-    del o_ref, w_ref, grads_ref
+
+    # one phase per variant: a variant that fails (compile, launch, capture) leaves the others' figures
+    for variant in all_variants:
+        run.phase(f"check {'_'.join(variant)}", lambda v=variant: check(v))
+    ref.clear()  # the reference's tensors go before the timings
 
     print(
         "[time] fast-weight layer fwd+bwd, every variant, and the torch reference (bf16 autocast)", flush=True
@@ -291,17 +295,33 @@ def check_and_time_layer(run: Run, rate: float) -> None:
     flops_fwd = 18 * d * d * chunk * batch * updates + 6 * d * d * (t - updates * chunk) * batch
     flops = 3 * flops_fwd
     goal = f"3 x {flops_fwd / 1e9:.0f} GFLOP forward over {rate:.0f} TFLOP/s measured; goal >= 0.5"
-    eager = {}
-    for variant in all_variants:
+    eager: dict[tuple[str, ...], float] = {}
+
+    def time_variant(variant: tuple[str, ...]) -> None:
         tag = use_variant(variant)
-        eager[variant] = run.time_ms(
-            lambda: layer_pass(fast_in, "triton", chunk, grad_o, False), grad_to_none=fast_in
-        )
-        util = flops / (eager[variant] * 1e-3) / (rate * 1e12)
-        run.emit(f"lact_fastweight_fwdbwd_ms_{tag}", eager[variant], "ms", f"{shape}")
-        run.emit(f"lact_fastweight_util_{tag}", util, "ratio", f"fwd+bwd, {goal}")
+        ms = run.time_ms(lambda: layer_pass(fast_in, "triton", chunk, grad_o, False), grad_to_none=fast_in)
         for x in fast_in:
             x.grad = None
+        eager[variant] = ms
+        run.emit(f"lact_fastweight_fwdbwd_ms_{tag}", ms, "ms", f"{shape}")
+        run.emit(
+            f"lact_fastweight_util_{tag}", flops / (ms * 1e-3) / (rate * 1e12), "ratio", f"fwd+bwd, {goal}"
+        )
+
+    for variant in all_variants:
+        run.phase(f"time {'_'.join(variant)}", lambda v=variant: time_variant(v))
+    if not run.dry:
+        for variant in eager:
+            run.phase(
+                f"profile {'_'.join(variant)}",
+                lambda v=variant: profile_layer(run, fast_in, chunk, grad_o, v),
+            )
+        graph = GraphTimes(run, fast_in, chunk, grad_o, flops, rate, shape)
+        run.later.extend(lambda v=v: graph.time(v, v == default) for v in eager)
+        run.later.append(graph.summary)
+    tag = "_".join(default)
+    if default not in eager:
+        raise RuntimeError(f"the default variant {tag} failed (its phase above says why)")
     use_variant(default)
     t_fast = eager[default]
     ref_bf16 = [x.detach().clone().requires_grad_(True) for x in base]
@@ -314,7 +334,6 @@ def check_and_time_layer(run: Run, rate: float) -> None:
                 *base[:6], FastWeights(*base[7:]), chunk_size=chunk, momentum_gate=base[6], backend="triton"
             )
         )
-    tag = "_".join(default)
     run.emit("lact_fastweight_fwd_ms", t_fwd, "ms", f"Triton {tag}, {shape}")
     run.emit("lact_fastweight_fwdbwd_ms", t_fast, "ms", f"Triton {tag}, {shape}")
     run.emit("lact_reference_fwdbwd_ms", t_ref, "ms", f"torch reference under bf16 autocast, {shape}")
@@ -340,18 +359,15 @@ def check_and_time_layer(run: Run, rate: float) -> None:
         "ratio",
         f"fwd+bwd, fastest variant eager: {'_'.join(best)}",
     )
-    if not run.dry:
-        for variant in all_variants:
-            use_variant(variant)
-            profile_layer(run, fast_in, chunk, grad_o, "_".join(variant))
-        graph = GraphTimes(run, fast_in, chunk, grad_o, flops, rate, shape)
-        run.later.extend(lambda v=v: graph.time(v, v == default) for v in all_variants)
-        run.later.append(graph.summary)
 
 
-def profile_layer(run: Run, inputs: list[torch.Tensor], chunk: int, grad_o: torch.Tensor, tag: str) -> None:
+def profile_layer(
+    run: Run, inputs: list[torch.Tensor], chunk: int, grad_o: torch.Tensor, variant: tuple[str, ...]
+) -> None:
     """GPU time per kernel of one fwd+bwd, to OUT/profile_<variant>.txt (where the time goes)."""
     from torch.profiler import ProfilerActivity, profile
+
+    tag = use_variant(variant)
 
     layer_pass(inputs, "triton", chunk, grad_o, False)  # compiled and warm before profiling
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
