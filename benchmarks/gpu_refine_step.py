@@ -104,16 +104,23 @@ class StepBench:
 
     def seconds(self, mode: str, reps: int, warmup: int) -> float:
         """Median wall seconds of `reps` timed steps after `warmup` untimed ones, device-synchronised."""
+        return self.paired((mode,), reps, warmup)[0]
+
+    def paired(self, modes: tuple[str, ...], reps: int, warmup: int) -> list[float]:
+        """Median wall seconds of each mode, their timed steps interleaved (a, b, a, b, ...): a
+        ratio of two modes then compares steps taken under the same host conditions (the host's
+        speed drifts between runs: the same NTP step has measured 58 to 84 ms at the small shape)."""
         sync: Callable[[], None] = (lambda: None) if self.args.dry_run else torch.cuda.synchronize
-        out = []
+        out: list[list[float]] = [[] for _ in modes]
         for rep in range(warmup + reps):
-            sync()
-            began = time.perf_counter()
-            self.step(mode, rep)
-            sync()
-            if rep >= warmup:
-                out.append(time.perf_counter() - began)
-        return statistics.median(out)
+            for times, mode in zip(out, modes, strict=True):
+                sync()
+                began = time.perf_counter()
+                self.step(mode, rep)
+                sync()
+                if rep >= warmup:
+                    times.append(time.perf_counter() - began)
+        return [statistics.median(times) for times in out]
 
 
 def branched_errors(preset: str, tokens: int, device: torch.device) -> dict[str, float]:
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "--modes", default=",".join(MODES), help=f"ReFINE modes to time after ntp ({', '.join(MODES)})"
     )
     add_batch_arguments(parser)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--naive-reps", type=int, default=1, help="timed repetitions of the slow naive step")
     parser.add_argument("--budget-s", type=float, default=540.0, help="skip what would run past this")
     parser.add_argument(
@@ -245,7 +252,6 @@ def main(argv: list[str] | None = None) -> int:
                     "ratio" if "rel" in name else "nats",
                     f"{note}; fused step, continuation from CUDA graphs vs eager, same rollouts",
                 )
-        ntp = None
         for mode in ("ntp", *args.modes.split(",")):
             if time.time() - started > args.budget_s:
                 print(f"skipped {mode} at {preset}: past --budget-s {args.budget_s:.0f}", flush=True)
@@ -253,14 +259,19 @@ def main(argv: list[str] | None = None) -> int:
             if not args.dry_run:
                 torch.cuda.reset_peak_memory_stats()
             slow = mode == "naive"
-            seconds = bench.seconds(mode, args.naive_reps if slow else args.reps, 1 if slow else args.warmup)
-            emit(f"{mode}_step_ms_{preset}", seconds * 1e3, "ms", note)
+            reps, warmup = (args.naive_reps, 1) if slow else (args.reps, args.warmup)
+            if mode == "ntp":  # alone: its peak memory; its time in each pair below
+                emit(f"ntp_step_ms_{preset}", bench.seconds(mode, reps, warmup) * 1e3, "ms", note)
+                if not args.dry_run:
+                    emit(f"ntp_peak_gib_{preset}", torch.cuda.max_memory_allocated() / 2**30, "GiB", note)
+                continue
+            ntp, seconds = bench.paired(("ntp", mode), reps, warmup)
             if not args.dry_run:
                 emit(f"{mode}_peak_gib_{preset}", torch.cuda.max_memory_allocated() / 2**30, "GiB", note)
-            if mode == "ntp":
-                ntp = seconds
-            else:
-                emit(f"refine_over_ntp_{mode}_{preset}", seconds / ntp, "ratio", note)
+            paired = f"{note}; {mode} and NTP steps interleaved"
+            emit(f"ntp_paired_{mode}_step_ms_{preset}", ntp * 1e3, "ms", paired)
+            emit(f"{mode}_step_ms_{preset}", seconds * 1e3, "ms", paired)
+            emit(f"refine_over_ntp_{mode}_{preset}", seconds / ntp, "ratio", paired)
         del bench
         if not args.dry_run:
             torch.cuda.empty_cache()

@@ -23,9 +23,10 @@ hand-written backward: as ~70 small nodes a layer it kept a small model's step h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -62,6 +63,17 @@ class SegmentPlan:
     capture_rows: Tensor
     base_rows: Tensor
     final_rows: Tensor
+    starts_made: dict = field(default_factory=dict)  # identity_start's tensors by (H, K, V, dtype)
+
+    def identity_start(self, H: int, K: int, V: int, dtype: torch.dtype) -> Tensor:
+        """[0 | I] per segment [n, H, K, V + K]: the kernel's initial states, made once per plan
+        and shape (every layer of a pass reuses them; the kernel only reads them)."""
+        key = (H, K, V, dtype)
+        if key not in self.starts_made:
+            start = self.cu_seqlens.new_zeros(len(self.lengths), H, K, V + K, dtype=dtype)
+            start[..., V:] = torch.eye(K, dtype=dtype, device=start.device)
+            self.starts_made[key] = start
+        return self.starts_made[key]
 
     @classmethod
     def build(cls, rows: list[list[int]], T: int, device: torch.device) -> SegmentPlan:
@@ -158,15 +170,12 @@ def chained_delta_rule(
     B, T, H, K = q.shape
     V = v.shape[-1]
     plan = segment_plan(positions, T, q.device)
-    n = plan.cu_seqlens_cpu.numel() - 1
     state_dtype = torch.promote_types(q.dtype, torch.float32)
-    start = q.new_zeros(n, H, K, V + K, dtype=state_dtype)
-    start[..., V:] = torch.eye(K, dtype=state_dtype, device=q.device)
-    widened = torch.cat([v, v.new_zeros(B, T, H, K)], dim=-1)
+    widened = F.pad(v, (0, K))  # K value columns of zeros after V
     out, ends = delta_rule(
         *(x.reshape(1, B * T, *x.shape[2:]) for x in (q, k, widened, beta)),  # varlen: one row
         backend=backend,
-        initial_state=start,
+        initial_state=plan.identity_start(H, K, V, state_dtype),
         output_final_state=True,
         cu_seqlens=plan.cu_seqlens,
         cu_seqlens_cpu=plan.cu_seqlens_cpu,
