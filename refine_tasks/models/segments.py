@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from refine_tasks.kernels import Backend, delta_rule
+from refine_tasks.kernels import Backend, delta_rule, state_chain
+from refine_tasks.kernels.state_chain import BLOCK_T, chain_kernels
 
 
 @dataclass
@@ -64,6 +65,7 @@ class SegmentPlan:
     base_rows: Tensor
     final_rows: Tensor
     starts_made: dict = field(default_factory=dict)  # identity_start's tensors by (H, K, V, dtype)
+    kernel_maps: KernelMaps | None = None  # the Triton path's index maps, made on its first use
 
     def identity_start(self, H: int, K: int, V: int, dtype: torch.dtype) -> Tensor:
         """[0 | I] per segment [n, H, K, V + K]: the kernel's initial states, made once per plan
@@ -74,6 +76,11 @@ class SegmentPlan:
             start[..., V:] = torch.eye(K, dtype=dtype, device=start.device)
             self.starts_made[key] = start
         return self.starts_made[key]
+
+    def maps(self) -> KernelMaps:
+        if self.kernel_maps is None:
+            self.kernel_maps = KernelMaps.build(self)
+        return self.kernel_maps
 
     @classmethod
     def build(cls, rows: list[list[int]], T: int, device: torch.device) -> SegmentPlan:
@@ -99,6 +106,45 @@ class SegmentPlan:
         blocks = SegmentBlocks.build(lengths, device)
         on_device = (torch.tensor(i, dtype=torch.long).to(device) for i in index)
         return cls(order, sizes, lengths, host.to(device), host, blocks, steps, base, start_rows, *on_device)
+
+
+@dataclass
+class KernelMaps:
+    """What the Triton kernels of `refine_tasks.kernels.state_chain` read, on the device.
+
+    rows: (base, first segment, steps) per row [B]; blocks: (first token, token count, start-state
+    row) per block of at most state_chain.BLOCK_T tokens of one segment [nb]; segments: (first
+    block, block count, start-state row) per segment [n]; max_steps, max_blocks: loop bounds."""
+
+    rows: tuple[Tensor, Tensor, Tensor]
+    blocks: tuple[Tensor, Tensor, Tensor]
+    segments: tuple[Tensor, Tensor, Tensor]
+    max_steps: int
+    max_blocks: int
+
+    @classmethod
+    def build(cls, plan: SegmentPlan) -> KernelMaps:
+        device = plan.cu_seqlens.device
+        first = [base - b for b, base in enumerate(plan.base)]
+        start, length, row, seg_first, seg_count = [], [], [], [], []
+        for begin, size, state in zip(plan.cu_seqlens_cpu.tolist(), plan.lengths, plan.starts, strict=False):
+            seg_first.append(len(start))
+            offsets = range(0, size, BLOCK_T)
+            seg_count.append(len(offsets))
+            start += [begin + o for o in offsets]
+            length += [min(BLOCK_T, size - o) for o in offsets]
+            row += [state] * len(offsets)
+
+        def on_device(*lists: list[int]) -> tuple[Tensor, ...]:
+            return tuple(torch.tensor(x, dtype=torch.long).to(device) for x in lists)
+
+        return cls(
+            on_device(plan.base, first, plan.steps),
+            on_device(start, length, row),
+            on_device(seg_first, seg_count, plan.starts),
+            max(plan.steps, default=0),
+            max(seg_count, default=0),
+        )
 
 
 BLOCK = 256  # tokens per block of the batched correction: padding waste <= BLOCK - 1 per segment
@@ -182,7 +228,8 @@ def chained_delta_rule(
     )
     if initial_state is None:
         initial_state = q.new_zeros(B, H, K, V, dtype=state_dtype)
-    o, captured, final = _Chained.apply(out[0], ends, initial_state.to(state_dtype), plan, v.dtype)
+    triton = backend == "fla" and state_dtype == torch.float32 and chain_kernels() == "triton"
+    o, captured, final = _Chained.apply(out[0], ends, initial_state.to(state_dtype), plan, v.dtype, triton)
     P = positions.shape[1]
     return o.view(B, T, H, V), captured.view(B, P, H, K, V), final
 
@@ -207,32 +254,30 @@ class _Chained(torch.autograd.Function):
     out [N, H, V + K]: [o0 | r] per token (N = B*T); ends [n, H, K, V + K]: [F | A] per segment;
     initial [B, H, K, V]. Forward: the chain S_{j+1} = A_j S_j + F_j along each row (float32 or
     wider), then o = o0 + S^T r with S the state before the token's segment, computed per block
-    of one segment's tokens (one batched matmul for all) in the kernel's dtype. Returns o [N, H, V]
-    in `dtype`, the states at the positions [B*P, H, K, V] and the final states [B, H, K, V].
+    of one segment's tokens in the kernel's dtype. Returns o [N, H, V] in `dtype`, the states at
+    the positions [B*P, H, K, V] and the final states [B, H, K, V]. With `triton`, the chain and
+    the correction run as the kernels of `refine_tasks.kernels.state_chain` (one launch each);
+    else as torch ops (the CPU path, and the reference the kernels are tested against).
     """
 
     @staticmethod
-    def forward(ctx, out: Tensor, ends: Tensor, initial: Tensor, plan: SegmentPlan, dtype: torch.dtype):
+    def forward(
+        ctx, out: Tensor, ends: Tensor, initial: Tensor, plan: SegmentPlan, dtype: torch.dtype, triton: bool
+    ):
         K = ends.shape[2]
         V = ends.shape[3] - K
         free, transition = ends.split([V, K], dim=-1)
         o_free, response = out.split([V, K], dim=-1)
         chains = ends.new_empty(ends.shape[0] + len(plan.steps), *initial.shape[1:])
-        chains.index_copy_(0, plan.base_rows, initial)
-        rows = chains.unbind(0)
-        pairs = zip(free.unbind(0), transition.unbind(0), strict=True)
         with torch.autocast(out.device.type, enabled=False):
-            for base, steps in zip(plan.base, plan.steps, strict=True):
-                for j in range(steps):
-                    f, a = next(pairs)
-                    torch.baddbmm(f, a, rows[base + j], out=rows[base + j + 1])
-            per_block = chains.index_select(0, plan.start_rows).index_select(0, plan.blocks.segment)
-            r = _blocked(response, plan.blocks)  # [nb, H, size, K]
-            correction = _unblocked(torch.matmul(r, per_block.to(r.dtype)), plan.blocks)
-        # o = o0 + S^T r at the kernel's output precision (fla's own output kernel reads the states
-        # in the input dtype too); the chain itself stays in float32 or wider.
-        o = (o_free.to(chains.dtype) + correction.to(chains.dtype)).to(dtype)
-        ctx.plan = plan
+            if triton:
+                maps = plan.maps()
+                state_chain.chain_forward(initial, free, transition, chains, maps.rows, maps.max_steps)
+                o = torch.empty(*o_free.shape, dtype=dtype, device=out.device)
+                state_chain.correction_forward(o_free, response, chains, o, maps.blocks)
+            else:
+                o = _chain_and_correct(chains, initial, free, transition, o_free, response, plan, dtype)
+        ctx.plan, ctx.triton = plan, triton
         ctx.save_for_backward(chains, transition, response)
         return o, chains.index_select(0, plan.capture_rows), chains.index_select(0, plan.final_rows)
 
@@ -241,34 +286,74 @@ class _Chained(torch.autograd.Function):
     def backward(ctx, grad_o: Tensor | None, grad_captured: Tensor | None, grad_final: Tensor | None):
         chains, transition, response = ctx.saved_tensors
         plan: SegmentPlan = ctx.plan
-        blocks = plan.blocks
         K, V = transition.shape[-1], chains.shape[-1]
-        grad_out = response.new_zeros(response.shape[0], response.shape[1], V + K)
+        grad_out = response.new_empty(response.shape[0], response.shape[1], V + K)
         d = torch.zeros_like(chains)  # d[row]: the loss's gradient with respect to that state, all paths
         with torch.autocast(chains.device.type, enabled=False):
-            if grad_o is not None:
-                grad_out[..., :V] = grad_o
-                g = _blocked(grad_o.to(response.dtype), blocks)  # [nb, H, size, V]
-                g = g.masked_fill(blocks.padding.view(-1, 1, blocks.size, 1), 0)  # padding reads token 0
-                per_block = chains.index_select(0, plan.start_rows).index_select(0, blocks.segment)
-                grad_out[..., V:] = _unblocked(
-                    torch.matmul(g, per_block.to(g.dtype).transpose(-1, -2)), blocks
+            if grad_o is None:
+                grad_out.zero_()
+            elif ctx.triton:
+                maps = plan.maps()
+                state_chain.correction_backward(
+                    grad_o, response, chains, grad_out, d, maps.blocks, maps.segments, maps.max_blocks
                 )
-                grad_blocks = torch.matmul(_blocked(response, blocks).transpose(-1, -2), g)  # [nb, H, K, V]
-                starts = torch.zeros_like(d[: len(plan.lengths)]).index_add_(
-                    0, blocks.segment, grad_blocks.to(d.dtype)
-                )
-                d.index_copy_(0, plan.start_rows, starts)
+            else:
+                _correction_backward(grad_o, response, chains, grad_out, d, plan)
             if grad_captured is not None:
                 d.index_add_(0, plan.capture_rows, grad_captured)
             if grad_final is not None:
                 d.index_add_(0, plan.final_rows, grad_final)
-            rows = d.unbind(0)
-            steps = reversed(list(zip(transition.transpose(-1, -2).unbind(0), plan.starts, strict=True)))
-            for a_t, row in steps:  # d_j += A_j^T d_{j+1}, latest segment first
-                rows[row].baddbmm_(a_t, rows[row + 1])
+            if ctx.triton:
+                maps = plan.maps()
+                state_chain.chain_backward(d, transition, maps.rows, maps.max_steps)
+            else:
+                rows = d.unbind(0)
+                steps = reversed(list(zip(transition.transpose(-1, -2).unbind(0), plan.starts, strict=True)))
+                for a_t, row in steps:  # d_j += A_j^T d_{j+1}, latest segment first
+                    rows[row].baddbmm_(a_t, rows[row + 1])
             later = d.index_select(0, plan.start_rows + 1)  # d_{j+1} per segment
             grad_transition = torch.matmul(later, chains.index_select(0, plan.start_rows).transpose(-1, -2))
         grad_ends = torch.cat([later, grad_transition], dim=-1)
         grad_initial = d.index_select(0, plan.base_rows) if ctx.needs_input_grad[2] else None
-        return grad_out, grad_ends, grad_initial, None, None
+        return grad_out, grad_ends, grad_initial, None, None, None
+
+
+def _chain_and_correct(
+    chains: Tensor,
+    initial: Tensor,
+    free: Tensor,
+    transition: Tensor,
+    o_free: Tensor,
+    response: Tensor,
+    plan: SegmentPlan,
+    dtype: torch.dtype,
+) -> Tensor:
+    """The torch path of `_Chained.forward`: fills chains, returns o [N, H, V] in dtype."""
+    chains.index_copy_(0, plan.base_rows, initial)
+    rows = chains.unbind(0)
+    pairs = zip(free.unbind(0), transition.unbind(0), strict=True)
+    for base, steps in zip(plan.base, plan.steps, strict=True):
+        for j in range(steps):
+            f, a = next(pairs)
+            torch.baddbmm(f, a, rows[base + j], out=rows[base + j + 1])
+    per_block = chains.index_select(0, plan.start_rows).index_select(0, plan.blocks.segment)
+    r = _blocked(response, plan.blocks)  # [nb, H, size, K]
+    correction = _unblocked(torch.matmul(r, per_block.to(r.dtype)), plan.blocks)
+    # o = o0 + S^T r at the kernel's output precision (fla's own output kernel reads the states
+    # in the input dtype too); the chain itself stays in float32 or wider.
+    return (o_free.to(chains.dtype) + correction.to(chains.dtype)).to(dtype)
+
+
+def _correction_backward(
+    grad_o: Tensor, response: Tensor, chains: Tensor, grad_out: Tensor, d: Tensor, plan: SegmentPlan
+) -> None:
+    """The torch path of the correction's backward: grad_out = [d o0 | d r], d[start rows] = d S."""
+    blocks, V = plan.blocks, chains.shape[-1]
+    grad_out[..., :V] = grad_o
+    g = _blocked(grad_o.to(response.dtype), blocks)  # [nb, H, size, V]
+    g = g.masked_fill(blocks.padding.view(-1, 1, blocks.size, 1), 0)  # padding reads token 0
+    per_block = chains.index_select(0, plan.start_rows).index_select(0, blocks.segment)
+    grad_out[..., V:] = _unblocked(torch.matmul(g, per_block.to(g.dtype).transpose(-1, -2)), blocks)
+    grad_blocks = torch.matmul(_blocked(response, blocks).transpose(-1, -2), g)  # [nb, H, K, V]
+    starts = torch.zeros_like(d[: len(plan.lengths)]).index_add_(0, blocks.segment, grad_blocks.to(d.dtype))
+    d.index_copy_(0, plan.start_rows, starts)

@@ -1,6 +1,13 @@
-"""The chained delta rule against the plain recurrence, values and gradients (float64, random inputs)."""
+"""The chained delta rule against the plain recurrence, values and gradients (float64, random inputs);
+its Triton kernels against its torch path (the interpreter, in a subprocess)."""
 
 from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,3 +115,21 @@ def test_positions_out_of_range_are_a_clear_error():
     q, k, v, beta, _ = inputs(2)
     with pytest.raises(ValueError, match=f"0..{T}"):
         chained_delta_rule(q, k, v, beta, torch.tensor([[3], [T + 1]]), backend="torch")
+
+
+def test_state_chain_kernels_equal_the_torch_path_under_the_interpreter():
+    """chain_interpreter_cases.py in its own process with TRITON_INTERPRET=1 (Triton decides
+    between compiling and interpreting when first imported, so only a fresh process can be sure)."""
+    cases = Path(__file__).with_name("chain_interpreter_cases.py")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(cases)],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        cwd=cases.parents[2],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    tail = run.stdout[-6000:] + run.stderr[-2000:]
+    assert run.returncode == 0, tail
+    summary = re.search(r"(\d+) passed", run.stdout)
+    assert summary and int(summary.group(1)) == 2 and "failed" not in run.stdout, tail
