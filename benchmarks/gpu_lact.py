@@ -138,7 +138,17 @@ def sweep_swiglu(run: Run) -> None:
     w02, w1 = randn(batch, 2 * d, d, scale=d**-0.5), randn(batch, d, d, scale=d**-0.5)
     g02, g1 = randn(batch, 2 * d, d), randn(batch, d, d)
     lrs = torch.rand(batch, 3, t, generator=g).to(run.device) * 0.01
-    args = {0: {}, 1: {"y": y, "lrs": lrs}, 2: {"y": y}, 3: {"y": y, "lrs": lrs, "g02": g02, "g1": g1}}
+    # the backward modes get the forward modes' projections, as in the layer (the split path
+    # reuses them, the fused kernel ignores them); rates below stay per nominal FLOPs of the mode
+    os.environ[ts.SWIGLU_ENV] = "split"
+    saved_q = ts.swiglu_tokens(0, x, w02, w1).projections
+    saved_kv = ts.swiglu_tokens(1, x, w02, w1, y=y, lrs=lrs).projections
+    args = {
+        0: {},
+        1: {"y": y, "lrs": lrs},
+        2: {"y": y, "saved": saved_q},
+        3: {"y": y, "lrs": lrs, "g02": g02, "g1": g1, "saved": saved_kv},
+    }
     lines = []
     candidates = {
         "fused": (CONFIGS, SWEEP_FUSED),

@@ -25,6 +25,7 @@ from refine_tasks.kernels.lact.triton_swiglu import (
     STEP,
     STEP_BWD,
     SWIGLU_ENV,
+    Projections,
     swiglu_tokens,
 )
 
@@ -104,23 +105,49 @@ def test_split_swiglu_equals_fused_kernel(mode, gemm, monkeypatch):
     monkeypatch.setenv(SWIGLU_ENV, "split")
     monkeypatch.setenv(GEMM_ENV, gemm)
     got = swiglu_tokens(mode, x, w02, w1, **extra)
-    assert [w is None for w in want] == [g is None for g in got]
-    for g, w in zip(got, want, strict=True):
+    assert [w is None for w in want[:3]] == [g is None for g in got[:3]]
+    assert want.projections is None  # the fused kernel keeps its projections in registers
+    if mode in (APPLY, STEP):  # the split path hands back what the backward may reuse
+        assert got.projections is not None and got.projections.p.shape == (batch, t, 2 * h)
+    for g, w in zip(got[:3], want[:3], strict=True):
         if w is not None:
             assert g.shape == w.shape and rel(g, w) < 1e-5
+    if mode in (APPLY_BWD, STEP_BWD):
+        # the forward mode's projections of the same tokens, handed to the backward mode: the same
+        # outputs; zeroed ones change them, so they are read, not recomputed
+        forward = APPLY if mode == APPLY_BWD else STEP
+        saved = swiglu_tokens(forward, x, w02, w1, y=y, lrs=lrs).projections
+        reused = swiglu_tokens(mode, x, w02, w1, **extra, saved=saved)
+        for g, w in zip(reused[:3], want[:3], strict=True):
+            if w is not None:
+                assert rel(g, w) < 1e-5
+        zeroed = Projections(
+            torch.zeros_like(saved.p), None if saved.e is None else torch.zeros_like(saved.e)
+        )
+        assert rel(swiglu_tokens(mode, x, w02, w1, **extra, saved=zeroed).out_a, want.out_a) > 0.5
 
 
 @pytest.mark.parametrize(
-    "gemm, swiglu", [("cublas", "fused"), ("cublas", "split"), ("triton", "split"), ("cublas", "mixed")]
+    "gemm, swiglu, loop, use_muon",
+    [
+        ("cublas", "fused", "sequence", False),
+        ("cublas", "split", "sequence", False),
+        ("triton", "split", "sequence", False),
+        ("cublas", "mixed", "sequence", False),
+        ("cublas", "split", "chunks", False),
+        ("cublas", "split", "chunks", True),
+    ],
 )
-def test_every_kernel_variant_matches_reference(gemm, swiglu, monkeypatch):
+def test_every_kernel_variant_matches_reference(gemm, swiglu, loop, use_muon, monkeypatch):
     """Outputs, final state and all ten input gradients, momentum on, for each switch setting
-    (the default triton/fused pair is covered by the tests below)."""
+    (the default triton/fused pair is covered by the tests below). The split path's saved
+    projections pass through the whole-sequence Function, the per-chunk one and Muon's."""
     inputs = make_inputs(seed=11, t=26)
-    o_ref, final_ref, grads_ref = run_layer("torch", inputs, True, False)
+    o_ref, final_ref, grads_ref = run_layer("torch", inputs, True, use_muon)
     monkeypatch.setenv(GEMM_ENV, gemm)
     monkeypatch.setenv(SWIGLU_ENV, swiglu)
-    o, final, grads = run_layer("triton", inputs, True, False)
+    monkeypatch.setenv(LOOP_ENV, loop)
+    o, final, grads = run_layer("triton", inputs, True, use_muon)
     assert rel(o, o_ref) < 1e-5
     for got, want in zip([*final, *grads], [*final_ref, *grads_ref], strict=True):
         assert rel(got, want) < 1e-4

@@ -20,8 +20,10 @@ from refine_tasks.kernels.lact.chunked import Chunk, FastWeightState, SequenceIn
 from refine_tasks.kernels.lact.reference import newton_schulz
 from refine_tasks.kernels.lact.triton_passes import (
     apply_forward,
+    as_projections,
     chunk_backward,
     dense,
+    flat_projections,
     step_forward,
     unit_stride,
 )
@@ -37,14 +39,17 @@ class _Apply(Function):
     def forward(ctx, q: Tensor, weights: Tensor, operand: Tensor, lay: Layout) -> Tensor:
         ctx.set_materialize_grads(False)
         ctx.lay = lay
-        ctx.save_for_backward(q, operand)
-        return apply_forward(q, *lay.split(operand))
+        o, saved_q = apply_forward(q, *lay.split(operand))
+        ctx.save_for_backward(q, operand, *flat_projections(saved_q))
+        return o
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_o: Tensor | None):
-        q, operand = ctx.saved_tensors
-        dq, _, _, _, dw = chunk_backward(ctx.lay, q, None, None, None, operand, grad_o, None, None)
+        q, operand, *saved_q = ctx.saved_tensors
+        dq, _, _, _, dw = chunk_backward(
+            ctx.lay, q, None, None, None, operand, grad_o, None, None, saved_q=as_projections(*saved_q)
+        )
         return dq, dw, None, None
 
 
@@ -55,16 +60,23 @@ class _ApplyStep(Function):
     def forward(ctx, q, k, v, rates, weights, operand, lay):
         ctx.set_materialize_grads(False)
         ctx.lay = lay
-        ctx.save_for_backward(q, k, v, rates, operand)
         w02, w1 = lay.split(operand)
-        return apply_forward(q, w02, w1), step_forward(lay, k, v, rates, w02, w1)
+        o, saved_q = apply_forward(q, w02, w1)
+        step, saved_kv = step_forward(lay, k, v, rates, w02, w1)
+        ctx.save_for_backward(
+            q, k, v, rates, operand, *flat_projections(saved_q), *flat_projections(saved_kv)
+        )
+        return o, step
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_o, grad_step):
-        q, k, v, rates, operand = ctx.saved_tensors
+        q, k, v, rates, operand, *projections = ctx.saved_tensors
         grad_step = None if grad_step is None else dense(grad_step.to(q.dtype))
-        dq, dk, dv, dlr, dw = chunk_backward(ctx.lay, q, k, v, rates, operand, grad_o, grad_step, None)
+        dq, dk, dv, dlr, dw = chunk_backward(
+            ctx.lay, q, k, v, rates, operand, grad_o, grad_step, None, None,
+            as_projections(*projections[:2]), as_projections(*projections[2:]),
+        )  # fmt: skip
         return dq, dk, dv, dlr, dw, None, None
 
 
@@ -103,10 +115,23 @@ class _Chunk(Function):
         ctx.set_materialize_grads(False)
         ctx.lay, ctx.plan = lay, plan
         w02, w1 = lay.split(operand)
-        o = apply_forward(q, w02, w1)
-        step = step_forward(lay, k, v, rates, w02, w1)
+        o, saved_q = apply_forward(q, w02, w1)
+        step, saved_kv = step_forward(lay, k, v, rates, w02, w1)
         new, new_momentum, new_operand = update_forward(plan, weights, step, norms, momentum, gate, q.dtype)
-        ctx.save_for_backward(q, k, v, rates, weights, operand, step, norms, momentum, gate)
+        ctx.save_for_backward(
+            q,
+            k,
+            v,
+            rates,
+            weights,
+            operand,
+            step,
+            norms,
+            momentum,
+            gate,
+            *flat_projections(saved_q),
+            *flat_projections(saved_kv),
+        )
         if new_operand is not None:
             ctx.mark_non_differentiable(new_operand)
         return o, new, new_momentum, new_operand
@@ -114,11 +139,14 @@ class _Chunk(Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_o, grad_new, grad_momentum, _grad_operand):
-        q, k, v, rates, weights, operand, step, norms, momentum, gate = ctx.saved_tensors
+        q, k, v, rates, weights, operand, step, norms, momentum, gate, *projections = ctx.saved_tensors
         gw, gstep, gnorm, gprev, ggate = update_backward(
             ctx.plan, weights, step, norms, momentum, gate, dense(grad_new), dense(grad_momentum), q.dtype
         )
-        dq, dk, dv, dlr, gw = chunk_backward(ctx.lay, q, k, v, rates, operand, grad_o, gstep, gw)
+        dq, dk, dv, dlr, gw = chunk_backward(
+            ctx.lay, q, k, v, rates, operand, grad_o, gstep, gw, None,
+            as_projections(*projections[:2]), as_projections(*projections[2:]),
+        )  # fmt: skip
         return dq, dk, dv, dlr, ggate, gw, None, gprev, gnorm, None, None
 
 

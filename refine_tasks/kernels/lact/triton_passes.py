@@ -3,7 +3,9 @@ Functions (`triton_ops`) and the whole-sequence one (`triton_sequence`).
 
 Matmul operands run in the activations' dtype with float32 accumulation; weights, steps and
 weight gradients are float32 in the packed layout of `triton_state`. Backwards recompute the
-projections instead of saving them. Outputs and input gradients can be written into given
+projections, except those the split SwiGLU path made in the forward anyway and hands back
+(`triton_swiglu.Projections`: 5H values a token, in the activations' dtype), which the Functions
+save beside the chunk's inputs. Outputs and input gradients can be written into given
 tensors (views of whole-sequence buffers), so no concatenation joins the chunks.
 """
 
@@ -14,7 +16,14 @@ from torch import Tensor
 
 from refine_tasks.kernels.lact.triton_gemm import bmm
 from refine_tasks.kernels.lact.triton_state import Layout
-from refine_tasks.kernels.lact.triton_swiglu import APPLY, APPLY_BWD, STEP, STEP_BWD, swiglu_tokens
+from refine_tasks.kernels.lact.triton_swiglu import (
+    APPLY,
+    APPLY_BWD,
+    STEP,
+    STEP_BWD,
+    Projections,
+    swiglu_tokens,
+)
 
 
 def unit_stride(x: Tensor) -> Tensor:
@@ -25,20 +34,34 @@ def dense(grad: Tensor | None) -> Tensor | None:
     return grad if grad is None or grad.is_contiguous() else grad.contiguous()
 
 
-def apply_forward(q: Tensor, w02: Tensor, w1: Tensor, out: Tensor | None = None) -> Tensor:
-    """f(q) [B, C, D] with the operand's views w02 [B, 2H, D], w1 [B, D, H], into out if given."""
-    hidden, _, _ = swiglu_tokens(APPLY, q, w02, w1)
-    return bmm(hidden, w1.transpose(1, 2), torch.empty_like(q) if out is None else out)
+def as_projections(p: Tensor | None, e: Tensor | None) -> Projections | None:
+    """Projections from the flat pair the Functions save (None, None: the forward kept none)."""
+    return None if p is None else Projections(p, e)
 
 
-def step_forward(lay: Layout, k: Tensor, v: Tensor, rates: Tensor, w02: Tensor, w1: Tensor) -> Tensor:
-    """The update step, packed [B, 3HD] float32."""
-    left02, left1, _ = swiglu_tokens(STEP, k, w02, w1, y=v, lrs=rates)
+def flat_projections(projections: Projections | None) -> tuple[Tensor | None, Tensor | None]:
+    return (None, None) if projections is None else tuple(projections)
+
+
+def apply_forward(
+    q: Tensor, w02: Tensor, w1: Tensor, out: Tensor | None = None
+) -> tuple[Tensor, Projections | None]:
+    """f(q) [B, C, D] with the operand's views w02 [B, 2H, D], w1 [B, D, H], into out if given;
+    and the projections for the backward to reuse (split path) or None."""
+    hidden, _, _, projections = swiglu_tokens(APPLY, q, w02, w1)
+    return bmm(hidden, w1.transpose(1, 2), torch.empty_like(q) if out is None else out), projections
+
+
+def step_forward(
+    lay: Layout, k: Tensor, v: Tensor, rates: Tensor, w02: Tensor, w1: Tensor
+) -> tuple[Tensor, Projections | None]:
+    """The update step, packed [B, 3HD] float32, and the projections for the backward or None."""
+    left02, left1, _, projections = swiglu_tokens(STEP, k, w02, w1, y=v, lrs=rates)
     step = lay.empty(k, k.shape[0])
     step02, step1 = lay.split(step)
     bmm(left02.transpose(1, 2), k, step02)
     bmm(v.transpose(1, 2), left1, step1)
-    return step
+    return step, projections
 
 
 def _into(target: Tensor | None, like: Tensor) -> Tensor:
@@ -56,11 +79,14 @@ def chunk_backward(
     grad_step: Tensor | None,
     grad_w: Tensor | None,
     into: tuple[Tensor, Tensor, Tensor] | None = None,
+    saved_q: Projections | None = None,
+    saved_kv: Projections | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """(dq, dk, dv, drates [B, 3, C], dW packed) of o = f(q) and the step from (k, v, rates); dW is
     added onto grad_w when given (in place). k is None for a chunk that only applies; grad_step is
     packed in the operand's dtype. `into`: (dq, dk, dv) tensors to write the input gradients into
-    (those that get none are left as they are)."""
+    (those that get none are left as they are). saved_q, saved_kv: the forward's projections of
+    q and of (k, v), reused where the split path runs."""
     w02, w1 = lay.split(operand)
     dq_into, dk_into, dv_into = (None, None, None) if into is None else into
     dq = dk = dv = dlr = None
@@ -68,14 +94,14 @@ def chunk_backward(
     prods1: list[tuple[Tensor, Tensor]] = []
     if grad_o is not None:
         grad_o = unit_stride(grad_o)
-        hidden, pre_grads, _ = swiglu_tokens(APPLY_BWD, q, w02, w1, y=grad_o)
+        hidden, pre_grads, _, _ = swiglu_tokens(APPLY_BWD, q, w02, w1, y=grad_o, saved=saved_q)
         dq = bmm(pre_grads, w02, _into(dq_into, q))
         prods02.append((pre_grads, q))
         prods1.append((grad_o, hidden))
     if k is not None and grad_step is not None:
         g02, g1 = lay.split(grad_step)
         # a: [g_bar | u_bar | lr0 b | lr2 a], b: [e_bar | lr1 h] for every key token
-        a, b, dlr = swiglu_tokens(STEP_BWD, k, w02, w1, y=v, lrs=rates, g02=g02, g1=g1)
+        a, b, dlr, _ = swiglu_tokens(STEP_BWD, k, w02, w1, y=v, lrs=rates, g02=g02, g1=g1, saved=saved_kv)
         h = lay.h
         dk = bmm(a[..., : 2 * h], w02, _into(dk_into, k), a[..., 2 * h :], g02)
         dv = bmm(b[..., :h], w1.transpose(1, 2), _into(dv_into, v), b[..., h:], g1.transpose(1, 2))

@@ -16,8 +16,8 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
+from refine_tasks.kernels.lact import triton_passes as passes
 from refine_tasks.kernels.lact.triton_launch import variant
-from refine_tasks.kernels.lact.triton_passes import apply_forward, chunk_backward, dense, step_forward
 from refine_tasks.kernels.lact.triton_state import Layout
 from refine_tasks.kernels.lact.triton_update import UpdatePlan, update_backward, update_forward
 
@@ -41,38 +41,49 @@ class Sequence(Function):
         ctx.set_materialize_grads(False)
         ctx.lay, ctx.plan, ctx.chunk, ctx.updates = lay, plan, chunk, updates
         o = torch.empty_like(q)
-        saved = []  # per updating chunk: the weights, operand and momentum it starts from, its step
+        # per updating chunk: the weights, operand and momentum it starts from, its step, and the
+        # projections of q, k and v that the split SwiGLU path hands back (else None)
+        saved = []
         for c, start in enumerate(range(0, q.shape[1], chunk)):
             part = slice(start, start + chunk)
             w02, w1 = lay.split(operand)
-            apply_forward(q[:, part], w02, w1, out=o[:, part])
+            _, saved_q = passes.apply_forward(q[:, part], w02, w1, out=o[:, part])
             if c == updates:
                 break
-            step = step_forward(lay, k[:, part], v[:, part], rates[:, :, part], w02, w1)
+            step, saved_kv = passes.step_forward(lay, k[:, part], v[:, part], rates[:, :, part], w02, w1)
             gate = None if momentum is None else gates[:, c]
-            saved += [weights, operand, momentum, step]
+            saved += [
+                weights,
+                operand,
+                momentum,
+                step,
+                passes.flat_projections(saved_q)[0],
+                *passes.flat_projections(saved_kv),
+            ]
             weights, momentum, new_operand = update_forward(
                 plan, weights, step, norms, momentum, gate, q.dtype
             )
             operand = weights if new_operand is None else new_operand
-        ctx.save_for_backward(q, k, v, rates, gates, norms, operand, *saved)
+        ctx.save_for_backward(
+            q, k, v, rates, gates, norms, operand, passes.flat_projections(saved_q)[0], *saved
+        )
         return o, weights, momentum
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_o, grad_w, grad_momentum):
-        q, k, v, rates, gates, norms, last_operand, *saved = ctx.saved_tensors
+        q, k, v, rates, gates, norms, last_operand, last_q, *saved = ctx.saved_tensors
         lay, chunk, updates = ctx.lay, ctx.chunk, ctx.updates
         t = q.shape[1]
-        grad_o = dense(grad_o)
+        grad_o = passes.dense(grad_o)
         dq = None if grad_o is None else torch.empty_like(q)
         dk, dv, drates = torch.empty_like(k), torch.empty_like(v), torch.empty_like(rates)
         tail = slice(updates * chunk, t)  # the chunk that only applies: its keys reach nothing
         dk[:, tail], dv[:, tail], drates[:, :, tail] = 0, 0, 0
-        gw = None if grad_w is None else dense(grad_w).clone()  # added onto in place below
-        gm = dense(grad_momentum)
+        gw = None if grad_w is None else passes.dense(grad_w).clone()  # added onto in place below
+        gm = passes.dense(grad_momentum)
         if updates * chunk < t and grad_o is not None:
-            _, _, _, _, gw = chunk_backward(
+            _, _, _, _, gw = passes.chunk_backward(
                 lay,
                 q[:, tail],
                 None,
@@ -83,11 +94,12 @@ class Sequence(Function):
                 None,
                 gw,
                 (dq[:, tail], dk, dv),
+                passes.as_projections(last_q, None),
             )
         gnorms = torch.zeros_like(norms)
         ggates = None if gates is None else torch.empty_like(gates)
         for c in reversed(range(updates)):
-            weights, operand, momentum, step = saved[4 * c : 4 * c + 4]
+            weights, operand, momentum, step, q_p, k_p, v_e = saved[7 * c : 7 * c + 7]
             part = slice(c * chunk, (c + 1) * chunk)
             gate = None if momentum is None else gates[:, c]
             gw, gstep, gnorm, gm, ggate = update_backward(
@@ -96,10 +108,11 @@ class Sequence(Function):
             gnorms += gnorm
             if ggates is not None:
                 ggates[:, c] = ggate
-            _, _, _, dlr, gw = chunk_backward(
+            _, _, _, dlr, gw = passes.chunk_backward(
                 lay, q[:, part], k[:, part], v[:, part], rates[:, :, part], operand,
                 None if grad_o is None else grad_o[:, part], gstep, gw,
                 (None if dq is None else dq[:, part], dk[:, part], dv[:, part]),
+                passes.as_projections(q_p, None), passes.as_projections(k_p, v_e),
             )  # fmt: skip
             drates[:, :, part] = dlr
         return dq, dk, dv, drates, ggates, gw, None, gm, gnorms, None, None, None, None

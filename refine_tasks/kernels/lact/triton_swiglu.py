@@ -21,6 +21,8 @@ REFINE_LACT_SWIGLU: `fused` (the default; `triton_swiglu_fused`, projections in 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from torch import Tensor
 
 from refine_tasks.kernels.lact.triton_launch import variant
@@ -30,6 +32,7 @@ from refine_tasks.kernels.lact.triton_swiglu_epilogue import (
     OUT_WIDTHS,
     STEP,
     STEP_BWD,
+    Projections,
     TokenStage,
 )
 from refine_tasks.kernels.lact.triton_swiglu_fused import swiglu_fused
@@ -43,7 +46,28 @@ SWIGLU_PATHS = {"fused": swiglu_fused, "split": swiglu_split}
 # benchmarks/gpu_lact.py's sweep re-picks each mode by time in its run.
 MIXED: dict[int, str] = {APPLY: "fused", STEP: "split", APPLY_BWD: "split", STEP_BWD: "split"}
 
-__all__ = ["APPLY", "APPLY_BWD", "MIXED", "STEP", "STEP_BWD", "SWIGLU_ENV", "swiglu_path", "swiglu_tokens"]
+__all__ = [
+    "APPLY",
+    "APPLY_BWD",
+    "MIXED",
+    "STEP",
+    "STEP_BWD",
+    "SWIGLU_ENV",
+    "Projections",
+    "TokenOutputs",
+    "swiglu_path",
+    "swiglu_tokens",
+]
+
+
+class TokenOutputs(NamedTuple):
+    """out_a [B, T, a*H]; out_b [B, T, b*H] or None; the learning rates' gradients [B, 3, T]
+    (STEP_BWD) or None; APPLY's and STEP's projections from the split path, else None."""
+
+    out_a: Tensor
+    out_b: Tensor | None
+    rate_grads: Tensor | None
+    projections: Projections | None
 
 
 def swiglu_path() -> str:
@@ -60,12 +84,14 @@ def swiglu_tokens(
     lrs: Tensor | None = None,
     g02: Tensor | None = None,
     g1: Tensor | None = None,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    saved: Projections | None = None,
+) -> TokenOutputs:
     """Run one mode over x [B, T, D] (inner stride 1). w02 = [W0; W2] [B, 2H, D], w1 [B, D, H]
     (x's dtype; each batch row's matrix dense, batch stride free: views of the packed state);
     y [B, T, D]; lrs [B, 3, T] float32 (lr0, lr1, lr2); g02 [B, 2H, D], g1 [B, D, H] the step's
-    incoming gradients (STEP_BWD, laid out as w02, w1). Returns (out_a [B, T, a*H],
-    out_b [B, T, b*H] or None, learning-rate gradients [B, 3, T] or None)."""
+    incoming gradients (STEP_BWD, laid out as w02, w1); saved: the forward mode's projections
+    (APPLY's for APPLY_BWD, STEP's for STEP_BWD; the split path reuses them). Returns
+    `TokenOutputs`."""
     batch, t, d = x.shape
     h = w1.shape[2]
     if w02.shape != (batch, 2 * h, d) or w1.shape != (batch, d, h):
@@ -88,5 +114,7 @@ def swiglu_tokens(
             )
     path = swiglu_path()
     run = SWIGLU_PATHS[MIXED[mode] if path == "mixed" else path]
-    dlr = run(TokenStage(mode, x, y, w02, w1, g02, g1, lrs, out_a, out_b))
-    return out_a, (out_b if width_b else None), (dlr.sum(2) if mode == STEP_BWD else None)
+    dlr, projections = run(TokenStage(mode, x, y, w02, w1, g02, g1, lrs, out_a, out_b, saved))
+    return TokenOutputs(
+        out_a, out_b if width_b else None, dlr.sum(2) if mode == STEP_BWD else None, projections
+    )

@@ -87,10 +87,19 @@ def swiglu_epilogue(
             tl.store(dlr_ptr + 2 * s_dk + rt, tl.sum(a_raw * a, axis=1), mask=rt < T)
 
 
+class Projections(NamedTuple):
+    """Raw projections a forward mode made ([B, T, *] in x's dtype) that the matching backward
+    mode can reuse instead of recomputing: p = x [W0; W2]^T [B, T, 2H] and, for STEP, e = v W1
+    [B, T, H]. APPLY_BWD reuses APPLY's p (its own e comes from dO); STEP_BWD reuses STEP's both."""
+
+    p: Tensor
+    e: Tensor | None
+
+
 class TokenStage(NamedTuple):
     """One call of a mode as `triton_swiglu.swiglu_tokens` checked it, unused operands standing in
     for absent ones: x, y [B, T, D]; w02, g02 [B, 2H, D]; w1, g1 [B, D, H]; lrs [B, 3, T]; the
-    outputs out_a, out_b [B, T, *]."""
+    outputs out_a, out_b [B, T, *]; projections saved by the forward (used by the split path)."""
 
     mode: int
     x: Tensor
@@ -102,6 +111,7 @@ class TokenStage(NamedTuple):
     lrs: Tensor
     out_a: Tensor
     out_b: Tensor
+    saved: Projections | None = None  # the forward's projections, for a backward mode to reuse
 
     def launch(self, block_t: int, block_h: int) -> tuple[tuple[int, int], Tensor, tuple[int, int, int]]:
         """(grid, rate-gradient output, its strides over batch, rate and hidden tile). STEP_BWD's

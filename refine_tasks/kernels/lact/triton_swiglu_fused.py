@@ -107,8 +107,9 @@ def _blocks(mode: int, t: int, h: int, d: int) -> tuple[int, int, int, int, int]
     return CONFIGS[mode]
 
 
-def swiglu_fused(s: TokenStage) -> Tensor:
-    """One launch of the fused kernel; returns the rate-gradient output (`TokenStage.launch`)."""
+def swiglu_fused(s: TokenStage) -> tuple[Tensor, None]:
+    """One launch of the fused kernel; returns the rate-gradient output (`TokenStage.launch`) and
+    no projections (they never leave registers; saved ones are not needed)."""
     batch, t, d = s.x.shape
     h = s.w1.shape[2]
     block_t, block_h, block_d, warps, stages = _blocks(s.mode, t, h, d)
@@ -120,4 +121,4 @@ def swiglu_fused(s: TokenStage) -> Tensor:
         s.w02.stride(0), s.w1.stride(0), s.g02.stride(0), s.g1.stride(0),
         MODE=s.mode, BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
     )  # fmt: skip
-    return dlr
+    return dlr, None

@@ -18,7 +18,9 @@ from refine_tasks.kernels.lact.triton_gemm import bmm
 from refine_tasks.kernels.lact.triton_launch import interpreting, pow2_block
 from refine_tasks.kernels.lact.triton_swiglu_epilogue import (
     APPLY,
+    STEP,
     STEP_BWD,
+    Projections,
     TokenStage,
     swiglu_epilogue,
     tile_of_program,
@@ -70,11 +72,15 @@ SPLIT_CONFIGS: dict[int, tuple[int, int, int]] = {mode: (32, 128, 4) for mode in
 
 
 def raw_projections(s: TokenStage) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(P, E, Q, R) as the module docstring names them; P stands in for those the mode does not use."""
+    """(P, E, Q, R) as the module docstring names them, P and E taken from `s.saved` where given;
+    P stands in for those the mode does not use."""
     batch, t, _ = s.x.shape
     h = s.w1.shape[2]
-    p = bmm(s.x, s.w02.transpose(1, 2), s.x.new_empty(batch, t, 2 * h))
-    e = p if s.mode == APPLY else bmm(s.y, s.w1, s.x.new_empty(batch, t, h))
+    saved = s.saved or Projections(None, None)
+    p = saved.p if saved.p is not None else bmm(s.x, s.w02.transpose(1, 2), s.x.new_empty(batch, t, 2 * h))
+    if s.mode == APPLY:
+        return p, p, p, p
+    e = saved.e if saved.e is not None else bmm(s.y, s.w1, s.x.new_empty(batch, t, h))
     if s.mode != STEP_BWD:
         return p, e, p, p
     q = bmm(s.x, s.g02.transpose(1, 2), s.x.new_empty(batch, t, 2 * h))
@@ -87,9 +93,9 @@ def _blocks(mode: int, t: int, h: int) -> tuple[int, int, int]:
     return SPLIT_CONFIGS[mode]
 
 
-def swiglu_split(s: TokenStage) -> Tensor:
+def swiglu_split(s: TokenStage) -> tuple[Tensor, Projections | None]:
     """The GEMMs and one launch of the element-wise kernel; returns the rate-gradient output
-    (`TokenStage.launch`)."""
+    (`TokenStage.launch`) and, for APPLY and STEP, the projections for the backward to reuse."""
     t, h = s.x.shape[1], s.w1.shape[2]
     p, e, q, r = raw_projections(s)
     block_t, block_h, warps = _blocks(s.mode, t, h)
@@ -100,4 +106,4 @@ def swiglu_split(s: TokenStage) -> Tensor:
         s.lrs.stride(0), s.lrs.stride(1), s.out_a.stride(0), s.out_a.stride(1), s.out_b.stride(0), s.out_b.stride(1),
         *dlr_strides, MODE=s.mode, BLOCK_T=block_t, BLOCK_H=block_h, num_warps=warps,
     )  # fmt: skip
-    return dlr
+    return dlr, (Projections(p, None if s.mode == APPLY else e) if s.mode in (APPLY, STEP) else None)
