@@ -454,6 +454,8 @@ class GraphTimes:
 
 def time_model(run: Run) -> None:
     preset, seq = ("tiny", 64) if run.dry else ("paper-760m", 16384)
+    for name in switches():  # the kernels the code picks by default, not the last variant timed
+        os.environ.pop(name, None)
     print(f"[time] {preset} training step, 1 x {seq}", flush=True)
     torch.manual_seed(0)
     dtype = torch.float32 if run.dry else torch.bfloat16
