@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.record import record  # noqa: E402
 from refine_tasks.config import PositionsConfig, RefineConfig  # noqa: E402
+from refine_tasks.kernels import state_chain  # noqa: E402
 from refine_tasks.models import build_model, forward_branched_naive  # noqa: E402
 from refine_tasks.position_cache import PositionSelector  # noqa: E402
 from refine_tasks.positions import sequence_entropy  # noqa: E402
@@ -244,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{preset} deltanet, 1x{tokens} tokens, {args.positions} positions x {args.rollout_len}-token rollouts, "
             f"fp32 weights + {'no' if args.dry_run else 'bf16'} autocast, gradients only, median of timed reps"
         )
+        chain = "" if args.dry_run else state_chain.chain_kernels()
+        if chain == "torch":  # the chain's torch path: its own metric names, beside the kernels' figures
+            note += "; state chain and correction on torch ops (REFINE_STATE_CHAIN=torch)"
+            preset_tag = f"{preset}_torchchain"
+        else:
+            preset_tag = preset
         if args.graph_check:
             for name, err in graph_errors(bench).items():
                 emit(
@@ -267,11 +274,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             ntp, seconds = bench.paired(("ntp", mode), reps, warmup)
             if not args.dry_run:
-                emit(f"{mode}_peak_gib_{preset}", torch.cuda.max_memory_allocated() / 2**30, "GiB", note)
+                emit(f"{mode}_peak_gib_{preset_tag}", torch.cuda.max_memory_allocated() / 2**30, "GiB", note)
             paired = f"{note}; {mode} and NTP steps interleaved"
-            emit(f"ntp_paired_{mode}_step_ms_{preset}", ntp * 1e3, "ms", paired)
-            emit(f"{mode}_step_ms_{preset}", seconds * 1e3, "ms", paired)
-            emit(f"refine_over_ntp_{mode}_{preset}", seconds / ntp, "ratio", paired)
+            emit(f"ntp_paired_{mode}_step_ms_{preset_tag}", ntp * 1e3, "ms", paired)
+            emit(f"{mode}_step_ms_{preset_tag}", seconds * 1e3, "ms", paired)
+            emit(f"refine_over_ntp_{mode}_{preset_tag}", seconds / ntp, "ratio", paired)
         del bench
         if not args.dry_run:
             torch.cuda.empty_cache()
