@@ -2,14 +2,21 @@
 whole paper-760m model's training throughput, in one run.
 
 1. The card's bf16 matmul rate (8192^3, random data), the yardstick of `lact_fastweight_util`.
-2. Check (bf16 kernels vs the float32 torch reference on the same bf16-rounded inputs): the
-   fast-weight layer at the 760M shapes (D = H = 384, 4 batch x 4 heads, L = 16K, chunk 2048,
-   momentum on): outputs, final fast weights and every input's gradient.
-3. Time fwd+bwd of the layer (median, CUDA events): Triton vs the torch reference under bf16
-   autocast (`lact_triton_speedup`), and the share of the bf16 matmul rate it reaches
-   (`lact_fastweight_util`): 3 x the forward's FLOPs, 18*D*H*C*B per updating chunk and
-   6*D*H*C*B for the apply-only last chunk (LaCT's own count), over the time and the rate.
-4. paper-760m, bf16 weights, 1 x 16384 tokens: forward with labels + backward
+2. Sweep of the SwiGLU token stage's block shapes, per mode and path (fused / split), on one
+   chunk; the fastest of each is kept, and `mixed` takes the faster path per mode (sweep.txt).
+3. Every variant of the kernels (REFINE_LACT_GEMM x REFINE_LACT_SWIGLU x REFINE_LACT_LOOP):
+   checked (bf16 kernels vs the float32 torch reference on the same bf16-rounded inputs: the
+   fast-weight layer at the 760M shapes, D = H = 384, 4 batch x 4 heads, L = 16K, chunk 2048,
+   momentum on; outputs, final fast weights and every input's gradient), timed fwd+bwd (median,
+   CUDA events; `lact_fastweight_util_<variant>`) and profiled (profile_<variant>.txt). The
+   default variant, the code's choice with no switch set, also gives the plain names: Triton vs
+   the torch reference under bf16 autocast (`lact_triton_speedup`) and the share of the bf16
+   matmul rate it reaches (`lact_fastweight_util`): 3 x the forward's FLOPs, 18*D*H*C*B per
+   updating chunk and 6*D*H*C*B for the apply-only last chunk (LaCT's own count), over the time
+   and the rate.
+4. The same fwd+bwd replayed from a CUDA graph, every variant (`lact_fastweight_util_graph_<variant>`,
+   `lact_fastweight_util_graph` for the default, `lact_fastweight_util_graph_best`).
+5. paper-760m, bf16 weights, 1 x 16384 tokens, default kernels: forward with labels + backward
    (`lact_760m_tok_s`) and its peak memory (`lact_760m_peak_gib`; no optimizer state).
 
     python benchmarks/gpu_lact.py --out $OUT              # on the device machine
@@ -56,7 +63,9 @@ class Run:
         self.budget = args.budget_s
         self.later: list[
             Callable[[], None]
-        ] = []  # phases run last (a failed graph capture can spoil the context)
+        ] = []  # phases run after the layer's eager figures (a failed graph capture can spoil the
+        # context: everything eager is recorded first; the model phase comes after them, as the
+        # graph figures are the ones this script exists for)
 
     def phase(self, name: str, fn: Callable[[], object]) -> None:
         """Run one phase; a failure is printed and recorded in the table, and the run goes on."""
@@ -503,9 +512,9 @@ def main() -> int:
     rate = matmul_rate(run)
     run.phase("SwiGLU kernel block sweep", lambda: sweep_swiglu(run))
     run.phase("fast-weight layer", lambda: check_and_time_layer(run, rate))
-    run.phase("paper-760m training step", lambda: time_model(run))
     for fn in run.later:
         run.phase("CUDA-graph layer timing", fn)
+    run.phase("paper-760m training step", lambda: time_model(run))
     print(f"\n{'metric':<42} {'value':>18}  verdict")
     for name, value, verdict in ROWS:
         print(f"{name:<42} {value:>18}  {verdict}")
