@@ -41,7 +41,7 @@ run_step() {
             --check-tokens 0 --budget-s $((limit - 60)) ${REFINE_MODES:+--modes $REFINE_MODES} ;;
         refine-small|refine-small-torch) [ "$step" = refine-small-torch ] && export REFINE_STATE_CHAIN=torch
             timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes small \
-            --check-tokens "${CHECK_TOKENS:-2048}" --budget-s $((limit - 60)) --reps 10 ${REFINE_MODES:+--modes $REFINE_MODES} ;;
+            --check-tokens "${CHECK_TOKENS:-2048}" --budget-s $((limit - 60)) --reps 20 ${REFINE_MODES:+--modes $REFINE_MODES} ;;
         profile) timeout "$limit" python3 benchmarks/profile_refine_step.py --out "$dir" --shape "${PROFILE_SHAPE:-paper-1.3b}" \
             --modes "${PROFILE_MODES:-ntp,fused_precomputed,fused-eager_precomputed}" --warmup 1 ${PROFILE_TRACE:+--trace} ;;
         lact) timeout "$limit" python3 benchmarks/gpu_lact.py --out "$dir" --budget-s $((limit - 60)) ;;
