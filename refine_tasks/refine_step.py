@@ -220,12 +220,18 @@ def _policy_terms(
 
 
 def _branch_log_probs(
-    logits: Tensor, branch_logits: Tensor, positions: Tensor, tokens: Tensor, temperature: float
+    model: FastWeightForCausalLM,
+    hidden: Tensor,
+    branch_logits: Tensor,
+    positions: Tensor,
+    tokens: Tensor,
+    temperature: float,
 ) -> Tensor:
-    """Policy log-probs of branch tokens [B, M, L]: y_0 from logits [B, T, V] at p-1 (positions
-    [B, M]), y_i from branch_logits [B, M, L, V] at i-1."""
-    vocab = logits.shape[-1]
-    first = logits.gather(1, (positions - 1).unsqueeze(-1).expand(-1, -1, vocab))  # [B, M, V]
+    """Policy log-probs of branch tokens [B, M, L]: y_0 from the head on hidden [B, T, D] at p-1
+    (positions [B, M]), y_i from branch_logits [B, M, L, V] at i-1. The head runs on the M rows
+    again rather than gathering them from the main logits: a gather's backward would fill and add
+    a [B, T, V] gradient (1 GiB at 16K tokens) for M rows."""
+    first = model.get_output_embeddings()(prefix_hidden(hidden, positions))  # [B, M, V]
     policy = torch.cat([first.unsqueeze(2), branch_logits[:, :, :-1]], dim=2)  # [B, M, L, V]
     return scaled_log_probs(policy, temperature).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
@@ -256,7 +262,9 @@ def refine_backward(
             # with gradients: the loss pass's main half
             main = model.prefill(input_ids, capture=positions, return_final=False)
         with phase("rollouts"):
-            ro, true_tokens, true_hidden = rollouts_from_states(model, input_ids, positions, main, cfg, generator)
+            ro, true_tokens, true_hidden = rollouts_from_states(
+                model, input_ids, positions, main, cfg, generator
+            )
     elif cfg.mode == "branched":
         ro, true_tokens, true_hidden = branched_rollouts(model, input_ids, positions, cfg, generator)
     else:
@@ -287,19 +295,22 @@ def _one_pass_loss(model, input_ids, positions, main, ro, adv, old, cfg, scale, 
     with phase("loss_forward"):
         if main is None:
             out = model.forward_branched(input_ids, branch_at, tokens)
-            logits, branch_logits = out.logits, out.branch_logits
+            logits, hidden, branch_logits = out.logits, out.hidden, out.branch_logits
         else:
             state = main.captured.repeat_interleave(r)  # differentiable: gradients reach the prefix
             cont = continue_branches(model, state, tokens.reshape(b * p * r, length), cfg.graph_branches)
-            logits, branch_logits = main.logits, cont.view(b, p * r, length, -1)
+            logits, hidden, branch_logits = main.logits, main.hidden, cont.view(b, p * r, length, -1)
         ntp = ntp_loss(logits, input_ids)
-        logp = _branch_log_probs(logits, branch_logits, branch_at, tokens, cfg.temperature).flatten(0, 1)
+        logp = _branch_log_probs(model, hidden, branch_logits, branch_at, tokens, cfg.temperature).flatten(
+            0, 1
+        )
         ref_logp = None
         if ref_model is not None and cfg.kl_coef > 0:
             with torch.no_grad():
                 ref = ref_model.forward_branched(input_ids, branch_at, tokens)
-                ref_logp = _branch_log_probs(ref.logits, ref.branch_logits, branch_at, tokens, cfg.temperature)
-                ref_logp = ref_logp.flatten(0, 1)
+                ref_logp = _branch_log_probs(
+                    ref_model, ref.hidden, ref.branch_logits, branch_at, tokens, cfg.temperature
+                ).flatten(0, 1)
         grpo, kl, pl = _policy_terms(logp, old, adv, cfg, ref_logp)
         loss = refine_loss(ntp, grpo, cfg.coef)
     with phase("backward"):
