@@ -9,7 +9,7 @@
 #   dn-all       gpu_deltanet.py                           (every DeltaNet figure)
 #   refine       gpu_refine_step.py --shapes paper-1.3b    (ReFINE / NTP step ratios; $REFINE_MODES)
 #   refine-small gpu_refine_step.py --shapes small         (with the bf16 branched-vs-naive check)
-#   refine-small-torch  the same with REFINE_STATE_CHAIN=torch (the chain's torch path, for comparison)
+#   refine-torch, refine-small-torch  the same with REFINE_STATE_CHAIN=torch (the chain's torch path)
 #   profile      profile_refine_step.py                     (phases + top ops; $PROFILE_MODES, $PROFILE_SHAPE;
 #                                                             PROFILE_TRACE=1: Chrome traces with Python frames)
 #   lact         gpu_lact.py                               (LaCT kernels, layer, paper-760m)
@@ -31,13 +31,14 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
 run_step() {
     local step=$1 limit=$2 dir=$OUT/$1
-    unset REFINE_STATE_CHAIN  # set by refine-small-torch for its own run only
+    export REFINE_STATE_CHAIN=triton  # the *-torch steps set torch for their own run only
     mkdir -p "$dir"
     echo "==== $step (limit ${limit}s) $(date -u +%H:%M:%S)"
     case $step in
         dn-check) timeout "$limit" python3 benchmarks/gpu_deltanet.py --out "$dir" --phases check,check32 ;;
         dn-all) timeout "$limit" python3 benchmarks/gpu_deltanet.py --out "$dir" ;;
-        refine) timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes paper-1.3b \
+        refine|refine-torch) [ "$step" = refine-torch ] && export REFINE_STATE_CHAIN=torch
+            timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes paper-1.3b \
             --check-tokens 0 --budget-s $((limit - 60)) ${REFINE_MODES:+--modes $REFINE_MODES} ;;
         refine-small|refine-small-torch) [ "$step" = refine-small-torch ] && export REFINE_STATE_CHAIN=torch
             timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes small \

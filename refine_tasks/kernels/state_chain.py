@@ -14,7 +14,9 @@ not the GPU, sets the step's pace. Here each part is one launch:
 
 States are float32 (fp32 dots at full IEEE precision); token tensors are the kernel's dtype
 (bf16 in training: dots in bf16 with float32 accumulation, as the torch path's matmul). Token
-tensors are [N, H, C] with unit stride along C; states [R, H, K, V] likewise.
+tensors are [N, H, C] with unit stride along C; states [R, H, K, V] likewise. Each chain program
+holds a [K, K] float32 transition: fine at K = 64, but at K = 128 it spills (measured on an H100
+at paper-1.3b: 4.9 ms a call), so `segments` runs these kernels for key dims up to 64 only.
 """
 
 from __future__ import annotations

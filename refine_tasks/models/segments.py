@@ -228,7 +228,10 @@ def chained_delta_rule(
     )
     if initial_state is None:
         initial_state = q.new_zeros(B, H, K, V, dtype=state_dtype)
-    triton = backend == "fla" and state_dtype == torch.float32 and chain_kernels() == "triton"
+    # The kernels hold a [K, K] float32 transition per program: at K = 128 (paper-1.3b) that spills
+    # (measured on an H100: 4.9 ms a call against the torch path's few batched matmuls), while at
+    # K = 64 they cut the host time of a small model's step (1.48x -> 1.32-1.35x NTP).
+    triton = backend == "fla" and state_dtype == torch.float32 and K <= 64 and chain_kernels() == "triton"
     o, captured, final = _Chained.apply(out[0], ends, initial_state.to(state_dtype), plan, v.dtype, triton)
     P = positions.shape[1]
     return o.view(B, T, H, V), captured.view(B, P, H, K, V), final
