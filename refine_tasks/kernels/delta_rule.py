@@ -43,7 +43,17 @@ def delta_rule(
     scale = q.shape[-1] ** -0.5
     if backend == "fla":
         return _fla_delta_rule(
-            q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, cu_seqlens_cpu, normalize_qk, mode
+            q,
+            k,
+            v,
+            beta,
+            scale,
+            initial_state,
+            output_final_state,
+            cu_seqlens,
+            cu_seqlens_cpu,
+            normalize_qk,
+            mode,
         )
     if normalize_qk:
         q, k = l2_normalize(q, L2_EPS), l2_normalize(k, L2_EPS)

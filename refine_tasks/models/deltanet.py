@@ -46,6 +46,7 @@ class ShortConv(nn.Module):
 
 class DeltaNetMixer(TokenMixer):
     capturable = True  # fla's kernels and the torch ops here never sync with the host
+
     def __init__(self, config: FastWeightConfig, layer_idx: int) -> None:
         super().__init__()
         D, Dk, Dv, H = config.hidden_size, config.key_dim, config.value_dim, config.num_heads
