@@ -31,6 +31,7 @@ and peak memory, as JSON lines in OUT/results.jsonl (import with
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -174,15 +175,42 @@ def graph_errors(bench: StepBench) -> dict[str, float]:
     eager_loss, eager = bench.grads("fused-eager_precomputed", 7)
     _, rerun = bench.grads("fused-eager_precomputed", 7)
 
-    def rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-        diff = sum(float((x.double() - y.double()).norm() ** 2) for x, y in zip(a, b, strict=True))
-        return (diff / sum(float(y.double().norm() ** 2) for y in b)) ** 0.5
-
     return {
         "loss_abs_diff": abs(graphed_loss - eager_loss),
-        "grads_rel_err": rel(graphed, eager),
-        "eager_rerun_grads_rel_err": rel(rerun, eager),
+        "grads_rel_err": grads_rel_err(graphed, eager),
+        "eager_rerun_grads_rel_err": grads_rel_err(rerun, eager),
     }
+
+
+def chain_errors(bench: StepBench) -> dict[str, float]:
+    """The fused step with the chained delta rule's chain and correction on our Triton kernels
+    against their torch path (REFINE_STATE_CHAIN): same positions, same rollouts; |loss
+    difference| and the gradients' relative error, beside the kernels' step run twice. Nothing for
+    key dims the kernels do not take (both runs would be the torch path)."""
+    if bench.model.model.layers[0].attn.head_k > state_chain.MAX_KEY_DIM:
+        return {}
+    previous = os.environ.get(state_chain.ENV_VAR)
+    try:
+        runs = {}
+        for name, path in (("kernels", "triton"), ("torch", "torch"), ("rerun", "triton")):
+            os.environ[state_chain.ENV_VAR] = path
+            runs[name] = bench.grads("fused_precomputed", 7)
+    finally:
+        if previous is None:
+            os.environ.pop(state_chain.ENV_VAR, None)
+        else:
+            os.environ[state_chain.ENV_VAR] = previous
+    return {
+        "loss_abs_diff": abs(runs["kernels"][0] - runs["torch"][0]),
+        "grads_rel_err": grads_rel_err(runs["kernels"][1], runs["torch"][1]),
+        "kernels_rerun_grads_rel_err": grads_rel_err(runs["rerun"][1], runs["kernels"][1]),
+    }
+
+
+def grads_rel_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Relative error of gradient list a against b, over all parameters together."""
+    diff = sum(float((x.double() - y.double()).norm() ** 2) for x, y in zip(a, b, strict=True))
+    return (diff / sum(float(y.double().norm() ** 2) for y in b)) ** 0.5
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -208,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=540.0, help="skip what would run past this")
     parser.add_argument(
         "--graph-check", type=int, default=1, help="1: check graphed vs eager continuation first"
+    )
+    parser.add_argument(
+        "--chain-check",
+        type=int,
+        default=1,
+        help="1: check the state-chain kernels vs their torch path first",
     )
     parser.add_argument(
         "--check-tokens", type=int, default=2048, help="sequence length of the exactness check (0: skip it)"
@@ -252,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{preset} deltanet, 1x{tokens} tokens, {args.positions} positions x {args.rollout_len}-token rollouts, "
             f"fp32 weights + {'no' if args.dry_run else 'bf16'} autocast, gradients only, median of timed reps"
         )
+        if args.chain_check and not args.dry_run:
+            for name, err in chain_errors(bench).items():
+                emit(
+                    f"chain_kernels_vs_torch_{name}_{preset}",
+                    err,
+                    "ratio" if "rel" in name else "nats",
+                    f"{note}; fused step, state chain and correction on our Triton kernels vs torch ops",
+                )
         chain = "" if args.dry_run else state_chain.chain_kernels()
         if chain == "torch":  # the chain's torch path: its own metric names, beside the kernels' figures
             note += "; state chain and correction on torch ops (REFINE_STATE_CHAIN=torch)"

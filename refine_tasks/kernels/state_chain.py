@@ -16,7 +16,7 @@ States are float32 (fp32 dots at full IEEE precision); token tensors are the ker
 (bf16 in training: dots in bf16 with float32 accumulation, as the torch path's matmul). Token
 tensors are [N, H, C] with unit stride along C; states [R, H, K, V] likewise. Each chain program
 holds a [K, K] float32 transition: fine at K = 64, but at K = 128 it spills (measured on an H100
-at paper-1.3b: 4.9 ms a call), so `segments` runs these kernels for key dims up to 64 only.
+at paper-1.3b: 4.9 ms a call), so `segments` runs these kernels for key dims up to MAX_KEY_DIM only.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 BLOCK_T = 64  # tokens per correction block (all of one segment)
+MAX_KEY_DIM = 64  # largest key dim the kernels take (see the module docstring)
 ENV_VAR = "REFINE_STATE_CHAIN"
 
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from refine_tasks.kernels import Backend, delta_rule, state_chain
-from refine_tasks.kernels.state_chain import BLOCK_T, chain_kernels
+from refine_tasks.kernels.state_chain import BLOCK_T, MAX_KEY_DIM, chain_kernels
 
 
 @dataclass
@@ -231,7 +231,9 @@ def chained_delta_rule(
     # The kernels hold a [K, K] float32 transition per program: at K = 128 (paper-1.3b) that spills
     # (measured on an H100: 4.9 ms a call against the torch path's few batched matmuls), while at
     # K = 64 they cut the host time of a small model's step (1.48x -> 1.32-1.35x NTP).
-    triton = backend == "fla" and state_dtype == torch.float32 and K <= 64 and chain_kernels() == "triton"
+    triton = (
+        backend == "fla" and state_dtype == torch.float32 and K <= MAX_KEY_DIM and chain_kernels() == "triton"
+    )
     o, captured, final = _Chained.apply(out[0], ends, initial_state.to(state_dtype), plan, v.dtype, triton)
     P = positions.shape[1]
     return o.view(B, T, H, V), captured.view(B, P, H, K, V), final
