@@ -2,7 +2,8 @@
 
 Checks (bf16): our model with fla kernels vs fla's `DeltaNetForCausalLM` holding the same
 weights (logits, loss); `forward_branched` vs each prefix+branch as its own sequence (logits
-and parameter gradients); graph decode vs eager decode vs prefill.
+and parameter gradients); graph decode vs eager decode vs prefill; the chained delta rule's
+state-chain kernels and torch path vs a float32 reference.
 Timings: training tokens/s of ours vs fla's (`small`, `paper-1.3b`; 1 x 16384 tokens, fwd+bwd,
 same card, same run); peak memory of our 16K step at 1.3B; decode step at 1.3B for 8 and 64
 streams; 64 streams decoded from captured states vs re-prefilling each prefix.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -32,9 +34,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.record import FigureLog  # noqa: E402
+from refine_tasks.kernels import state_chain  # noqa: E402
 from refine_tasks.models import FastWeightForCausalLM, State, build_model  # noqa: E402
 from refine_tasks.models.branched import forward_branched_naive  # noqa: E402
 from refine_tasks.models.checkpoint import FLA_DEFAULTS  # noqa: E402
+from refine_tasks.models.segments import chained_delta_rule  # noqa: E402
 
 COMMAND = "python benchmarks/gpu_deltanet.py"
 VOCAB = 32000
@@ -202,6 +206,43 @@ def check_branched_precision(b: Bench) -> None:
         b.emit(f"separate_bf16_vs_fp32_{name}_rel_err", e_naive, "ratio", f"{CHECK_NAME}, 2x{T}", verdict)
 
 
+def check_state_chain(b: Bench) -> None:
+    """The chained delta rule at the small shape's heads (K = V = 64, where our state-chain Triton
+    kernels run) in bf16 on fla, the chain and correction on the kernels and on torch ops, each
+    against a float32 torch-backend reference: outputs, captured and final states, and the
+    gradients of q, k, v, beta under a random loss. The kernels must be no less accurate."""
+    print("[chain] state-chain kernels and torch path (bf16, fla) vs float32 torch reference", flush=True)
+    T, H, K = b.tokens(16384), 6, 64
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, T, H, K, generator=g) for _ in range(3))
+    beta = torch.rand(1, T, H, generator=g)
+    positions = (torch.randperm(T - 64, generator=g)[:8] + 32).view(1, 8)
+    weights = [torch.randn(1, T, H, K, generator=g), torch.randn(1, 8, H, K, K, generator=g)]
+    weights.append(torch.randn(1, H, K, K, generator=g))
+    device = b.device
+
+    def run(dtype: torch.dtype, backend: str, path: str) -> list[torch.Tensor]:
+        os.environ[state_chain.ENV_VAR] = path
+        inputs = [x.to(device, dtype).requires_grad_(True) for x in (q, k, v, beta)]
+        outs = chained_delta_rule(*inputs, positions.to(device), backend=backend)
+        loss = sum((o.float() * w.to(device)).sum() for o, w in zip(outs, weights, strict=True))
+        grads = torch.autograd.grad(loss, inputs)
+        return [o.detach().float() for o in outs] + [torch.cat([x.float().flatten() for x in grads])]
+
+    dtype, backend = (torch.float32, "torch") if b.args.dry_run else (torch.bfloat16, "fla")
+    try:
+        ref = run(torch.float32, "torch", "torch")
+        kernels, plain = run(dtype, backend, "triton"), run(dtype, backend, "torch")
+    finally:
+        os.environ.pop(state_chain.ENV_VAR, None)
+    note = f"small heads (H={H}, K=V={K}), 1x{T}, 8 positions; random loss on o, states, final state"
+    for name, x, y, r in zip(("o", "captured", "final", "grads"), kernels, plain, ref, strict=True):
+        e_kernels, e_plain = rel_err(x, r), rel_err(y, r)
+        b.emit(f"chain_torch_vs_fp32_{name}_rel_err", e_plain, "ratio", note)
+        verdict = "PASS" if e_kernels < 1.5 * e_plain + 1e-3 else "FAIL"
+        b.emit(f"chain_kernels_vs_fp32_{name}_rel_err", e_kernels, "ratio", note, verdict)
+
+
 def check_decode(b: Bench) -> None:
     print("[check] decode (graph) vs eager vs prefill", flush=True)
     model = b.model("paper-1.3b", **CHECK_SHAPE)
@@ -360,7 +401,9 @@ def main() -> int:
         "--dry-run", action="store_true", help="CPU logic check: tiny preset, short sequences"
     )
     parser.add_argument(
-        "--phases", default="check,check32,train13,decode,branched,trainsmall", help="comma-separated phases"
+        "--phases",
+        default="check,check32,chain,train13,decode,branched,trainsmall",
+        help="comma-separated phases",
     )
     parser.add_argument("--budget-s", type=float, default=520.0, help="skip phases that would overrun this")
     args = parser.parse_args()
@@ -369,6 +412,7 @@ def main() -> int:
     plan: list[tuple[str, float, Callable[[], None]]] = [
         ("check", 30, lambda: (check_against_fla(b), check_branched(b), check_decode(b))),
         ("check32", 20, lambda: check_branched_precision(b)),
+        ("chain", 20, lambda: check_state_chain(b)),
         ("train13", 60, lambda: time_training(b, "paper-1.3b")),
         ("decode", 40, lambda: [time_decode(b, big, n) for n in (8, 64)]),
         ("branched", 40, lambda: branched_speedup(b, big)),
