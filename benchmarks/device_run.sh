@@ -5,7 +5,8 @@
 #   bash benchmarks/device_run.sh STEP[:SECONDS] ...      # on the device machine, OUT set
 #
 # Steps (each writes under $OUT/<step>/; a failed or timed-out step does not stop the others):
-#   dn-check     gpu_deltanet.py --phases check,check32   (fla parity, forward_branched vs separate)
+#   dn-check     gpu_deltanet.py --phases $DN_PHASES       (default check,check32,chain: fla parity,
+#                                                           forward_branched vs separate, state-chain kernels)
 #   dn-all       gpu_deltanet.py                           (every DeltaNet figure)
 #   refine       gpu_refine_step.py --shapes paper-1.3b    (ReFINE / NTP step ratios; $REFINE_MODES)
 #   refine-small gpu_refine_step.py --shapes small         (with the bf16 branched-vs-naive check)
@@ -35,7 +36,7 @@ run_step() {
     mkdir -p "$dir"
     echo "==== $step (limit ${limit}s) $(date -u +%H:%M:%S)"
     case $step in
-        dn-check) timeout "$limit" python3 benchmarks/gpu_deltanet.py --out "$dir" --phases check,check32 ;;
+        dn-check) timeout "$limit" python3 benchmarks/gpu_deltanet.py --out "$dir" --phases "${DN_PHASES:-check,check32,chain}" ;;
         dn-all) timeout "$limit" python3 benchmarks/gpu_deltanet.py --out "$dir" ;;
         refine|refine-torch) [ "$step" = refine-torch ] && export REFINE_STATE_CHAIN=torch
             timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes paper-1.3b \
