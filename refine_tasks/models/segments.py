@@ -127,7 +127,8 @@ class KernelMaps:
         device = plan.cu_seqlens.device
         first = [base - b for b, base in enumerate(plan.base)]
         start, length, row, seg_first, seg_count = [], [], [], [], []
-        for begin, size, state in zip(plan.cu_seqlens_cpu.tolist(), plan.lengths, plan.starts, strict=False):
+        begins = plan.cu_seqlens_cpu.tolist()[:-1]  # each segment's first token
+        for begin, size, state in zip(begins, plan.lengths, plan.starts, strict=True):
             seg_first.append(len(start))
             offsets = range(0, size, BLOCK_T)
             seg_count.append(len(offsets))
