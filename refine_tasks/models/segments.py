@@ -231,7 +231,7 @@ def chained_delta_rule(
         initial_state = q.new_zeros(B, H, K, V, dtype=state_dtype)
     # The kernels hold a [K, K] float32 transition per program: at K = 128 (paper-1.3b) that spills
     # (measured on an H100: 4.9 ms a call against the torch path's few batched matmuls), while at
-    # K = 64 they cut the host time of a small model's step (1.48x -> 1.32-1.35x NTP).
+    # K = 64 they cut the host time of a small model's step (1.46-1.48x -> 1.32-1.40x NTP, H100).
     triton = (
         backend == "fla" and state_dtype == torch.float32 and K <= MAX_KEY_DIM and chain_kernels() == "triton"
     )
