@@ -3,15 +3,12 @@ its Triton kernels against its torch path (the interpreter, in a subprocess)."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from models_helpers import rel_err
+from triton_interpreter import run_interpreted
 
 from refine_tasks.kernels import delta_rule_recurrent, l2_normalize
 from refine_tasks.models import segments
@@ -120,16 +117,4 @@ def test_positions_out_of_range_are_a_clear_error():
 def test_state_chain_kernels_equal_the_torch_path_under_the_interpreter():
     """chain_interpreter_cases.py in its own process with TRITON_INTERPRET=1 (Triton decides
     between compiling and interpreting when first imported, so only a fresh process can be sure)."""
-    cases = Path(__file__).with_name("chain_interpreter_cases.py")
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(cases)],
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-        cwd=cases.parents[2],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    tail = run.stdout[-6000:] + run.stderr[-2000:]
-    assert run.returncode == 0, tail
-    summary = re.search(r"(\d+) passed", run.stdout)
-    assert summary and int(summary.group(1)) == 2 and "failed" not in run.stdout, tail
+    run_interpreted(Path(__file__).with_name("chain_interpreter_cases.py"), 2)
