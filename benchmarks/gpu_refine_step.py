@@ -286,28 +286,30 @@ def main(argv: list[str] | None = None) -> int:
             f"{preset} deltanet, 1x{tokens} tokens, {args.positions} positions x {args.rollout_len}-token rollouts, "
             f"fp32 weights + {'no' if args.dry_run else 'bf16'} autocast, gradients only, median of timed reps"
         )
-        if args.chain_check and not args.dry_run:
-            for name, err in chain_errors(bench).items():
-                emit(
-                    f"chain_kernels_vs_torch_{name}_{preset}",
-                    err,
-                    "ratio" if "rel" in name else "nats",
-                    f"{note}; fused step, state chain and correction on our Triton kernels vs torch ops",
-                )
         chain = "" if args.dry_run else state_chain.chain_kernels()
         if chain == "torch":  # the chain's torch path: its own metric names, beside the kernels' figures
             note += "; state chain and correction on torch ops (REFINE_STATE_CHAIN=torch)"
             preset_tag = f"{preset}_torchchain"
         else:
             preset_tag = preset
-        if args.graph_check:
-            for name, err in graph_errors(bench).items():
-                emit(
-                    f"fused_graph_vs_eager_{name}_{preset}",
-                    err,
-                    "ratio" if "rel" in name else "nats",
-                    f"{note}; fused step, continuation from CUDA graphs vs eager, same rollouts",
-                )
+        checks = [  # (run it, metric prefix, what it compares)
+            (
+                args.chain_check and chain == "triton",  # once, in the kernels' own run
+                chain_errors,
+                "chain_kernels_vs_torch",
+                "state chain and correction on our Triton kernels vs torch ops",
+            ),
+            (
+                args.graph_check,
+                graph_errors,
+                "fused_graph_vs_eager",
+                "continuation from CUDA graphs vs eager, same rollouts",
+            ),
+        ]
+        for wanted, errors_of, prefix, what in checks:
+            for name, err in (errors_of(bench) if wanted else {}).items():
+                unit = "ratio" if "rel" in name else "nats"
+                emit(f"{prefix}_{name}_{preset}", err, unit, f"{note}; fused step, {what}")
         for mode in ("ntp", *args.modes.split(",")):
             if time.time() - started > args.budget_s:
                 print(f"skipped {mode} at {preset}: past --budget-s {args.budget_s:.0f}", flush=True)
