@@ -33,18 +33,22 @@ ENV_VAR = "REFINE_STATE_CHAIN"
 
 
 @triton.jit
+def _chain_program(base, first, steps, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr):
+    """A chain program's place: (head, row, key and value-tile index vectors, value mask, the row's
+    first state row, first segment, and segment count), from program ids (value tile, head, row)."""
+    pv, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rv = pv * BV + tl.arange(0, BV)
+    row0, seg0, n = tl.load(base + b), tl.load(first + b), tl.load(steps + b)
+    return h, b, tl.arange(0, K), rv, rv[None, :] < V, row0, seg0, n
+
+
+@triton.jit
 def _chain_fwd_kernel(
     initial, free, transition, chains, base, first, steps,
     s_ib, s_ih, s_ik, s_fn, s_fh, s_fk, s_tn, s_th, s_tk, s_cr, s_ch, s_ck,
     K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, MAX_STEPS: tl.constexpr,
 ):  # fmt: skip
-    pv, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    rk = tl.arange(0, K)
-    rv = pv * BV + tl.arange(0, BV)
-    mask = rv[None, :] < V
-    row0 = tl.load(base + b)
-    seg0 = tl.load(first + b)
-    n = tl.load(steps + b)
+    h, b, rk, rv, mask, row0, seg0, n = _chain_program(base, first, steps, K, V, BV)
     state = tl.load(initial + b * s_ib + h * s_ih + rk[:, None] * s_ik + rv[None, :], mask=mask, other=0.0)
     tl.store(chains + row0 * s_cr + h * s_ch + rk[:, None] * s_ck + rv[None, :], state, mask=mask)
     for j in range(MAX_STEPS):
@@ -65,13 +69,7 @@ def _chain_bwd_kernel(
     s_tn, s_th, s_tk, s_dr, s_dh, s_dk,
     K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, MAX_STEPS: tl.constexpr,
 ):  # fmt: skip
-    pv, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    rk = tl.arange(0, K)
-    rv = pv * BV + tl.arange(0, BV)
-    mask = rv[None, :] < V
-    row0 = tl.load(base + b)
-    seg0 = tl.load(first + b)
-    n = tl.load(steps + b)
+    h, b, rk, rv, mask, row0, seg0, n = _chain_program(base, first, steps, K, V, BV)
     later = tl.load(d + (row0 + n) * s_dr + h * s_dh + rk[:, None] * s_dk + rv[None, :], mask=mask, other=0.0)
     for i in range(MAX_STEPS):
         j = MAX_STEPS - 1 - i
