@@ -116,13 +116,35 @@ def matmul_rate(run: Run) -> float:
     return rate
 
 
-# Candidate (BLOCK_T, BLOCK_H, BLOCK_D, num_warps, num_stages) of the fused SwiGLU kernel per mode;
-# the 128 x 128 tiles may spill registers or run out of shared memory (a failure skips the candidate).
+# Candidate (BLOCK_T, BLOCK_H, BLOCK_D, num_warps, num_stages) of the fused SwiGLU kernel per mode as
+# the layer runs it in training: forward modes keeping their projections, backward modes reading
+# them back (APPLY_BWD then holds one accumulator, STEP_BWD three). Large tiles may spill registers
+# or run out of shared memory (a failure skips the candidate).
+_FORWARD = [
+    (128, 64, 64, 8, 3),
+    (128, 64, 64, 8, 2),
+    (128, 128, 64, 8, 3),
+    (128, 128, 32, 8, 4),
+    (64, 128, 64, 4, 3),
+]
 SWEEP_FUSED = {
-    0: [(128, 64, 64, 8, 2), (128, 64, 64, 8, 3), (128, 128, 64, 8, 3), (128, 128, 32, 8, 4)],
-    3: [(64, 64, 64, 8, 2), (64, 64, 64, 8, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3)],
+    0: _FORWARD,
+    1: _FORWARD,
+    2: [
+        (128, 64, 64, 8, 3),
+        (128, 128, 64, 8, 3),
+        (128, 128, 32, 8, 4),
+        (64, 128, 64, 4, 3),
+        (128, 64, 64, 4, 3),
+    ],
+    3: [
+        (64, 64, 64, 8, 3),
+        (128, 64, 64, 8, 3),
+        (128, 64, 32, 8, 4),
+        (64, 128, 32, 8, 3),
+        (64, 64, 64, 4, 3),
+    ],
 }
-SWEEP_FUSED |= {1: SWEEP_FUSED[0], 2: SWEEP_FUSED[0]}
 # (BLOCK_T, BLOCK_H, num_warps) of the split path's element-wise kernel, the same for every mode
 SWEEP_SPLIT = [(32, 128, 4), (16, 128, 4), (64, 128, 8)]
 MODE_UNITS = {0: 2, 1: 3, 2: 3, 3: 6}  # matmuls of T x D x H per mode
@@ -153,23 +175,23 @@ def sweep_swiglu(run: Run) -> None:
     saved_q = ts.swiglu_tokens(0, x, w02, w1).projections
     saved_kv = ts.swiglu_tokens(1, x, w02, w1, y=y, lrs=lrs).projections
     args = {
-        0: {},
-        1: {"y": y, "lrs": lrs},
+        0: {"keep": True},
+        1: {"y": y, "lrs": lrs, "keep": True},
         2: {"y": y, "saved": saved_q},
         3: {"y": y, "lrs": lrs, "g02": g02, "g1": g1, "saved": saved_kv},
     }
     lines = []
-    candidates = {
-        "fused": (CONFIGS, SWEEP_FUSED),
-        "split": (SPLIT_CONFIGS, {mode: SWEEP_SPLIT for mode in MODE_UNITS}),
+    candidates = {  # path: (its config table, the table's key for a mode, candidates per mode)
+        "fused": (CONFIGS, lambda mode: (mode, mode in (2, 3)), SWEEP_FUSED),
+        "split": (SPLIT_CONFIGS, lambda mode: mode, {mode: SWEEP_SPLIT for mode in MODE_UNITS}),
     }
     best: dict[int, dict[str, float]] = {mode: {} for mode in MODE_UNITS}
-    for path, (table, sweep) in candidates.items():
+    for path, (table, key, sweep) in candidates.items():
         os.environ[ts.SWIGLU_ENV] = path
         for mode, configs in sweep.items():
             times = {}
             for cfg in configs:
-                table[mode] = cfg
+                table[key(mode)] = cfg
                 try:
                     times[cfg] = run.time_ms(
                         lambda m=mode: ts.swiglu_tokens(m, x, w02, w1, **args[m]), rep=100
@@ -180,9 +202,9 @@ def sweep_swiglu(run: Run) -> None:
                 rate = MODE_UNITS[mode] * 2 * batch * t * d * d / times[cfg] / 1e9
                 lines.append(f"{path} mode {mode} {cfg}: {times[cfg] * 1e3:.1f} us, {rate:.0f} TFLOP/s")
             if times:  # else the table keeps its entry
-                table[mode] = min(times, key=times.get)
-                best[mode][path] = times[table[mode]]
-            lines.append(f"{path} mode {mode} chosen {table[mode]}")
+                table[key(mode)] = min(times, key=times.get)
+                best[mode][path] = times[table[key(mode)]]
+            lines.append(f"{path} mode {mode} chosen {table[key(mode)]}")
     del os.environ[ts.SWIGLU_ENV]
     for mode, by_path in best.items():
         ts.MIXED[mode] = min(by_path, key=by_path.get) if by_path else ts.MIXED[mode]

@@ -106,25 +106,36 @@ def test_split_swiglu_equals_fused_kernel(mode, gemm, monkeypatch):
     monkeypatch.setenv(GEMM_ENV, gemm)
     got = swiglu_tokens(mode, x, w02, w1, **extra)
     assert [w is None for w in want[:3]] == [g is None for g in got[:3]]
-    assert want.projections is None  # the fused kernel keeps its projections in registers
+    assert want.projections is None  # not asked to keep them: the fused kernel's stay in registers
     if mode in (APPLY, STEP):  # the split path hands back what the backward may reuse
         assert got.projections is not None and got.projections.p.shape == (batch, t, 2 * h)
     for g, w in zip(got[:3], want[:3], strict=True):
         if w is not None:
             assert g.shape == w.shape and rel(g, w) < 1e-5
+    if mode in (APPLY, STEP):  # asked to keep them, the fused kernel stores the same projections
+        monkeypatch.setenv(SWIGLU_ENV, "fused")
+        kept = swiglu_tokens(mode, x, w02, w1, **extra, keep=True)
+        assert rel(kept.out_a, want.out_a) < 1e-6
+        assert rel(kept.projections.p, got.projections.p) < 1e-5
+        assert (kept.projections.e is None) == (mode == APPLY)
+        if mode == STEP:
+            assert rel(kept.projections.e, got.projections.e) < 1e-5
     if mode in (APPLY_BWD, STEP_BWD):
-        # the forward mode's projections of the same tokens, handed to the backward mode: the same
-        # outputs; zeroed ones change them, so they are read, not recomputed
+        # the forward mode's projections of the same tokens, handed to the backward mode on each
+        # path: the same outputs; zeroed ones change them, so they are read, not recomputed
         forward = APPLY if mode == APPLY_BWD else STEP
-        saved = swiglu_tokens(forward, x, w02, w1, y=y, lrs=lrs).projections
-        reused = swiglu_tokens(mode, x, w02, w1, **extra, saved=saved)
-        for g, w in zip(reused[:3], want[:3], strict=True):
-            if w is not None:
-                assert rel(g, w) < 1e-5
-        zeroed = Projections(
-            torch.zeros_like(saved.p), None if saved.e is None else torch.zeros_like(saved.e)
-        )
-        assert rel(swiglu_tokens(mode, x, w02, w1, **extra, saved=zeroed).out_a, want.out_a) > 0.5
+        for path in ("split", "fused"):
+            monkeypatch.setenv(SWIGLU_ENV, path)
+            saved = swiglu_tokens(forward, x, w02, w1, y=y, lrs=lrs, keep=True).projections
+            reused = swiglu_tokens(mode, x, w02, w1, **extra, saved=saved)
+            for g, w in zip(reused[:3], want[:3], strict=True):
+                if w is not None:
+                    assert rel(g, w) < 1e-5, path
+            zeroed = Projections(
+                torch.zeros_like(saved.p), None if saved.e is None else torch.zeros_like(saved.e)
+            )
+            spoiled = swiglu_tokens(mode, x, w02, w1, **extra, saved=zeroed).out_a
+            assert rel(spoiled, want.out_a) > 0.5, path
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ Matmul operands run in the activations' dtype (bf16 in training, float32 in inte
 with float32 accumulation; fast weights, steps, momentum and all weight gradients stay float32, in
 the packed layout of `triton_state` ([W0; W2; W1] per row). An updating chunk without Muon is ONE
 Function (apply, step, update); its backward adds the apply's and step's weight gradients onto the
-update's in the matmul that makes them. Backwards recompute the projections instead of saving
-them: only each chunk's inputs, weights and step are kept. Gradients that autograd does not
+update's in the matmul that makes them. Each chunk's inputs, weights and step are saved, and,
+when any gradient is needed, the projections of its tokens (`triton_passes`). Gradients that autograd does not
 deliver (None) switch kernel paths off instead of being filled with zeros.
 """
 
@@ -39,7 +39,7 @@ class _Apply(Function):
     def forward(ctx, q: Tensor, weights: Tensor, operand: Tensor, lay: Layout) -> Tensor:
         ctx.set_materialize_grads(False)
         ctx.lay = lay
-        o, saved_q = apply_forward(q, *lay.split(operand))
+        o, saved_q = apply_forward(q, *lay.split(operand), keep=any(ctx.needs_input_grad))
         ctx.save_for_backward(q, operand, *flat_projections(saved_q))
         return o
 
@@ -61,8 +61,9 @@ class _ApplyStep(Function):
         ctx.set_materialize_grads(False)
         ctx.lay = lay
         w02, w1 = lay.split(operand)
-        o, saved_q = apply_forward(q, w02, w1)
-        step, saved_kv = step_forward(lay, k, v, rates, w02, w1)
+        keep = any(ctx.needs_input_grad)
+        o, saved_q = apply_forward(q, w02, w1, keep=keep)
+        step, saved_kv = step_forward(lay, k, v, rates, w02, w1, keep)
         ctx.save_for_backward(
             q, k, v, rates, operand, *flat_projections(saved_q), *flat_projections(saved_kv)
         )
@@ -115,8 +116,9 @@ class _Chunk(Function):
         ctx.set_materialize_grads(False)
         ctx.lay, ctx.plan = lay, plan
         w02, w1 = lay.split(operand)
-        o, saved_q = apply_forward(q, w02, w1)
-        step, saved_kv = step_forward(lay, k, v, rates, w02, w1)
+        keep = any(ctx.needs_input_grad)
+        o, saved_q = apply_forward(q, w02, w1, keep=keep)
+        step, saved_kv = step_forward(lay, k, v, rates, w02, w1, keep)
         new, new_momentum, new_operand = update_forward(plan, weights, step, norms, momentum, gate, q.dtype)
         ctx.save_for_backward(
             q,

@@ -2,10 +2,10 @@
 Functions (`triton_ops`) and the whole-sequence one (`triton_sequence`).
 
 Matmul operands run in the activations' dtype with float32 accumulation; weights, steps and
-weight gradients are float32 in the packed layout of `triton_state`. Backwards recompute the
-projections, except those the split SwiGLU path made in the forward anyway and hands back
+weight gradients are float32 in the packed layout of `triton_state`. When a gradient will be
+asked for (`keep`), the forward hands back the projections of its tokens onto the hidden layer
 (`triton_swiglu.Projections`: 5H values a token, in the activations' dtype), which the Functions
-save beside the chunk's inputs. Outputs and input gradients can be written into given
+save beside the chunk's inputs and the backward reads instead of recomputing them. Outputs and input gradients can be written into given
 tensors (views of whole-sequence buffers), so no concatenation joins the chunks.
 """
 
@@ -44,19 +44,19 @@ def flat_projections(projections: Projections | None) -> tuple[Tensor | None, Te
 
 
 def apply_forward(
-    q: Tensor, w02: Tensor, w1: Tensor, out: Tensor | None = None
+    q: Tensor, w02: Tensor, w1: Tensor, out: Tensor | None = None, keep: bool = False
 ) -> tuple[Tensor, Projections | None]:
     """f(q) [B, C, D] with the operand's views w02 [B, 2H, D], w1 [B, D, H], into out if given;
-    and the projections for the backward to reuse (split path) or None."""
-    hidden, _, _, projections = swiglu_tokens(APPLY, q, w02, w1)
+    and the projections for the backward to reuse (kept, or made anyway by the split path) or None."""
+    hidden, _, _, projections = swiglu_tokens(APPLY, q, w02, w1, keep=keep)
     return bmm(hidden, w1.transpose(1, 2), torch.empty_like(q) if out is None else out), projections
 
 
 def step_forward(
-    lay: Layout, k: Tensor, v: Tensor, rates: Tensor, w02: Tensor, w1: Tensor
+    lay: Layout, k: Tensor, v: Tensor, rates: Tensor, w02: Tensor, w1: Tensor, keep: bool = False
 ) -> tuple[Tensor, Projections | None]:
     """The update step, packed [B, 3HD] float32, and the projections for the backward or None."""
-    left02, left1, _, projections = swiglu_tokens(STEP, k, w02, w1, y=v, lrs=rates)
+    left02, left1, _, projections = swiglu_tokens(STEP, k, w02, w1, y=v, lrs=rates, keep=keep)
     step = lay.empty(k, k.shape[0])
     step02, step1 = lay.split(step)
     bmm(left02.transpose(1, 2), k, step02)

@@ -41,16 +41,19 @@ class Sequence(Function):
         ctx.set_materialize_grads(False)
         ctx.lay, ctx.plan, ctx.chunk, ctx.updates = lay, plan, chunk, updates
         o = torch.empty_like(q)
+        keep = any(ctx.needs_input_grad)
         # per updating chunk: the weights, operand and momentum it starts from, its step, and the
-        # projections of q, k and v that the split SwiGLU path hands back (else None)
+        # projections of q, k and v handed back for the backward (else None)
         saved = []
         for c, start in enumerate(range(0, q.shape[1], chunk)):
             part = slice(start, start + chunk)
             w02, w1 = lay.split(operand)
-            _, saved_q = passes.apply_forward(q[:, part], w02, w1, out=o[:, part])
+            _, saved_q = passes.apply_forward(q[:, part], w02, w1, o[:, part], keep)
             if c == updates:
                 break
-            step, saved_kv = passes.step_forward(lay, k[:, part], v[:, part], rates[:, :, part], w02, w1)
+            step, saved_kv = passes.step_forward(
+                lay, k[:, part], v[:, part], rates[:, :, part], w02, w1, keep
+            )
             gate = None if momentum is None else gates[:, c]
             saved += [
                 weights,

@@ -85,12 +85,14 @@ def swiglu_tokens(
     g02: Tensor | None = None,
     g1: Tensor | None = None,
     saved: Projections | None = None,
+    keep: bool = False,
 ) -> TokenOutputs:
     """Run one mode over x [B, T, D] (inner stride 1). w02 = [W0; W2] [B, 2H, D], w1 [B, D, H]
     (x's dtype; each batch row's matrix dense, batch stride free: views of the packed state);
     y [B, T, D]; lrs [B, 3, T] float32 (lr0, lr1, lr2); g02 [B, 2H, D], g1 [B, D, H] the step's
     incoming gradients (STEP_BWD, laid out as w02, w1); saved: the forward mode's projections
-    (APPLY's for APPLY_BWD, STEP's for STEP_BWD; the split path reuses them). Returns
+    (APPLY's for APPLY_BWD, STEP's for STEP_BWD), read back instead of recomputed; keep: APPLY
+    and STEP hand their projections back (training; the split path always does). Returns
     `TokenOutputs`."""
     batch, t, d = x.shape
     h = w1.shape[2]
@@ -114,7 +116,7 @@ def swiglu_tokens(
             )
     path = swiglu_path()
     run = SWIGLU_PATHS[MIXED[mode] if path == "mixed" else path]
-    dlr, projections = run(TokenStage(mode, x, y, w02, w1, g02, g1, lrs, out_a, out_b, saved))
+    dlr, projections = run(TokenStage(mode, x, y, w02, w1, g02, g1, lrs, out_a, out_b, saved, keep))
     return TokenOutputs(
         out_a, out_b if width_b else None, dlr.sum(2) if mode == STEP_BWD else None, projections
     )

@@ -34,7 +34,18 @@ def tile_of_program(H, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
 
 
 @triton.jit
-def _store(ptr, rt, rh, row_stride, col0, val, T, H):
+def load_tile(ptr, rt, rh, row_stride, col0, T, H):
+    """Columns [col0, col0 + H) of a row-major [T, *] matrix, this tile's part, as float32."""
+    return tl.load(
+        ptr + rt[:, None] * row_stride + col0 + rh[None, :],
+        mask=(rt[:, None] < T) & (rh[None, :] < H),
+        other=0.0,
+    ).to(tl.float32)
+
+
+@triton.jit
+def store_tile(ptr, rt, rh, row_stride, col0, val, T, H):
+    """Store val [BLOCK_T, BLOCK_H] to columns [col0, col0 + H) of a row-major [T, *] matrix."""
     tl.store(
         ptr + rt[:, None] * row_stride + col0 + rh[None, :],
         val.to(ptr.dtype.element_ty),
@@ -54,11 +65,11 @@ def swiglu_epilogue(
     dact = sig * (1.0 + gate * (1.0 - sig))  # silu'(gate)
     hidden = act * up
     if MODE == 0:
-        _store(a_ptr, rt, rh, s_at, 0, hidden, T, H)
+        store_tile(a_ptr, rt, rh, s_at, 0, hidden, T, H)
     if MODE == 2:
-        _store(a_ptr, rt, rh, s_at, 0, hidden, T, H)
-        _store(b_ptr, rt, rh, s_bt, 0, e * up * dact, T, H)
-        _store(b_ptr, rt, rh, s_bt, H, e * act, T, H)
+        store_tile(a_ptr, rt, rh, s_at, 0, hidden, T, H)
+        store_tile(b_ptr, rt, rh, s_bt, 0, e * up * dact, T, H)
+        store_tile(b_ptr, rt, rh, s_bt, H, e * act, T, H)
     if MODE == 1 or MODE == 3:
         lr = lr_ptr + rt
         lr0 = tl.load(lr, mask=rt < T, other=0.0)[:, None]
@@ -67,21 +78,21 @@ def swiglu_epilogue(
         a = e * act
         b = e * up * dact
         if MODE == 1:
-            _store(a_ptr, rt, rh, s_at, 0, lr0 * b, T, H)
-            _store(a_ptr, rt, rh, s_at, H, lr2 * a, T, H)
-            _store(b_ptr, rt, rh, s_bt, 0, lr1 * hidden, T, H)
+            store_tile(a_ptr, rt, rh, s_at, 0, lr0 * b, T, H)
+            store_tile(a_ptr, rt, rh, s_at, H, lr2 * a, T, H)
+            store_tile(b_ptr, rt, rh, s_bt, 0, lr1 * hidden, T, H)
         else:
             h_bar = lr1 * h_raw
             a_bar = lr2 * a_raw
             b_bar = lr0 * b_raw
             d2act = sig * (1.0 - sig) * (2.0 + gate * (1.0 - 2.0 * sig))  # silu''(gate)
             g_bar = (h_bar * up + a_bar * e) * dact + b_bar * e * up * d2act
-            _store(a_ptr, rt, rh, s_at, 0, g_bar, T, H)
-            _store(a_ptr, rt, rh, s_at, H, h_bar * act + b_bar * e * dact, T, H)
-            _store(a_ptr, rt, rh, s_at, 2 * H, lr0 * b, T, H)
-            _store(a_ptr, rt, rh, s_at, 3 * H, lr2 * a, T, H)
-            _store(b_ptr, rt, rh, s_bt, 0, a_bar * act + b_bar * up * dact, T, H)
-            _store(b_ptr, rt, rh, s_bt, H, lr1 * hidden, T, H)
+            store_tile(a_ptr, rt, rh, s_at, 0, g_bar, T, H)
+            store_tile(a_ptr, rt, rh, s_at, H, h_bar * act + b_bar * e * dact, T, H)
+            store_tile(a_ptr, rt, rh, s_at, 2 * H, lr0 * b, T, H)
+            store_tile(a_ptr, rt, rh, s_at, 3 * H, lr2 * a, T, H)
+            store_tile(b_ptr, rt, rh, s_bt, 0, a_bar * act + b_bar * up * dact, T, H)
+            store_tile(b_ptr, rt, rh, s_bt, H, lr1 * hidden, T, H)
             tl.store(dlr_ptr + rt, tl.sum(b_raw * b, axis=1), mask=rt < T)
             tl.store(dlr_ptr + s_dk + rt, tl.sum(h_raw * hidden, axis=1), mask=rt < T)
             tl.store(dlr_ptr + 2 * s_dk + rt, tl.sum(a_raw * a, axis=1), mask=rt < T)
@@ -112,6 +123,7 @@ class TokenStage(NamedTuple):
     out_a: Tensor
     out_b: Tensor
     saved: Projections | None = None  # the forward's projections, for a backward mode to reuse
+    keep: bool = False  # a forward mode hands its projections back (the fused kernel stores them)
 
     def launch(self, block_t: int, block_h: int) -> tuple[tuple[int, int], Tensor, tuple[int, int, int]]:
         """(grid, rate-gradient output, its strides over batch, rate and hidden tile). STEP_BWD's

@@ -22,19 +22,10 @@ from refine_tasks.kernels.lact.triton_swiglu_epilogue import (
     STEP_BWD,
     Projections,
     TokenStage,
+    load_tile,
     swiglu_epilogue,
     tile_of_program,
 )
-
-
-@triton.jit
-def _tile(ptr, rt, rh, row_stride, col0, T, H):
-    """Columns [col0, col0 + H) of a row-major [T, *] matrix, this tile's part, as float32."""
-    return tl.load(
-        ptr + rt[:, None] * row_stride + col0 + rh[None, :],
-        mask=(rt[:, None] < T) & (rh[None, :] < H),
-        other=0.0,
-    ).to(tl.float32)
 
 
 @triton.jit
@@ -45,18 +36,18 @@ def _swiglu_split_kernel(
 ):  # fmt: skip
     bid, h_tile, rt, rh = tile_of_program(H, BLOCK_T, BLOCK_H)
     p_ptr += bid * s_pb
-    gate = _tile(p_ptr, rt, rh, s_pt, 0, T, H)
-    up = _tile(p_ptr, rt, rh, s_pt, H, T, H)
+    gate = load_tile(p_ptr, rt, rh, s_pt, 0, T, H)
+    up = load_tile(p_ptr, rt, rh, s_pt, H, T, H)
     e = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
     b_raw = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
     a_raw = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
     h_raw = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
     if MODE != 0:
-        e = _tile(e_ptr + bid * s_eb, rt, rh, s_et, 0, T, H)
+        e = load_tile(e_ptr + bid * s_eb, rt, rh, s_et, 0, T, H)
     if MODE == 3:
-        b_raw = _tile(q_ptr + bid * s_qb, rt, rh, s_qt, 0, T, H)
-        a_raw = _tile(q_ptr + bid * s_qb, rt, rh, s_qt, H, T, H)
-        h_raw = _tile(r_ptr + bid * s_rb, rt, rh, s_rt, 0, T, H)
+        b_raw = load_tile(q_ptr + bid * s_qb, rt, rh, s_qt, 0, T, H)
+        a_raw = load_tile(q_ptr + bid * s_qb, rt, rh, s_qt, H, T, H)
+        h_raw = load_tile(r_ptr + bid * s_rb, rt, rh, s_rt, 0, T, H)
     swiglu_epilogue(
         gate, up, e, b_raw, a_raw, h_raw, rt, rh, T, H,
         lr_ptr + bid * s_lrb, s_lrk, out_a_ptr + bid * s_ab, s_at, out_b_ptr + bid * s_bb, s_bt,
