@@ -357,6 +357,13 @@ def check_and_time_layer(run: Run, rate: float) -> None:
                 f"profile {'_'.join(variant)}",
                 lambda v=variant: profile_layer(run, fast_in, chunk, grad_o, v),
             )
+        for variant in {default, ("cublas", "mixed", "sequence"), ("cublas", "split", "sequence")} & set(
+            eager
+        ):
+            run.phase(
+                f"host profile {'_'.join(variant)}",
+                lambda v=variant: host_profile(run, fast_in, chunk, grad_o, v),
+            )
         graph = GraphTimes(run, fast_in, chunk, grad_o, flops, rate, shape)
         run.later.extend(lambda v=v: graph.time(v, v == default) for v in eager)
         run.later.append(graph.summary)
@@ -419,6 +426,48 @@ def profile_layer(
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
     (run.out / f"profile_{tag}.txt").write_text(table)
     print(f"[profile] {tag}\n" + "\n".join(table.splitlines()[:18]), flush=True)
+
+
+def host_profile(
+    run: Run, inputs: list[torch.Tensor], chunk: int, grad_o: torch.Tensor, variant: tuple[str, ...]
+) -> None:
+    """Where the host's time goes in eager fwd+bwd (cProfile over 5 passes, to
+    OUT/host_<variant>.txt), and how long launching takes against the GPU's finishing: launching
+    close to the whole pass means the pass is host-bound."""
+    import cProfile
+    import io
+    import pstats
+
+    tag = use_variant(variant)
+    layer_pass(inputs, "triton", chunk, grad_o, False)
+    torch.cuda.synchronize()
+    launch, total = [], []
+    for _ in range(5):
+        for x in inputs:
+            x.grad = None
+        start = time.perf_counter()
+        layer_pass(inputs, "triton", chunk, grad_o, False)
+        launch.append(time.perf_counter() - start)
+        torch.cuda.synchronize()
+        total.append(time.perf_counter() - start)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(5):
+        for x in inputs:
+            x.grad = None
+        layer_pass(inputs, "triton", chunk, grad_o, False)
+    torch.cuda.synchronize()
+    profiler.disable()
+    for x in inputs:
+        x.grad = None
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(35)
+    stats.sort_stats("cumulative").print_stats(35)
+    host, wall = statistics.median(launch) * 1e3, statistics.median(total) * 1e3
+    head = f"{tag}: launching {host:.2f} ms of a {wall:.2f} ms pass (medians of 5, no profiler)\n"
+    (run.out / f"host_{tag}.txt").write_text(head + text.getvalue())
+    print(f"[host] {head}", flush=True)
 
 
 class GraphTimes:
