@@ -3,7 +3,8 @@ whole paper-760m model's training throughput, in one run.
 
 1. The card's bf16 matmul rate (8192^3, random data), the yardstick of `lact_fastweight_util`.
 2. Sweep of the SwiGLU token stage's block shapes, per mode and path (fused / split), on one
-   chunk; the fastest of each is kept, and `mixed` takes the faster path per mode (sweep.txt).
+   chunk; the fastest block shape of each is kept (sweep.txt, which also names the faster path per
+   mode; `mixed` keeps the code's choice, which counts launches too: the layer is host-bound).
 3. Every variant of the kernels (REFINE_LACT_GEMM x REFINE_LACT_SWIGLU x REFINE_LACT_LOOP):
    checked (bf16 kernels vs the float32 torch reference on the same bf16-rounded inputs: the
    fast-weight layer at the 760M shapes, D = H = 384, 4 batch x 4 heads, L = 16K, chunk 2048,
@@ -117,33 +118,14 @@ def matmul_rate(run: Run) -> float:
 
 
 # Candidate (BLOCK_T, BLOCK_H, BLOCK_D, num_warps, num_stages) of the fused SwiGLU kernel per mode as
-# the layer runs it in training: forward modes keeping their projections, backward modes reading
-# them back (APPLY_BWD then holds one accumulator, STEP_BWD three). Large tiles may spill registers
-# or run out of shared memory (a failure skips the candidate).
-_FORWARD = [
-    (128, 64, 64, 8, 3),
-    (128, 64, 64, 8, 2),
-    (128, 128, 64, 8, 3),
-    (128, 128, 32, 8, 4),
-    (64, 128, 64, 4, 3),
-]
+# the fused path runs it (backward modes recomputing the projections). Large tiles may spill
+# registers or run out of shared memory (a failure skips the candidate).
+_FORWARD = [(128, 64, 64, 8, 3), (128, 64, 64, 8, 2), (128, 128, 32, 8, 4), (64, 128, 64, 4, 3)]
 SWEEP_FUSED = {
     0: _FORWARD,
     1: _FORWARD,
-    2: [
-        (128, 64, 64, 8, 3),
-        (128, 128, 64, 8, 3),
-        (128, 128, 32, 8, 4),
-        (64, 128, 64, 4, 3),
-        (128, 64, 64, 4, 3),
-    ],
-    3: [
-        (64, 64, 64, 8, 3),
-        (128, 64, 64, 8, 3),
-        (128, 64, 32, 8, 4),
-        (64, 128, 32, 8, 3),
-        (64, 64, 64, 4, 3),
-    ],
+    2: [(128, 64, 64, 8, 3), (128, 64, 64, 8, 2), (128, 128, 32, 8, 4), (64, 128, 64, 4, 3)],
+    3: [(64, 64, 64, 8, 3), (64, 64, 64, 8, 2), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3)],
 }
 # (BLOCK_T, BLOCK_H, num_warps) of the split path's element-wise kernel, the same for every mode
 SWEEP_SPLIT = [(32, 128, 4), (16, 128, 4), (64, 128, 8)]
@@ -169,24 +151,20 @@ def sweep_swiglu(run: Run) -> None:
     w02, w1 = randn(batch, 2 * d, d, scale=d**-0.5), randn(batch, d, d, scale=d**-0.5)
     g02, g1 = randn(batch, 2 * d, d), randn(batch, d, d)
     lrs = torch.rand(batch, 3, t, generator=g).to(run.device) * 0.01
-    # the backward modes get the forward modes' projections, as in the layer (the split path
-    # reuses them, the fused kernel ignores them); rates below stay per nominal FLOPs of the mode
+    # each path as the layer runs it: the split backward modes read the forward modes'
+    # projections, the fused ones recompute them; rates below stay per nominal FLOPs of the mode
     os.environ[ts.SWIGLU_ENV] = "split"
     saved_q = ts.swiglu_tokens(0, x, w02, w1).projections
     saved_kv = ts.swiglu_tokens(1, x, w02, w1, y=y, lrs=lrs).projections
-    args = {
-        0: {"keep": True},
-        1: {"y": y, "lrs": lrs, "keep": True},
-        2: {"y": y, "saved": saved_q},
-        3: {"y": y, "lrs": lrs, "g02": g02, "g1": g1, "saved": saved_kv},
-    }
+    args = {0: {}, 1: {"y": y, "lrs": lrs}, 2: {"y": y}, 3: {"y": y, "lrs": lrs, "g02": g02, "g1": g1}}
+    split_args = {**args, 2: {**args[2], "saved": saved_q}, 3: {**args[3], "saved": saved_kv}}
     lines = []
-    candidates = {  # path: (its config table, the table's key for a mode, candidates per mode)
-        "fused": (CONFIGS, lambda mode: (mode, mode in (2, 3)), SWEEP_FUSED),
-        "split": (SPLIT_CONFIGS, lambda mode: mode, {mode: SWEEP_SPLIT for mode in MODE_UNITS}),
+    candidates = {  # path: (its config table, the table's key for a mode, candidates per mode, args)
+        "fused": (CONFIGS, lambda mode: (mode, False), SWEEP_FUSED, args),
+        "split": (SPLIT_CONFIGS, lambda mode: mode, {mode: SWEEP_SPLIT for mode in MODE_UNITS}, split_args),
     }
     best: dict[int, dict[str, float]] = {mode: {} for mode in MODE_UNITS}
-    for path, (table, key, sweep) in candidates.items():
+    for path, (table, key, sweep, path_args) in candidates.items():
         os.environ[ts.SWIGLU_ENV] = path
         for mode, configs in sweep.items():
             times = {}
@@ -194,7 +172,7 @@ def sweep_swiglu(run: Run) -> None:
                 table[key(mode)] = cfg
                 try:
                     times[cfg] = run.time_ms(
-                        lambda m=mode: ts.swiglu_tokens(m, x, w02, w1, **args[m]), rep=100
+                        lambda a=path_args[mode], m=mode: ts.swiglu_tokens(m, x, w02, w1, **a), rep=100
                     )
                 except Exception as e:  # a candidate that fails to compile or launch is skipped
                     lines.append(f"{path} mode {mode} {cfg}: {type(e).__name__}: {str(e)[:80]}")
@@ -207,8 +185,10 @@ def sweep_swiglu(run: Run) -> None:
             lines.append(f"{path} mode {mode} chosen {table[key(mode)]}")
     del os.environ[ts.SWIGLU_ENV]
     for mode, by_path in best.items():
-        ts.MIXED[mode] = min(by_path, key=by_path.get) if by_path else ts.MIXED[mode]
-    lines.append(f"mixed: {ts.MIXED}")
+        if by_path:
+            lines.append(
+                f"mode {mode} faster on {min(by_path, key=by_path.get)}; mixed runs {ts.MIXED[mode]}"
+            )
     (run.out / "sweep.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
@@ -532,11 +512,16 @@ class GraphTimes:
         )
 
 
-def time_model(run: Run) -> None:
+def time_model(run: Run, variant: tuple[str, ...] | None = None) -> None:
+    """The training step with the kernels the code picks by default (plain metric names), or with
+    `variant`'s switches (names suffixed with it)."""
     preset, seq = ("tiny", 64) if run.dry else ("paper-760m", 16384)
     for name in switches():  # the kernels the code picks by default, not the last variant timed
         os.environ.pop(name, None)
-    print(f"[time] {preset} training step, 1 x {seq}", flush=True)
+    suffix = "" if variant is None else "_" + use_variant(variant)
+    if not run.dry:
+        torch.cuda.empty_cache()  # the previous model's blocks
+    print(f"[time] {preset} training step, 1 x {seq}{suffix}", flush=True)
     torch.manual_seed(0)
     dtype = torch.float32 if run.dry else torch.bfloat16
     with run.device:  # initialise on the device: a CPU init of 760M parameters takes longer than the steps
@@ -565,10 +550,11 @@ def time_model(run: Run) -> None:
     params = sum(p.numel() for p in model.parameters()) / 1e6
     ok = all(math.isfinite(x) for x in losses)
     note = f"{preset} ({params:.0f}M params), bf16 weights, 1x{seq}, fwd+bwd, no optimizer; loss {losses[-1]:.3f}"
-    run.emit("lact_760m_tok_s", seq / sec, "tokens/s", note, "PASS" if ok else "FAIL (non-finite loss)")
-    run.emit("lact_760m_step_ms", sec * 1e3, "ms", note)
+    verdict = "PASS" if ok else "FAIL (non-finite loss)"
+    run.emit(f"lact_760m_tok_s{suffix}", seq / sec, "tokens/s", note, verdict)
+    run.emit(f"lact_760m_step_ms{suffix}", sec * 1e3, "ms", note)
     if not run.dry:
-        run.emit("lact_760m_peak_gib", torch.cuda.max_memory_allocated() / 2**30, "GiB", note)
+        run.emit(f"lact_760m_peak_gib{suffix}", torch.cuda.max_memory_allocated() / 2**30, "GiB", note)
 
 
 def main() -> int:
@@ -586,6 +572,8 @@ def main() -> int:
     for fn in run.later:
         run.phase("CUDA-graph layer timing", fn)
     run.phase("paper-760m training step", lambda: time_model(run))
+    for variant in (("cublas", "fused", "sequence"), ("cublas", "mixed", "sequence")):
+        run.phase(f"paper-760m training step {'_'.join(variant)}", lambda v=variant: time_model(run, v))
     print(f"\n{'metric':<42} {'value':>18}  verdict")
     for name, value, verdict in ROWS:
         print(f"{name:<42} {value:>18}  {verdict}")

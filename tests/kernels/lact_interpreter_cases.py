@@ -22,6 +22,7 @@ from refine_tasks.kernels.lact.triton_sequence import LOOP_ENV
 from refine_tasks.kernels.lact.triton_swiglu import (
     APPLY,
     APPLY_BWD,
+    MIXED,
     STEP,
     STEP_BWD,
     SWIGLU_ENV,
@@ -112,8 +113,13 @@ def test_split_swiglu_equals_fused_kernel(mode, gemm, monkeypatch):
     for g, w in zip(got[:3], want[:3], strict=True):
         if w is not None:
             assert g.shape == w.shape and rel(g, w) < 1e-5
-    if mode in (APPLY, STEP):  # asked to keep them, the fused kernel stores the same projections
+    if mode in (APPLY, STEP):
+        # keeping them pays only for a split backward mode: under `fused` nothing is kept; under
+        # `mixed` the fused forward kernel stores the same projections as the split path
         monkeypatch.setenv(SWIGLU_ENV, "fused")
+        assert swiglu_tokens(mode, x, w02, w1, **extra, keep=True).projections is None
+        monkeypatch.setenv(SWIGLU_ENV, "mixed")
+        assert MIXED[mode] == "fused"
         kept = swiglu_tokens(mode, x, w02, w1, **extra, keep=True)
         assert rel(kept.out_a, want.out_a) < 1e-6
         assert rel(kept.projections.p, got.projections.p) < 1e-5
@@ -121,21 +127,28 @@ def test_split_swiglu_equals_fused_kernel(mode, gemm, monkeypatch):
         if mode == STEP:
             assert rel(kept.projections.e, got.projections.e) < 1e-5
     if mode in (APPLY_BWD, STEP_BWD):
-        # the forward mode's projections of the same tokens, handed to the backward mode on each
-        # path: the same outputs; zeroed ones change them, so they are read, not recomputed
+        # the forward mode's projections of the same tokens (kept by the fused kernel), handed to
+        # the backward mode on each path: the same outputs; zeroed ones change them, so they are
+        # read, not recomputed
         forward = APPLY if mode == APPLY_BWD else STEP
+        monkeypatch.setenv(SWIGLU_ENV, "mixed")
+        saved = swiglu_tokens(forward, x, w02, w1, y=y, lrs=lrs, keep=True).projections
+        zeroed = Projections(
+            torch.zeros_like(saved.p), None if saved.e is None else torch.zeros_like(saved.e)
+        )
         for path in ("split", "fused"):
             monkeypatch.setenv(SWIGLU_ENV, path)
-            saved = swiglu_tokens(forward, x, w02, w1, y=y, lrs=lrs, keep=True).projections
             reused = swiglu_tokens(mode, x, w02, w1, **extra, saved=saved)
             for g, w in zip(reused[:3], want[:3], strict=True):
                 if w is not None:
                     assert rel(g, w) < 1e-5, path
-            zeroed = Projections(
-                torch.zeros_like(saved.p), None if saved.e is None else torch.zeros_like(saved.e)
-            )
             spoiled = swiglu_tokens(mode, x, w02, w1, **extra, saved=zeroed).out_a
             assert rel(spoiled, want.out_a) > 0.5, path
+        if mode == STEP_BWD:  # rate gradients written into a given view of a larger tensor
+            whole = torch.full((batch, 3, t + 5), float("nan"))
+            into = swiglu_tokens(mode, x, w02, w1, **extra, rate_grads=whole[:, :, 5:]).rate_grads
+            assert into.data_ptr() == whole[:, :, 5:].data_ptr()
+            assert rel(whole[:, :, 5:], want.rate_grads) < 1e-5 and whole[:, :, :5].isnan().all()
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,10 @@ Functions (`triton_ops`) and the whole-sequence one (`triton_sequence`).
 Matmul operands run in the activations' dtype with float32 accumulation; weights, steps and
 weight gradients are float32 in the packed layout of `triton_state`. When a gradient will be
 asked for (`keep`), the forward hands back the projections of its tokens onto the hidden layer
-(`triton_swiglu.Projections`: 5H values a token, in the activations' dtype), which the Functions
-save beside the chunk's inputs and the backward reads instead of recomputing them. Outputs and input gradients can be written into given
-tensors (views of whole-sequence buffers), so no concatenation joins the chunks.
+where the backward reads them (`triton_swiglu.Projections`: 5H values a token, in the
+activations' dtype), and the Functions save them beside the chunk's inputs. Outputs and input
+gradients can be written into given tensors (views of whole-sequence buffers), so no
+concatenation joins the chunks.
 """
 
 from __future__ import annotations
@@ -78,17 +79,18 @@ def chunk_backward(
     grad_o: Tensor | None,
     grad_step: Tensor | None,
     grad_w: Tensor | None,
-    into: tuple[Tensor, Tensor, Tensor] | None = None,
+    into: tuple[Tensor | None, Tensor, Tensor, Tensor] | None = None,
     saved_q: Projections | None = None,
     saved_kv: Projections | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """(dq, dk, dv, drates [B, 3, C], dW packed) of o = f(q) and the step from (k, v, rates); dW is
     added onto grad_w when given (in place). k is None for a chunk that only applies; grad_step is
-    packed in the operand's dtype. `into`: (dq, dk, dv) tensors to write the input gradients into
-    (those that get none are left as they are). saved_q, saved_kv: the forward's projections of
+    packed in the operand's dtype. `into`: (dq, dk, dv, drates) tensors to write the input
+    gradients into (those that get none are left as they are). saved_q, saved_kv: the forward's
+    projections of
     q and of (k, v), reused where the split path runs."""
     w02, w1 = lay.split(operand)
-    dq_into, dk_into, dv_into = (None, None, None) if into is None else into
+    dq_into, dk_into, dv_into, dlr_into = (None,) * 4 if into is None else into
     dq = dk = dv = dlr = None
     prods02: list[tuple[Tensor, Tensor]] = []  # (a, b): dW02 += a^T b
     prods1: list[tuple[Tensor, Tensor]] = []
@@ -101,7 +103,9 @@ def chunk_backward(
     if k is not None and grad_step is not None:
         g02, g1 = lay.split(grad_step)
         # a: [g_bar | u_bar | lr0 b | lr2 a], b: [e_bar | lr1 h] for every key token
-        a, b, dlr, _ = swiglu_tokens(STEP_BWD, k, w02, w1, y=v, lrs=rates, g02=g02, g1=g1, saved=saved_kv)
+        a, b, dlr, _ = swiglu_tokens(
+            STEP_BWD, k, w02, w1, y=v, lrs=rates, g02=g02, g1=g1, saved=saved_kv, rate_grads=dlr_into
+        )
         h = lay.h
         dk = bmm(a[..., : 2 * h], w02, _into(dk_into, k), a[..., 2 * h :], g02)
         dv = bmm(b[..., :h], w1.transpose(1, 2), _into(dv_into, v), b[..., h:], g1.transpose(1, 2))

@@ -96,7 +96,7 @@ class Sequence(Function):
                 grad_o[:, tail],
                 None,
                 gw,
-                (dq[:, tail], dk, dv),
+                (dq[:, tail], dk, dv, drates),
                 passes.as_projections(last_q, None),
             )
         gnorms = torch.zeros_like(norms)
@@ -111,13 +111,12 @@ class Sequence(Function):
             gnorms += gnorm
             if ggates is not None:
                 ggates[:, c] = ggate
-            _, _, _, dlr, gw = passes.chunk_backward(
+            *_, gw = passes.chunk_backward(
                 lay, q[:, part], k[:, part], v[:, part], rates[:, :, part], operand,
                 None if grad_o is None else grad_o[:, part], gstep, gw,
-                (None if dq is None else dq[:, part], dk[:, part], dv[:, part]),
+                (None if dq is None else dq[:, part], dk[:, part], dv[:, part], drates[:, :, part]),
                 passes.as_projections(q_p, None), passes.as_projections(k_p, v_e),
             )  # fmt: skip
-            drates[:, :, part] = dlr
         return dq, dk, dv, drates, ggates, gw, None, gm, gnorms, None, None, None, None
 
 

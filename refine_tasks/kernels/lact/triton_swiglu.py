@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from refine_tasks.kernels.lact.triton_launch import variant
@@ -40,11 +41,13 @@ from refine_tasks.kernels.lact.triton_swiglu_split import swiglu_split
 
 SWIGLU_ENV = "REFINE_LACT_SWIGLU"
 SWIGLU_PATHS = {"fused": swiglu_fused, "split": swiglu_split}
-# `mixed`: the path per mode. Estimated, not yet measured: the split path's round trip through
-# memory costs least against the fused kernel's small tiles where the fused kernel holds the most
-# accumulators (STEP_BWD six, STEP and APPLY_BWD three); APPLY (two) stays fused.
-# benchmarks/gpu_lact.py's sweep re-picks each mode by time in its run.
-MIXED: dict[int, str] = {APPLY: "fused", STEP: "split", APPLY_BWD: "split", STEP_BWD: "split"}
+# `mixed`: the path per mode. Measured on an H100 at the 760M chunk shape (benchmarks/RESULTS.md,
+# 2026-11-26): the forward modes are about as fast on either path (APPLY 68 vs 71 us, STEP 130 vs
+# 123 us, keeping their projections) and the fused one is one launch; the backward modes read the
+# kept projections back, and the split path does that faster (APPLY_BWD 81 vs 108 us, STEP_BWD 195
+# vs 266 us). benchmarks/gpu_lact.py's sweep re-picks each mode by time in its run.
+MIXED: dict[int, str] = {APPLY: "fused", STEP: "fused", APPLY_BWD: "split", STEP_BWD: "split"}
+BACKWARD_OF = {APPLY: APPLY_BWD, STEP: STEP_BWD}
 
 __all__ = [
     "APPLY",
@@ -75,6 +78,11 @@ def swiglu_path() -> str:
     return variant(SWIGLU_ENV, (*SWIGLU_PATHS, "mixed"), "fused")
 
 
+def mode_path(mode: int, path: str) -> str:
+    """The path (`fused` or `split`) that runs `mode` under the switch's value `path`."""
+    return MIXED[mode] if path == "mixed" else path
+
+
 def swiglu_tokens(
     mode: int,
     x: Tensor,
@@ -86,14 +94,17 @@ def swiglu_tokens(
     g1: Tensor | None = None,
     saved: Projections | None = None,
     keep: bool = False,
+    rate_grads: Tensor | None = None,
 ) -> TokenOutputs:
     """Run one mode over x [B, T, D] (inner stride 1). w02 = [W0; W2] [B, 2H, D], w1 [B, D, H]
     (x's dtype; each batch row's matrix dense, batch stride free: views of the packed state);
     y [B, T, D]; lrs [B, 3, T] float32 (lr0, lr1, lr2); g02 [B, 2H, D], g1 [B, D, H] the step's
     incoming gradients (STEP_BWD, laid out as w02, w1); saved: the forward mode's projections
-    (APPLY's for APPLY_BWD, STEP's for STEP_BWD), read back instead of recomputed; keep: APPLY
-    and STEP hand their projections back (training; the split path always does). Returns
-    `TokenOutputs`."""
+    (APPLY's for APPLY_BWD, STEP's for STEP_BWD), read back instead of recomputed; keep: a
+    gradient will follow, so APPLY and STEP hand back their projections where the matching
+    backward mode runs on the split path (the fused backward modes recompute them as fast as they
+    read them; the split path's forward hands them back in any case); rate_grads: a [B, 3, T]
+    tensor (a view will do) for STEP_BWD's rate gradients. Returns `TokenOutputs`."""
     batch, t, d = x.shape
     h = w1.shape[2]
     if w02.shape != (batch, 2 * h, d) or w1.shape != (batch, d, h):
@@ -115,8 +126,9 @@ def swiglu_tokens(
                 f"swiglu_tokens: {name} {tuple(m.shape)} strides {m.stride()}: each matrix must be dense"
             )
     path = swiglu_path()
-    run = SWIGLU_PATHS[MIXED[mode] if path == "mixed" else path]
-    dlr, projections = run(TokenStage(mode, x, y, w02, w1, g02, g1, lrs, out_a, out_b, saved, keep))
-    return TokenOutputs(
-        out_a, out_b if width_b else None, dlr.sum(2) if mode == STEP_BWD else None, projections
-    )
+    keep = keep and mode in BACKWARD_OF and mode_path(BACKWARD_OF[mode], path) == "split"
+    stage = TokenStage(mode, x, y, w02, w1, g02, g1, lrs, out_a, out_b, saved, keep)
+    dlr, projections = SWIGLU_PATHS[mode_path(mode, path)](stage)
+    if mode == STEP_BWD:  # per hidden tile [B, 3, tiles, T]: summed here, in a fixed order
+        rate_grads = torch.sum(dlr, 2, out=rate_grads) if rate_grads is not None else dlr.sum(2)
+    return TokenOutputs(out_a, out_b if width_b else None, rate_grads, projections)

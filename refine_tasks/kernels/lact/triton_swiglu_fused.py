@@ -1,13 +1,13 @@
 """The fused SwiGLU token kernel: a tile of tokens against a tile of the hidden layer, in one pass.
 
 The projections run on the tensor cores into float32 accumulators, then the shared epilogue
-(`triton_swiglu_epilogue`) writes the mode's outputs. A forward mode asked to keep its
-projections (training: the backward will need them) also stores g, u (and e for STEP) in x's
-dtype; a backward mode handed them reads them instead of recomputing them. Recomputing would
-hold up to six accumulators per tile (STEP_BWD: g, u, e and the three step-gradient products),
-which caps the tile size; with the saved ones STEP_BWD holds three and APPLY_BWD one, and the
-backward does no more matmul work than its nominal count. Measured on an H100 at the 760M chunk
-shape (benchmarks/RESULTS.md): see `CONFIGS`.
+(`triton_swiglu_epilogue`) writes the mode's outputs. Recomputing, STEP_BWD holds six
+accumulators per tile (g, u, e and the three step-gradient products), which caps the tile size.
+A forward mode asked to keep its projections also stores g, u (and e for STEP) in x's dtype, and
+a backward mode handed them reads them instead of recomputing them (STEP_BWD then holds three
+accumulators, APPLY_BWD one). On an H100 that was no faster for the fused backward modes (their
+epilogues, not their products, set the pace), so the layer keeps projections only for the split
+path's backward modes (`triton_swiglu.MIXED`).
 """
 
 from __future__ import annotations
@@ -120,15 +120,15 @@ def _swiglu_tokens_kernel(
 
 
 # (BLOCK_T, BLOCK_H, BLOCK_D, num_warps, num_stages) per (mode, projections read back) on the GPU:
-# the fastest of benchmarks/gpu_lact.py's sweep at the 760M chunk shape (it re-picks them in its
-# run). Recomputing backward modes (saved projections absent) keep their earlier H100 picks.
+# the fastest of benchmarks/gpu_lact.py's sweeps on an H100 at the 760M chunk shape (it re-picks the
+# recomputing ones in its run; the two reading back were swept on 2026-11-26: 107 and 266 us).
 CONFIGS: dict[tuple[int, bool], tuple[int, int, int, int, int]] = {
     (APPLY, False): (128, 64, 64, 8, 3),
     (STEP, False): (128, 128, 32, 8, 4),
     (APPLY_BWD, False): (128, 64, 64, 8, 3),
     (STEP_BWD, False): (64, 64, 64, 8, 3),
     (APPLY_BWD, True): (128, 64, 64, 8, 3),
-    (STEP_BWD, True): (128, 64, 64, 8, 3),
+    (STEP_BWD, True): (64, 64, 64, 8, 3),
 }
 
 
