@@ -130,6 +130,7 @@ SWEEP_FUSED = {
 # (BLOCK_T, BLOCK_H, num_warps) of the split path's element-wise kernel, the same for every mode
 SWEEP_SPLIT = [(32, 128, 4), (16, 128, 4), (64, 128, 8)]
 MODE_UNITS = {0: 2, 1: 3, 2: 3, 3: 6}  # matmuls of T x D x H per mode
+MODE_NAMES = {0: "apply", 1: "step", 2: "apply_bwd", 3: "step_bwd"}
 
 
 def sweep_swiglu(run: Run) -> None:
@@ -151,22 +152,43 @@ def sweep_swiglu(run: Run) -> None:
     w02, w1 = randn(batch, 2 * d, d, scale=d**-0.5), randn(batch, d, d, scale=d**-0.5)
     g02, g1 = randn(batch, 2 * d, d), randn(batch, d, d)
     lrs = torch.rand(batch, 3, t, generator=g).to(run.device) * 0.01
-    # each path as the layer runs it: the split backward modes read the forward modes'
-    # projections, the fused ones recompute them; rates below stay per nominal FLOPs of the mode
+    # each path as the layer runs it (`fused`: recomputing; `split`: the backward modes reading the
+    # forward modes' projections back), and `fused-kept`: the fused kernel keeping them (as under
+    # `mixed`) and reading them back; rates below stay per nominal FLOPs of the mode
     os.environ[ts.SWIGLU_ENV] = "split"
     saved_q = ts.swiglu_tokens(0, x, w02, w1).projections
     saved_kv = ts.swiglu_tokens(1, x, w02, w1, y=y, lrs=lrs).projections
     args = {0: {}, 1: {"y": y, "lrs": lrs}, 2: {"y": y}, 3: {"y": y, "lrs": lrs, "g02": g02, "g1": g1}}
-    split_args = {**args, 2: {**args[2], "saved": saved_q}, 3: {**args[3], "saved": saved_kv}}
+    kept_args = {
+        0: {"keep": True},
+        1: {**args[1], "keep": True},
+        2: {**args[2], "saved": saved_q},
+        3: {**args[3], "saved": saved_kv},
+    }
+    fused_kept = {mode: [CONFIGS[mode, mode in (2, 3)]] for mode in MODE_UNITS}  # the tables' picks
     lines = []
-    candidates = {  # path: (its config table, the table's key for a mode, candidates per mode, args)
-        "fused": (CONFIGS, lambda mode: (mode, False), SWEEP_FUSED, args),
-        "split": (SPLIT_CONFIGS, lambda mode: mode, {mode: SWEEP_SPLIT for mode in MODE_UNITS}, split_args),
+    # path: (the switch per mode, its config table, the table's key for a mode, candidates, args)
+    candidates = {
+        "fused": (lambda mode: "fused", CONFIGS, lambda mode: (mode, False), SWEEP_FUSED, args),
+        "split": (
+            lambda mode: "split",
+            SPLIT_CONFIGS,
+            lambda mode: mode,
+            {mode: SWEEP_SPLIT for mode in MODE_UNITS},
+            kept_args,
+        ),
+        "fused-kept": (
+            lambda mode: "mixed" if mode in (0, 1) else "fused",  # mixed: fused forward modes keep
+            CONFIGS,
+            lambda mode: (mode, mode in (2, 3)),
+            fused_kept,
+            kept_args,
+        ),
     }
     best: dict[int, dict[str, float]] = {mode: {} for mode in MODE_UNITS}
-    for path, (table, key, sweep, path_args) in candidates.items():
-        os.environ[ts.SWIGLU_ENV] = path
+    for path, (switch, table, key, sweep, path_args) in candidates.items():
         for mode, configs in sweep.items():
+            os.environ[ts.SWIGLU_ENV] = switch(mode)
             times = {}
             for cfg in configs:
                 table[key(mode)] = cfg
@@ -182,6 +204,12 @@ def sweep_swiglu(run: Run) -> None:
             if times:  # else the table keeps its entry
                 table[key(mode)] = min(times, key=times.get)
                 best[mode][path] = times[table[key(mode)]]
+                run.emit(
+                    f"lact_swiglu_{MODE_NAMES[mode]}_us_{path.replace('-', '_')}",
+                    best[mode][path] * 1e3,
+                    "us",
+                    f"one chunk, 16 batch x heads x 2048 tokens, D=H=384; block {table[key(mode)]}",
+                )
             lines.append(f"{path} mode {mode} chosen {table[key(mode)]}")
     del os.environ[ts.SWIGLU_ENV]
     for mode, by_path in best.items():

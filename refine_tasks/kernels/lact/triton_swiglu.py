@@ -41,11 +41,11 @@ from refine_tasks.kernels.lact.triton_swiglu_split import swiglu_split
 
 SWIGLU_ENV = "REFINE_LACT_SWIGLU"
 SWIGLU_PATHS = {"fused": swiglu_fused, "split": swiglu_split}
-# `mixed`: the path per mode. Measured on an H100 at the 760M chunk shape (benchmarks/RESULTS.md,
-# 2026-11-26): the forward modes are about as fast on either path (APPLY 68 vs 71 us, STEP 130 vs
-# 123 us, keeping their projections) and the fused one is one launch; the backward modes read the
-# kept projections back, and the split path does that faster (APPLY_BWD 81 vs 108 us, STEP_BWD 195
-# vs 266 us). benchmarks/gpu_lact.py's sweep re-picks each mode by time in its run.
+# `mixed`: the path per mode. Measured per mode on an H100 at the 760M chunk shape
+# (benchmarks/RESULTS.md, lact_swiglu_<mode>_us_<path>): the forward modes are about as fast on
+# either path keeping their projections, and the fused one is a single launch (the layer is
+# host-bound once the split path's GEMMs add theirs); the backward modes read the kept projections
+# back faster on the split path than in the fused kernel, whose epilogue then sets its pace.
 MIXED: dict[int, str] = {APPLY: "fused", STEP: "fused", APPLY_BWD: "split", STEP_BWD: "split"}
 BACKWARD_OF = {APPLY: APPLY_BWD, STEP: STEP_BWD}
 
