@@ -4,9 +4,9 @@ Matmul operands run in the activations' dtype (bf16 in training, float32 in inte
 with float32 accumulation; fast weights, steps, momentum and all weight gradients stay float32, in
 the packed layout of `triton_state` ([W0; W2; W1] per row). An updating chunk without Muon is ONE
 Function (apply, step, update); its backward adds the apply's and step's weight gradients onto the
-update's in the matmul that makes them. Each chunk's inputs, weights and step are saved, and,
-when any gradient is needed, the projections of its tokens (`triton_passes`). Gradients that autograd does not
-deliver (None) switch kernel paths off instead of being filled with zeros.
+update's in the matmul that makes them. Each chunk's inputs, weights and step are saved, and the
+projections of its tokens where the backward reads them back (`triton_passes`). Gradients that
+autograd does not deliver (None) switch kernel paths off instead of being filled with zeros.
 """
 
 from __future__ import annotations

@@ -87,8 +87,7 @@ def chunk_backward(
     added onto grad_w when given (in place). k is None for a chunk that only applies; grad_step is
     packed in the operand's dtype. `into`: (dq, dk, dv, drates) tensors to write the input
     gradients into (those that get none are left as they are). saved_q, saved_kv: the forward's
-    projections of
-    q and of (k, v), reused where the split path runs."""
+    projections of q and of (k, v), read back instead of recomputed."""
     w02, w1 = lay.split(operand)
     dq_into, dk_into, dv_into, dlr_into = (None,) * 4 if into is None else into
     dq = dk = dv = dlr = None
