@@ -81,18 +81,22 @@ def _chain_bwd_kernel(
 
 
 @triton.jit
+def _block_program(block_start, block_len, block_row, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr):
+    """A correction program's place: (head, the block's token indices, their mask, key and value
+    index vectors, the block's state row), from program ids (block, head)."""
+    blk, h = tl.program_id(0), tl.program_id(1)
+    rt = tl.load(block_start + blk) + tl.arange(0, BT)
+    mask_t = tl.arange(0, BT)[:, None] < tl.load(block_len + blk)
+    return h, rt, mask_t, tl.arange(0, K), tl.arange(0, V), tl.load(block_row + blk)
+
+
+@triton.jit
 def _correction_fwd_kernel(
     out, response, chains, o, block_start, block_len, block_row,
     s_ot, s_oh, s_rt, s_rh, s_cr, s_ch, s_ck, s_yt, s_yh,
     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
-    blk, h = tl.program_id(0), tl.program_id(1)
-    t0 = tl.load(block_start + blk)
-    rt = t0 + tl.arange(0, BT)
-    mask_t = tl.arange(0, BT)[:, None] < tl.load(block_len + blk)
-    rk = tl.arange(0, K)
-    rv = tl.arange(0, V)
-    row = tl.load(block_row + blk)
+    h, rt, mask_t, rk, rv, row = _block_program(block_start, block_len, block_row, K, V, BT)
     r = tl.load(response + rt[:, None] * s_rt + h * s_rh + rk[None, :], mask=mask_t, other=0.0)
     s = tl.load(chains + row * s_cr + h * s_ch + rk[:, None] * s_ck + rv[None, :]).to(r.dtype)
     acc = tl.dot(r, s, input_precision="ieee" if IEEE else "tf32")
@@ -106,13 +110,7 @@ def _correction_bwd_tokens_kernel(
     s_gt, s_gh, s_cr, s_ch, s_ck, s_xt, s_xh,
     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
-    blk, h = tl.program_id(0), tl.program_id(1)
-    t0 = tl.load(block_start + blk)
-    rt = t0 + tl.arange(0, BT)
-    mask_t = tl.arange(0, BT)[:, None] < tl.load(block_len + blk)
-    rk = tl.arange(0, K)
-    rv = tl.arange(0, V)
-    row = tl.load(block_row + blk)
+    h, rt, mask_t, rk, rv, row = _block_program(block_start, block_len, block_row, K, V, BT)
     g = tl.load(grad_o + rt[:, None] * s_gt + h * s_gh + rv[None, :], mask=mask_t, other=0.0).to(
         grad_out.dtype.element_ty
     )

@@ -143,7 +143,7 @@ def swiglu_fused(s: TokenStage) -> tuple[Tensor, Projections | None]:
     for APPLY and STEP with `s.keep`, the projections for the backward to read back."""
     batch, t, d = s.x.shape
     h = s.w1.shape[2]
-    keep = s.keep and s.mode in (APPLY, STEP)
+    keep = s.keep  # swiglu_tokens sets it for forward modes only
     saved = s.saved is not None and s.mode in (APPLY_BWD, STEP_BWD)
     if saved and s.mode == STEP_BWD and s.saved.e is None:
         raise ValueError("swiglu_fused: STEP_BWD reads back both projections (p and e); e is missing")
