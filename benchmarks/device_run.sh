@@ -13,7 +13,7 @@
 #   refine-torch, refine-small-torch  the same with REFINE_STATE_CHAIN=torch (the chain's torch path)
 #   profile      profile_refine_step.py                     (phases + top ops; $PROFILE_MODES, $PROFILE_SHAPE;
 #                                                             PROFILE_TRACE=1: Chrome traces with Python frames)
-#   lact         gpu_lact.py                               (LaCT kernels, layer, paper-760m)
+#   lact         gpu_lact.py                               (LaCT kernels, layer, attention, paper-760m; $LACT_PHASES)
 # Carry: .whl .whl_lead or .whl_min (wheels the image lacks; .whl_min without DuckDB, enough for the
 # GPU benchmarks) and the Triton cache tarball folders named in TC_DIRS (default .tc; git-ignored).
 set -u
@@ -46,7 +46,7 @@ run_step() {
             --check-tokens "${CHECK_TOKENS:-2048}" --budget-s $((limit - 60)) --reps 20 ${REFINE_MODES:+--modes $REFINE_MODES} ;;
         profile) timeout "$limit" python3 benchmarks/profile_refine_step.py --out "$dir" --shape "${PROFILE_SHAPE:-paper-1.3b}" \
             --modes "${PROFILE_MODES:-ntp,fused_precomputed,fused-eager_precomputed}" --warmup 1 ${PROFILE_TRACE:+--trace} ;;
-        lact) timeout "$limit" python3 benchmarks/gpu_lact.py --out "$dir" --budget-s $((limit - 60)) ;;
+        lact) timeout "$limit" python3 benchmarks/gpu_lact.py --out "$dir" --budget-s $((limit - 60)) ${LACT_PHASES:+--phases $LACT_PHASES} ;;
         *) echo "unknown step $step" ;;
     esac
     echo "==== $step exit $? $(date -u +%H:%M:%S)"

@@ -1,11 +1,12 @@
 """LaCT on the GPU: our Triton fast-weight kernels checked and timed at the 760M shapes, then the
 whole paper-760m model's training throughput, in one run.
 
+Phases (--phases; the matmul rate always runs):
 1. The card's bf16 matmul rate (8192^3, random data), the yardstick of `lact_fastweight_util`.
-2. Sweep of the SwiGLU token stage's block shapes, per mode and path (fused / split), on one
+2. Sweep (`sweep`) of the SwiGLU token stage's block shapes, per mode and path (fused / split), on one
    chunk; the fastest block shape of each is kept (sweep.txt, which also names the faster path per
    mode; `mixed` keeps the code's choice, which counts launches too: the layer is host-bound).
-3. Every variant of the kernels (REFINE_LACT_GEMM x REFINE_LACT_SWIGLU x REFINE_LACT_LOOP):
+3. Every variant (`layer`) of the kernels (REFINE_LACT_GEMM x REFINE_LACT_SWIGLU x REFINE_LACT_LOOP):
    checked (bf16 kernels vs the float32 torch reference on the same bf16-rounded inputs: the
    fast-weight layer at the 760M shapes, D = H = 384, 4 batch x 4 heads, L = 16K, chunk 2048,
    momentum on; outputs, final fast weights and every input's gradient), timed fwd+bwd (median,
@@ -15,12 +16,18 @@ whole paper-760m model's training throughput, in one run.
    matmul rate it reaches (`lact_fastweight_util`): 3 x the forward's FLOPs, 18*D*H*C*B per
    updating chunk and 6*D*H*C*B for the apply-only last chunk (LaCT's own count), over the time
    and the rate.
-4. The same fwd+bwd replayed from a CUDA graph, every variant (`lact_fastweight_util_graph_<variant>`,
+4. The cuBLAS bound (`bound`): the pass's matmuls alone on cuBLAS, from a CUDA graph
+   (`lact_fastweight_util_cublas_bound`: the most a pass built from cuBLAS products could reach).
+5. LaCT's sliding-window attention at paper-760m's shapes (`attention`), fwd+bwd, on the `band`
+   (SDPA) and `flex` (FlexAttention) paths, each checked against the float32 band path.
+6. The same fwd+bwd replayed from a CUDA graph, every variant (`lact_fastweight_util_graph_<variant>`,
    `lact_fastweight_util_graph` for the default, `lact_fastweight_util_graph_best`).
-5. paper-760m, bf16 weights, 1 x 16384 tokens, default kernels: forward with labels + backward
-   (`lact_760m_tok_s`) and its peak memory (`lact_760m_peak_gib`; no optimizer state).
+7. paper-760m, bf16 weights, 1 x 16384 tokens (`model`), default kernels: forward with labels +
+   backward (`lact_760m_tok_s`), its peak memory (`lact_760m_peak_gib`; no optimizer state) and
+   each kernel's GPU time (profile_760m.txt); then with band attention and other kernel variants.
 
     python benchmarks/gpu_lact.py --out $OUT              # on the device machine
+    python benchmarks/gpu_lact.py --out $OUT --phases attention,model   # some phases (default all)
     python benchmarks/gpu_lact.py --out /tmp/x --dry-run  # logic check on a CPU (tiny shapes, interpreter)
 
 Writes OUT/results.jsonl (import with `python benchmarks/record.py --import`) and prints a table.
@@ -540,13 +547,135 @@ class GraphTimes:
         )
 
 
-def time_model(run: Run, variant: tuple[str, ...] | None = None) -> None:
+def time_window_attention(run: Run) -> None:
+    """LaCT's sliding-window attention at paper-760m's shapes (1 x 16384 tokens, 24 heads of 64,
+    window 2048, bf16), fwd+bwd on each path; each path's output and input gradients against the
+    float32 `band` path on the same bf16-rounded inputs."""
+    from refine_tasks.models.lact_attention import ATTENTION_ENV, ATTENTION_PATHS, sliding_window_attention
+
+    n, t, heads, d, window = (1, 40, 2, 8, 8) if run.dry else (1, 16384, 24, 64, 2048)
+    shape = f"{n} x {t} tokens, {heads} heads of {d}, window {window}"
+    g = torch.Generator(device="cpu").manual_seed(4)
+    dtype = torch.float32 if run.dry else torch.bfloat16
+    base = [torch.randn(n, t, heads, d, generator=g).to(run.device, dtype) for _ in range(3)]
+    grad_o = torch.randn(n, t, heads, d, generator=g).to(run.device, dtype)
+    backward = not run.dry  # FlexAttention has no CPU backward
+
+    def attend(path: str, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        os.environ[ATTENTION_ENV] = path
+        o = sliding_window_attention(*xs, window)
+        if not backward:
+            return [o]
+        return [o, *torch.autograd.grad(o, xs, grad_o.to(o.dtype))]
+
+    ref = attend("band", [x.float().requires_grad_(backward) for x in base])
+    ms = {}
+    for path in ATTENTION_PATHS:
+        xs = [x.clone().requires_grad_(backward) for x in base]
+        got = attend(path, xs)
+        err = max(rel_err(a, b) for a, b in zip(got, ref, strict=True))
+        tol = 1e-4 if run.dry else 2e-2
+        what = "output and q, k, v grads" if backward else "output"
+        run.emit(
+            f"lact_window_attn_max_rel_err_{path}",
+            err,
+            "ratio",
+            f"{shape}; {what} vs float32 band",
+            "PASS" if err < tol else "FAIL",
+        )
+        ms[path] = run.time_ms(lambda p=path, xs=xs: attend(p, xs))
+        run.emit(
+            f"lact_window_attn_fwdbwd_ms_{path}",
+            ms[path],
+            "ms",
+            f"{shape}, {'fwd+bwd' if backward else 'fwd'}",
+        )
+    os.environ.pop(ATTENTION_ENV)
+    run.emit("lact_window_attn_flex_speedup", ms["band"] / ms["flex"], "x", f"band / flex, {shape}")
+
+
+def cublas_bound(run: Run, rate: float) -> None:
+    """A floor under the fast-weight pass on cuBLAS: every matmul of its fwd+bwd (at exactly the
+    FLOPs `lact_fastweight_util` counts, none recomputed) alone on torch.bmm, replayed from one CUDA
+    graph, with the element-wise work, the weight updates and the launches free. Its share of the
+    matmul rate is the most a pass built from cuBLAS products could reach (bound.txt: each product's
+    own rate)."""
+    batch, t, d, c = (4, 40, 16, 8) if run.dry else (16, 16384, 384, 2048)
+    h, updates = d, (t - 1) // c
+    # (m, k, n) per product, [m x k] @ [k x n] for each of `batch` streams; k = c or 2c: a weight
+    # gradient or step (token-major operands, the left one transposed), else tokens times a weight
+    updating = [
+        *[(c, d, 2 * h), (c, h, d), (c, d, 2 * h), (c, d, h), (2 * h, c, d), (d, c, h)],  # forward
+        *[(c, d, h), (c, 2 * h, d), (c, d, 2 * h), (c, d, h), (c, 4 * h, d), (c, 2 * h, d)],  # backward
+        *[(2 * h, 2 * c, d), (d, 2 * c, h)],  # the weight gradients, apply and step products together
+    ]
+    apply_only = [(c, d, 2 * h), (c, h, d), (c, d, h), (c, 2 * h, d), (2 * h, c, d), (d, c, h)]
+    dtype = torch.float32 if run.dry else torch.bfloat16
+
+    def operands(m: int, k: int, n: int) -> tuple[torch.Tensor, ...]:
+        a = (
+            torch.randn(batch, k, m, device=run.device, dtype=dtype).transpose(1, 2)
+            if k >= c
+            else (torch.randn(batch, m, k, device=run.device, dtype=dtype))
+        )
+        b = (
+            torch.randn(batch, n, k, device=run.device, dtype=dtype).transpose(1, 2)
+            if k < c
+            else (torch.randn(batch, k, n, device=run.device, dtype=dtype))
+        )
+        return a, b, torch.empty(batch, m, n, device=run.device, dtype=dtype)
+
+    made = {shape: operands(*shape) for shape in {*updating, *apply_only}}
+    products = [made[s] for s in updating] * updates + [made[s] for s in apply_only] * (t > updates * c)
+    flops = sum(2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] for a, b, _ in products)
+
+    def replayable(items: list[tuple[torch.Tensor, ...]]) -> Callable[[], object]:
+        def run_all() -> None:
+            for a, b, out in items:
+                torch.bmm(a, b, out=out)
+
+        if run.dry:
+            return run_all
+        run_all()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run_all()
+        return graph.replay
+
+    lines = []
+    for (m, k, n), ops in sorted(made.items()):
+        reps = 10
+        ms = run.time_ms(replayable([ops] * reps), rep=100) / reps
+        lines.append(
+            f"[{m} x {k}] @ [{k} x {n}] x {batch}: {ms * 1e3:.1f} us, {2 * batch * m * k * n / ms / 1e9:.0f} TFLOP/s"
+        )
+    ms = run.time_ms(replayable(products), rep=200)
+    lines.append(f"whole pass: {len(products)} products, {flops / 1e9:.0f} GFLOP in {ms:.3f} ms")
+    (run.out / "bound.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    note = f"D=H={d}, {batch} batch x heads, L={t}, chunk {c}: {len(products)} cuBLAS products, graph replay"
+    run.emit("lact_fastweight_cublas_bound_ms", ms, "ms", note)
+    run.emit(
+        "lact_fastweight_util_cublas_bound", flops / (ms * 1e-3) / (rate * 1e12), "ratio", f"{note}; goal 0.5"
+    )
+
+
+def time_model(
+    run: Run, variant: tuple[str, ...] | None = None, attention: str | None = None, profile: bool = False
+) -> None:
     """The training step with the kernels the code picks by default (plain metric names), or with
-    `variant`'s switches (names suffixed with it)."""
+    `variant`'s switches or the `attention` path (names suffixed with them). `profile`: also each
+    kernel's GPU time in one step, to OUT/profile_760m.txt."""
+    from refine_tasks.models.lact_attention import ATTENTION_ENV
+
     preset, seq = ("tiny", 64) if run.dry else ("paper-760m", 16384)
-    for name in switches():  # the kernels the code picks by default, not the last variant timed
+    for name in (*switches(), ATTENTION_ENV):  # the code's defaults, not the last variant timed
         os.environ.pop(name, None)
     suffix = "" if variant is None else "_" + use_variant(variant)
+    if attention is not None:
+        os.environ[ATTENTION_ENV] = attention
+        suffix += f"_{attention}_attention"
     if not run.dry:
         torch.cuda.empty_cache()  # the previous model's blocks
     print(f"[time] {preset} training step, 1 x {seq}{suffix}", flush=True)
@@ -583,6 +712,27 @@ def time_model(run: Run, variant: tuple[str, ...] | None = None) -> None:
     run.emit(f"lact_760m_step_ms{suffix}", sec * 1e3, "ms", note)
     if not run.dry:
         run.emit(f"lact_760m_peak_gib{suffix}", torch.cuda.max_memory_allocated() / 2**30, "GiB", note)
+    if profile:
+        profile_step(run, step, f"{preset}{suffix}")
+    os.environ.pop(ATTENTION_ENV, None)
+
+
+def profile_step(run: Run, step: Callable[[], None], tag: str) -> None:
+    """Each kernel's own GPU time in one training step, most first, to OUT/profile_760m.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([] if run.dry else [ProfilerActivity.CUDA])
+    with profile(activities=activities) as prof:
+        step()
+        if not run.dry:
+            torch.cuda.synchronize()
+    sort = "self_cpu_time_total" if run.dry else "self_cuda_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90)
+    (run.out / "profile_760m.txt").write_text(f"{tag}, one training step\n{table}")
+    print(f"[profile] {tag}\n" + "\n".join(table.splitlines()[:30]), flush=True)
+
+
+PHASES = ("sweep", "layer", "attention", "bound", "model")
 
 
 def main() -> int:
@@ -592,16 +742,30 @@ def main() -> int:
     parser.add_argument(
         "--budget-s", type=float, default=540, help="skip the model phase past this many seconds"
     )
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)} (default: all)"
+    )
     args = parser.parse_args()
+    phases = args.phases.split(",")
+    if unknown := set(phases) - set(PHASES):
+        parser.error(f"--phases: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PHASES)}")
     run = Run(args)
     rate = matmul_rate(run)
-    run.phase("SwiGLU kernel block sweep", lambda: sweep_swiglu(run))
-    run.phase("fast-weight layer", lambda: check_and_time_layer(run, rate))
+    if "sweep" in phases:
+        run.phase("SwiGLU kernel block sweep", lambda: sweep_swiglu(run))
+    if "layer" in phases:
+        run.phase("fast-weight layer", lambda: check_and_time_layer(run, rate))
+    if "bound" in phases:
+        run.phase("cuBLAS bound", lambda: cublas_bound(run, rate))
+    if "attention" in phases:
+        run.phase("window attention", lambda: time_window_attention(run))
     for fn in run.later:
         run.phase("CUDA-graph layer timing", fn)
-    run.phase("paper-760m training step", lambda: time_model(run))
-    for variant in (("cublas", "fused", "sequence"), ("cublas", "mixed", "sequence")):
-        run.phase(f"paper-760m training step {'_'.join(variant)}", lambda v=variant: time_model(run, v))
+    if "model" in phases:
+        run.phase("paper-760m training step", lambda: time_model(run, profile=True))
+        run.phase("paper-760m training step, band attention", lambda: time_model(run, attention="band"))
+        for variant in (("cublas", "fused", "sequence"), ("cublas", "mixed", "sequence")):
+            run.phase(f"paper-760m training step {'_'.join(variant)}", lambda v=variant: time_model(run, v))
     print(f"\n{'metric':<42} {'value':>18}  verdict")
     for name, value, verdict in ROWS:
         print(f"{name:<42} {value:>18}  {verdict}")

@@ -1,15 +1,27 @@
-"""LaCT's attention half: rotary embeddings and causal sliding-window attention on torch SDPA.
+"""LaCT's attention half: rotary embeddings and causal sliding-window attention, with no flash-attn.
 
-The window is exact and needs no flash-attn: queries go in blocks of up to `window`, and each
-block attends to the keys it can see (its own span plus the window-1 keys before it) under a
-band mask, so the work is about twice the band's, never the full T x T square.
+Two exact paths, chosen per call by REFINE_LACT_ATTENTION (`band` or `flex`; default `flex` on
+CUDA, `band` elsewhere; `flex` takes only calls where every key is valid, `band` the rest):
+- `band` (torch SDPA, any device): queries go in blocks of up to `window`, and each block attends
+  to the keys it can see (its own span plus the window-1 keys before it) under a band mask, so the
+  work is about twice the band's, never the full T x T square. SDPA takes the mask as a dense bias,
+  which rules out its flash kernels.
+- `flex` (torch FlexAttention, compiled): one call over the whole sequence with a block-sparse
+  sliding-window mask, so only the band's tiles are computed. No per-stream key validity (a state
+  with an unfilled window goes on `band`); its backward needs a GPU.
 """
 
 from __future__ import annotations
 
+import os
+from functools import cache
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+ATTENTION_ENV = "REFINE_LACT_ATTENTION"
+ATTENTION_PATHS = ("band", "flex")
 
 
 def rotary(x: Tensor, positions: Tensor, theta: float) -> Tensor:
@@ -21,6 +33,17 @@ def rotary(x: Tensor, positions: Tensor, theta: float) -> Tensor:
     cos, sin = angles.cos(), angles.sin()
     x1, x2 = x.to(dtype).chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def attention_path(q: Tensor, key_valid: Tensor | None) -> str:
+    """`band` or `flex` for this call. REFINE_LACT_ATTENTION names the path (default: `flex` on
+    CUDA, `band` elsewhere); `flex` applies where every key is valid, `band` takes the rest."""
+    value = os.environ.get(ATTENTION_ENV, "flex" if q.is_cuda else "band")
+    if value not in ATTENTION_PATHS:
+        raise ValueError(
+            f"environment variable {ATTENTION_ENV}={value!r}: expected one of {', '.join(ATTENTION_PATHS)}"
+        )
+    return "flex" if value == "flex" and key_valid is None else "band"
 
 
 def sliding_window_attention(
@@ -38,6 +61,8 @@ def sliding_window_attention(
         raise ValueError(
             f"sliding_window_attention: {s} keys for {t} queries; need at least one key per query"
         )
+    if attention_path(q, key_valid) == "flex":
+        return flex_window_attention(q, k, v, window)
     if key_valid is None:
         key_valid = torch.ones(n, s, dtype=torch.bool, device=q.device)
     # Exactly window-1 keys before the first query: query t's keys are then [t, t + window - 1].
@@ -68,3 +93,36 @@ def sliding_window_attention(
         .permute(0, 1, 3, 2, 4)
         .reshape(n, n_blocks * block, heads, d)[:, :t]
     )
+
+
+def flex_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
+    """`sliding_window_attention` on FlexAttention, every key valid (shapes as there)."""
+    t, s = q.shape[1], k.shape[1]
+    mask = _window_mask(t, s, window, q.device)
+    o = _flex(q.is_cuda)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask)
+    return o.transpose(1, 2)
+
+
+@cache
+def _flex(compiled: bool):
+    """FlexAttention: compiled for CUDA tensors (a second sequence length recompiles it for any
+    length); eager it computes every score and has no CPU backward, which is enough for the CPU
+    checks against `band`."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention) if compiled else flex_attention
+
+
+@cache
+def _window_mask(t: int, s: int, window: int, device: torch.device):
+    """The block mask of query i (absolute position s - t + i) seeing key j iff 0 <= s-t+i-j < window;
+    built once per shape (at L = 16K, 128 x 128 blocks)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    before = s - t
+
+    def visible(b, h, i, j):
+        ahead = before + i - j
+        return (ahead >= 0) & (ahead < window)
+
+    return create_block_mask(visible, None, None, t, s, device=device)
