@@ -661,21 +661,31 @@ def cublas_bound(run: Run, rate: float) -> None:
     )
 
 
-def time_model(
-    run: Run, variant: tuple[str, ...] | None = None, attention: str | None = None, profile: bool = False
-) -> None:
-    """The training step with the kernels the code picks by default (plain metric names), or with
-    `variant`'s switches or the `attention` path (names suffixed with them). `profile`: also each
-    kernel's GPU time in one step, to OUT/profile_760m.txt."""
+def model_switches() -> dict[str, str]:
+    """The model-level switches (beyond the kernels'), each with the metric suffix of its value."""
+    from refine_tasks.models.lact import COMPILE_ENV
     from refine_tasks.models.lact_attention import ATTENTION_ENV
 
+    return {ATTENTION_ENV: "{}_attention", COMPILE_ENV: "compile{}"}
+
+
+def time_model(
+    run: Run,
+    variant: tuple[str, ...] | None = None,
+    switch: tuple[str, str] | None = None,
+    profile: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The training step with what the code picks by default (plain metric names), or with
+    `variant`'s kernel switches or one model switch (env, value) (names suffixed with them).
+    `profile`: also each kernel's GPU time in one step, to OUT/profile_760m.txt. Returns the
+    parameters' gradients of the last step (bf16), for comparing paths."""
     preset, seq = ("tiny", 64) if run.dry else ("paper-760m", 16384)
-    for name in (*switches(), ATTENTION_ENV):  # the code's defaults, not the last variant timed
+    for name in (*switches(), *model_switches()):  # the code's defaults, not the last variant timed
         os.environ.pop(name, None)
     suffix = "" if variant is None else "_" + use_variant(variant)
-    if attention is not None:
-        os.environ[ATTENTION_ENV] = attention
-        suffix += f"_{attention}_attention"
+    if switch is not None:
+        os.environ[switch[0]] = switch[1]
+        suffix += "_" + model_switches()[switch[0]].format(switch[1])
     if not run.dry:
         torch.cuda.empty_cache()  # the previous model's blocks
     print(f"[time] {preset} training step, 1 x {seq}{suffix}", flush=True)
@@ -692,7 +702,9 @@ def time_model(
         out.loss.backward()
         losses.append(out.loss.item())
 
+    start = time.perf_counter()
     step()
+    first = time.perf_counter() - start
     if not run.dry:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -706,7 +718,10 @@ def time_model(
     sec = statistics.median(times)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     ok = all(math.isfinite(x) for x in losses)
-    note = f"{preset} ({params:.0f}M params), bf16 weights, 1x{seq}, fwd+bwd, no optimizer; loss {losses[-1]:.3f}"
+    note = (
+        f"{preset} ({params:.0f}M params), bf16 weights, 1x{seq}, fwd+bwd, no optimizer; loss {losses[-1]:.3f}; "
+        f"first step {first:.0f} s"
+    )
     verdict = "PASS" if ok else "FAIL (non-finite loss)"
     run.emit(f"lact_760m_tok_s{suffix}", seq / sec, "tokens/s", note, verdict)
     run.emit(f"lact_760m_step_ms{suffix}", sec * 1e3, "ms", note)
@@ -714,7 +729,28 @@ def time_model(
         run.emit(f"lact_760m_peak_gib{suffix}", torch.cuda.max_memory_allocated() / 2**30, "GiB", note)
     if profile:
         profile_step(run, step, f"{preset}{suffix}")
-    os.environ.pop(ATTENTION_ENV, None)
+    grads = {n: p.grad.to(torch.bfloat16) for n, p in model.named_parameters() if p.grad is not None}
+    for name in model_switches():
+        os.environ.pop(name, None)
+    return grads
+
+
+def compare_grads(
+    run: Run, metric: str, got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], what: str
+) -> None:
+    """The worst per-parameter relative error of `got` against `want` (same model, same step)."""
+    if got.keys() != want.keys():
+        raise RuntimeError(f"{metric}: the runs have gradients for different parameters")
+    errs = {n: rel_err(got[n], want[n]) for n in want}
+    worst = max(errs, key=errs.get)
+    tol = 1e-4 if run.dry else 5e-2
+    run.emit(
+        metric,
+        errs[worst],
+        "ratio",
+        f"{what}; worst parameter {worst}",
+        "PASS" if errs[worst] < tol else "FAIL",
+    )
 
 
 def profile_step(run: Run, step: Callable[[], None], tag: str) -> None:
@@ -730,6 +766,31 @@ def profile_step(run: Run, step: Callable[[], None], tag: str) -> None:
     table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90)
     (run.out / "profile_760m.txt").write_text(f"{tag}, one training step\n{table}")
     print(f"[profile] {tag}\n" + "\n".join(table.splitlines()[:30]), flush=True)
+
+
+def model_phase(run: Run) -> None:
+    """paper-760m's step as the code runs it (profiled), then with each model switch turned to its
+    other path (gradients compared with the default's), then other kernel variants."""
+    from refine_tasks.models.lact import COMPILE_ENV
+    from refine_tasks.models.lact_attention import ATTENTION_ENV
+
+    default = time_model(run, profile=True)
+    for env, value, what in (
+        (COMPILE_ENV, "0", "eager features vs compiled"),
+        (ATTENTION_ENV, "band", "band (SDPA) attention vs flex"),
+    ):
+        run.phase(
+            f"paper-760m training step, {env}={value}",
+            lambda e=env, v=value, w=what: compare_grads(
+                run,
+                f"lact_760m_grad_rel_err_{model_switches()[e].format(v)}",
+                time_model(run, switch=(e, v)),
+                default,
+                w,
+            ),
+        )
+    for variant in (("cublas", "mixed", "sequence"),):
+        run.phase(f"paper-760m training step {'_'.join(variant)}", lambda v=variant: time_model(run, v))
 
 
 PHASES = ("sweep", "layer", "attention", "bound", "model")
@@ -762,10 +823,7 @@ def main() -> int:
     for fn in run.later:
         run.phase("CUDA-graph layer timing", fn)
     if "model" in phases:
-        run.phase("paper-760m training step", lambda: time_model(run, profile=True))
-        run.phase("paper-760m training step, band attention", lambda: time_model(run, attention="band"))
-        for variant in (("cublas", "fused", "sequence"), ("cublas", "mixed", "sequence")):
-            run.phase(f"paper-760m training step {'_'.join(variant)}", lambda v=variant: time_model(run, v))
+        run.phase("paper-760m training step", lambda: model_phase(run))
     print(f"\n{'metric':<42} {'value':>18}  verdict")
     for name, value, verdict in ROWS:
         print(f"{name:<42} {value:>18}  {verdict}")

@@ -14,6 +14,8 @@ tokens and the attention window, so prefill / decode / forward_branched are exac
 from __future__ import annotations
 
 import math
+import os
+from functools import cache
 from typing import NamedTuple
 
 import torch
@@ -48,6 +50,20 @@ from refine_tasks.models.modeling import RMSNorm
 from refine_tasks.models.state import LayerState
 
 L2_EPS = 1e-5  # LaCT's l2_norm: x / (||x|| + eps)
+COMPILE_ENV = "REFINE_LACT_COMPILE"
+
+
+def compiled_features(x: Tensor) -> bool:
+    """Whether `forward` computes its per-token features compiled (torch.compile fuses their dozens
+    of element-wise ops, RoPE's above all, into a few kernels each way). REFINE_LACT_COMPILE=1 or 0;
+    default on for CUDA tensors outside CUDA-graph capture (a first call compiles). `step` (one
+    token) always runs them eagerly."""
+    value = os.environ.get(COMPILE_ENV)
+    if value is None:
+        return x.is_cuda and not torch.cuda.is_current_stream_capturing()
+    if value not in ("0", "1"):
+        raise ValueError(f"environment variable {COMPILE_ENV}={value!r}: expected 0 or 1")
+    return value == "1"
 
 
 class InitialFastWeight(nn.Module):
@@ -208,7 +224,8 @@ class LaCTMixer(TokenMixer):
     ) -> MixerOutput:  # fmt: skip
         B, T, _ = x.shape
         start = state["position"] if state is not None else torch.zeros(B, dtype=torch.long, device=x.device)
-        f = self._features(x, start[:, None] + torch.arange(T, device=x.device))
+        features = _compiled_features() if compiled_features(x) else LaCTMixer._features
+        f = features(self, x, start[:, None] + torch.arange(T, device=x.device))
         window = self.opts.window_size
         keys, values, valid, history = f.ak, f.av, None, 0
         if state is not None:
@@ -317,6 +334,8 @@ class LaCTMixer(TokenMixer):
         Rows whose new tokens all stay inside their chunk, when no state is asked for, only apply."""
         B, T = f.fq.shape[:2]
         c = self.opts.lact_chunk_size
+        if state is None:  # every row starts at a chunk edge with no pending tokens: one group, in order
+            return self._run_group(f, None, None, 0, capture, want_final, backend)
         offset = start % c
         simple = (offset + T <= c) & (state is not None and capture is None and not want_final)
         groups = [(simple.nonzero()[:, 0], None)] if bool(simple.any()) else []
@@ -352,18 +371,19 @@ class LaCTMixer(TokenMixer):
         self,
         f: Features,
         state: LayerState | None,
-        idx: Tensor,
+        idx: Tensor | None,
         n: int,
         capture: Tensor | None,
         want_final: bool,
         backend: Backend,
     ):
-        G, T = len(idx), f.fq.shape[1]
+        G, T = f.fq.shape[0] if idx is None else len(idx), f.fq.shape[1]
         h, c = self.heads, self.opts.lact_chunk_size
         momentum_on = self.opts.use_momentum
+        device = f.fq.device
 
-        def rows(t: Tensor) -> Tensor:
-            return t.index_select(0, idx)
+        def rows(t: Tensor) -> Tensor:  # idx None: every row, in order (no copy)
+            return t if idx is None else t.index_select(0, idx)
 
         # token sequences per (row, head), pending tokens first: k, v [G, h, E, d], lr [G, h, 3, E], gate [G, h, E]
         ext = {
@@ -389,7 +409,7 @@ class LaCTMixer(TokenMixer):
         else:
             weights = fast_weights(state, idx)
             momentum = fast_weights(state, idx, MOMENTA) if momentum_on else None
-        ends = (n + capture.index_select(0, idx)) if capture is not None else None
+        ends = (n + rows(capture)) if capture is not None else None
         keep = set(torch.div(ends, c, rounding_mode="floor").unique().tolist()) if ends is not None else set()
         last_edge = E % c == 0 and (want_final or (ends is not None and bool((ends == E).any())))
         cd = self._compute_dtype(f.fq.dtype, backend)
@@ -438,9 +458,16 @@ class LaCTMixer(TokenMixer):
             )
             captured = cut(ends, [trace.at[k] for k in kept], pick)
         if want_final:
-            at = torch.full((G, 1), E, device=idx.device)
+            at = torch.full((G, 1), E, device=device)
             final = cut(at, [trace.final], torch.zeros_like(at))
         return out, captured, final
+
+
+@cache
+def _compiled_features():
+    """`LaCTMixer._features` compiled once for every layer (the module is an input, so the layers
+    share one graph)."""
+    return torch.compile(LaCTMixer._features)
 
 
 def _merge(parts: list[dict[str, Tensor] | None], order: Tensor) -> dict[str, Tensor]:

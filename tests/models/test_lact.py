@@ -164,3 +164,25 @@ def test_bad_lact_options_are_named():
         build_model("tiny", VOCAB, mixer="lact", window_size=1)
     with pytest.raises(ValueError, match="num_attn_heads"):
         build_model("tiny", VOCAB, mixer="lact", num_attn_heads=3)
+
+
+@pytest.mark.slow
+def test_compiled_features_equal_eager(lact64, ids, monkeypatch):
+    """REFINE_LACT_COMPILE=1 (torch.compile of the per-token features, the CUDA default) gives the
+    eager loss and gradients, with the prefill's captured states."""
+    from refine_tasks.models import lact
+
+    results = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv(lact.COMPILE_ENV, flag)
+        lact64.zero_grad(set_to_none=True)
+        out = lact64(input_ids=ids, labels=ids)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in lact64.named_parameters() if p.grad is not None}
+        results.append((out.loss.detach(), grads))
+    assert lact._compiled_features.cache_info().currsize == 1  # the compiled path ran
+    (loss0, grads0), (loss1, grads1) = results
+    assert torch.isfinite(loss0) and abs(loss1 - loss0) <= 1e-12 * abs(loss0)
+    assert grads0.keys() == grads1.keys() and any("qk_scale" in n for n in grads0)
+    for name, g in grads0.items():
+        assert rel_err(grads1[name], g) < 1e-10, name
