@@ -738,19 +738,19 @@ def time_model(
 def compare_grads(
     run: Run, metric: str, got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], what: str
 ) -> None:
-    """The worst per-parameter relative error of `got` against `want` (same model, same step)."""
+    """The relative error of all of `got`'s parameter gradients against `want`'s (same model, same
+    step), as one vector: bf16 rounding alone leaves single small gradients (a bias summed over 16K
+    tokens) tens of percent apart, so the worst parameter is only named in the note."""
     if got.keys() != want.keys():
         raise RuntimeError(f"{metric}: the runs have gradients for different parameters")
-    errs = {n: rel_err(got[n], want[n]) for n in want}
-    worst = max(errs, key=errs.get)
-    tol = 1e-4 if run.dry else 5e-2
-    run.emit(
-        metric,
-        errs[worst],
-        "ratio",
-        f"{what}; worst parameter {worst}",
-        "PASS" if errs[worst] < tol else "FAIL",
-    )
+    diff = sum((got[n].double() - want[n].double()).norm() ** 2 for n in want)
+    size = sum(want[n].double().norm() ** 2 for n in want)
+    err = (diff / size).sqrt().item()
+    each = {n: rel_err(got[n], want[n]) for n in want}
+    worst = max(each, key=each.get)
+    tol = 1e-4 if run.dry else 3e-2
+    note = f"{what}; all {len(want)} parameters as one vector; worst single one {worst} {each[worst]:.3f}"
+    run.emit(metric, err, "ratio", note, "PASS" if err < tol else "FAIL")
 
 
 def profile_step(run: Run, step: Callable[[], None], tag: str) -> None:
