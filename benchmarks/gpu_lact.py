@@ -55,6 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.record import FigureLog  # noqa: E402
 from refine_tasks.kernels.lact import FastWeights, lact_fast_weight  # noqa: E402
 from refine_tasks.models import build_model  # noqa: E402
+from refine_tasks.models.lact import COMPILE_ENV  # noqa: E402
+from refine_tasks.models.lact_attention import ATTENTION_ENV, ATTENTION_PATHS, sliding_window_attention  # noqa: E402
 
 COMMAND = "python benchmarks/gpu_lact.py"
 ROWS: list[tuple[str, str, str]] = []
@@ -551,8 +553,6 @@ def time_window_attention(run: Run) -> None:
     """LaCT's sliding-window attention at paper-760m's shapes (1 x 16384 tokens, 24 heads of 64,
     window 2048, bf16), fwd+bwd on each path; each path's output and input gradients against the
     float32 `band` path on the same bf16-rounded inputs."""
-    from refine_tasks.models.lact_attention import ATTENTION_ENV, ATTENTION_PATHS, sliding_window_attention
-
     n, t, heads, d, window = (1, 40, 2, 8, 8) if run.dry else (1, 16384, 24, 64, 2048)
     shape = f"{n} x {t} tokens, {heads} heads of {d}, window {window}"
     g = torch.Generator(device="cpu").manual_seed(4)
@@ -661,12 +661,42 @@ def cublas_bound(run: Run, rate: float) -> None:
     )
 
 
-def model_switches() -> dict[str, str]:
-    """The model-level switches (beyond the kernels'), each with the metric suffix of its value."""
-    from refine_tasks.models.lact import COMPILE_ENV
-    from refine_tasks.models.lact_attention import ATTENTION_ENV
+# the model-level switches (beyond the kernels'), each with the metric suffix of its value, and
+# each one's non-default path
+MODEL_SWITCHES = {ATTENTION_ENV: "{}_attention", COMPILE_ENV: "compile{}"}
+OTHER_PATHS = ((COMPILE_ENV, "0"), (ATTENTION_ENV, "band"))
 
-    return {ATTENTION_ENV: "{}_attention", COMPILE_ENV: "compile{}"}
+
+def set_switches(variant: tuple[str, ...] | None, switch: tuple[str, str] | None) -> str:
+    """Clear every switch (the code's defaults), then set `variant`'s kernel switches and one model
+    switch (env, value); returns the metric suffix naming them ("" for the defaults)."""
+    for name in (*switches(), *MODEL_SWITCHES):
+        os.environ.pop(name, None)
+    suffix = "" if variant is None else "_" + use_variant(variant)
+    if switch is not None:
+        os.environ[switch[0]] = switch[1]
+        suffix += "_" + MODEL_SWITCHES[switch[0]].format(switch[1])
+    return suffix
+
+
+def model_step(run: Run, dtype: torch.dtype, seq: int, **overrides: object):
+    """A paper-760m model (tiny on a dry run; `overrides` set config fields) in `dtype` on the
+    device, seed 0, and its training step on fixed token ids: step() -> loss."""
+    preset = "tiny" if run.dry else "paper-760m"
+    if not run.dry:
+        torch.cuda.empty_cache()  # the previous model's blocks
+    torch.manual_seed(0)
+    with run.device:  # initialise on the device: a CPU init of 760M parameters takes longer than the steps
+        model = build_model(preset, 32000, mixer="lact", **overrides).to(dtype)
+    ids = torch.randint(0, 32000, (1, seq), generator=torch.Generator().manual_seed(1)).to(run.device)
+
+    def step() -> float:
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        return out.loss.item()
+
+    return model, step
 
 
 def time_model(
@@ -674,33 +704,18 @@ def time_model(
     variant: tuple[str, ...] | None = None,
     switch: tuple[str, str] | None = None,
     profile: bool = False,
-) -> dict[str, torch.Tensor]:
+) -> None:
     """The training step with what the code picks by default (plain metric names), or with
     `variant`'s kernel switches or one model switch (env, value) (names suffixed with them).
-    `profile`: also each kernel's GPU time in one step, to OUT/profile_760m.txt. Returns the
-    parameters' gradients of the last step (bf16), for comparing paths."""
+    `profile`: also each kernel's GPU time in one step, to OUT/profile_760m.txt."""
     preset, seq = ("tiny", 64) if run.dry else ("paper-760m", 16384)
-    for name in (*switches(), *model_switches()):  # the code's defaults, not the last variant timed
-        os.environ.pop(name, None)
-    suffix = "" if variant is None else "_" + use_variant(variant)
-    if switch is not None:
-        os.environ[switch[0]] = switch[1]
-        suffix += "_" + model_switches()[switch[0]].format(switch[1])
-    if not run.dry:
-        torch.cuda.empty_cache()  # the previous model's blocks
+    suffix = set_switches(variant, switch)
     print(f"[time] {preset} training step, 1 x {seq}{suffix}", flush=True)
-    torch.manual_seed(0)
-    dtype = torch.float32 if run.dry else torch.bfloat16
-    with run.device:  # initialise on the device: a CPU init of 760M parameters takes longer than the steps
-        model = build_model(preset, 32000, mixer="lact").to(dtype)
-    ids = torch.randint(0, 32000, (1, seq), generator=torch.Generator().manual_seed(1)).to(run.device)
+    model, train_step = model_step(run, torch.float32 if run.dry else torch.bfloat16, seq)
     losses = []
 
     def step() -> None:
-        model.zero_grad(set_to_none=True)
-        out = model(input_ids=ids, labels=ids)
-        out.loss.backward()
-        losses.append(out.loss.item())
+        losses.append(train_step())
 
     start = time.perf_counter()
     step()
@@ -729,18 +744,49 @@ def time_model(
         run.emit(f"lact_760m_peak_gib{suffix}", torch.cuda.max_memory_allocated() / 2**30, "GiB", note)
     if profile:
         profile_step(run, step, f"{preset}{suffix}")
-    grads = {n: p.grad.to(torch.bfloat16) for n, p in model.named_parameters() if p.grad is not None}
-    for name in model_switches():
-        os.environ.pop(name, None)
-    return grads
+    set_switches(None, None)
+
+
+def path_exactness(run: Run) -> None:
+    """Each model switch's other path against the default, on paper-760m cut to 2 layers (1 x 16384
+    tokens): in float32 the paths must agree (`lact_760m_2layer_fp32_grad_rel_err_<path>`; the
+    LaCT kernels' own TF32 products are common to both), and in bf16 each path's distance from
+    the float32 default is its rounding error (`..._bf16_...`; `default` for the default path)."""
+    seq = 64 if run.dry else 16384
+    paths = {"default": None, **{MODEL_SWITCHES[e].format(v): (e, v) for e, v in OTHER_PATHS}}
+    grads: dict[tuple[str, torch.dtype], dict[str, torch.Tensor]] = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        for name, switch in paths.items():
+            set_switches(None, switch)
+            print(f"[check] 2-layer model, {dtype}, {name}", flush=True)
+            model, step = model_step(run, dtype, seq, num_hidden_layers=2)
+            step()
+            grads[name, dtype] = {
+                n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None
+            }
+            del model, step
+    set_switches(None, None)
+    want = grads["default", torch.float32]
+    for name in paths:
+        for dtype, tag, tol in ((torch.float32, "fp32", 1e-3), (torch.bfloat16, "bf16", 1e-1)):
+            if name == "default" and dtype == torch.float32:
+                continue
+            compare_grads(
+                run,
+                f"lact_760m_2layer_{tag}_grad_rel_err_{name}",
+                grads[name, dtype],
+                want,
+                f"2-layer paper-760m, 1x{seq}, {tag} {name} path vs float32 default",
+                tol,
+            )
 
 
 def compare_grads(
-    run: Run, metric: str, got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], what: str
+    run: Run, metric: str, got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], what: str, tol: float
 ) -> None:
     """The relative error of all of `got`'s parameter gradients against `want`'s (same model, same
-    step), as one vector: bf16 rounding alone leaves single small gradients (a bias summed over 16K
-    tokens) tens of percent apart, so the worst parameter is only named in the note."""
+    step), as one vector, PASS below tol: bf16 rounding alone leaves single small gradients (a bias
+    summed over 16K tokens) tens of percent apart, so the worst parameter is only named in the note."""
     if got.keys() != want.keys():
         raise RuntimeError(f"{metric}: the runs have gradients for different parameters")
     diff = sum((got[n].double() - want[n].double()).norm() ** 2 for n in want)
@@ -748,7 +794,6 @@ def compare_grads(
     err = (diff / size).sqrt().item()
     each = {n: rel_err(got[n], want[n]) for n in want}
     worst = max(each, key=each.get)
-    tol = 1e-4 if run.dry else 3e-2
     note = f"{what}; all {len(want)} parameters as one vector; worst single one {worst} {each[worst]:.3f}"
     run.emit(metric, err, "ratio", note, "PASS" if err < tol else "FAIL")
 
@@ -769,28 +814,16 @@ def profile_step(run: Run, step: Callable[[], None], tag: str) -> None:
 
 
 def model_phase(run: Run) -> None:
-    """paper-760m's step as the code runs it (profiled), then with each model switch turned to its
-    other path (gradients compared with the default's), then other kernel variants."""
-    from refine_tasks.models.lact import COMPILE_ENV
-    from refine_tasks.models.lact_attention import ATTENTION_ENV
-
-    default = time_model(run, profile=True)
-    for env, value, what in (
-        (COMPILE_ENV, "0", "eager features vs compiled"),
-        (ATTENTION_ENV, "band", "band (SDPA) attention vs flex"),
-    ):
+    """paper-760m's step as the code runs it (profiled), with each model switch turned to its other
+    path, and with the `mixed` kernels; then the paths' exactness on a 2-layer cut."""
+    run.phase("paper-760m training step", lambda: time_model(run, profile=True))
+    for env, value in OTHER_PATHS:
         run.phase(
-            f"paper-760m training step, {env}={value}",
-            lambda e=env, v=value, w=what: compare_grads(
-                run,
-                f"lact_760m_grad_rel_err_{model_switches()[e].format(v)}",
-                time_model(run, switch=(e, v)),
-                default,
-                w,
-            ),
+            f"paper-760m training step, {env}={value}", lambda e=env, v=value: time_model(run, switch=(e, v))
         )
-    for variant in (("cublas", "mixed", "sequence"),):
-        run.phase(f"paper-760m training step {'_'.join(variant)}", lambda v=variant: time_model(run, v))
+    variant = ("cublas", "mixed", "sequence")
+    run.phase(f"paper-760m training step {'_'.join(variant)}", lambda: time_model(run, variant))
+    run.phase("model paths' exactness", lambda: path_exactness(run))
 
 
 PHASES = ("sweep", "layer", "attention", "bound", "model")
@@ -823,7 +856,7 @@ def main() -> int:
     for fn in run.later:
         run.phase("CUDA-graph layer timing", fn)
     if "model" in phases:
-        run.phase("paper-760m training step", lambda: model_phase(run))
+        model_phase(run)
     print(f"\n{'metric':<42} {'value':>18}  verdict")
     for name, value, verdict in ROWS:
         print(f"{name:<42} {value:>18}  {verdict}")
