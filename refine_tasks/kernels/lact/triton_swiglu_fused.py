@@ -132,10 +132,14 @@ CONFIGS: dict[tuple[int, bool], tuple[int, int, int, int, int]] = {
 }
 
 
-def _blocks(mode: int, saved: bool, t: int, h: int, d: int) -> tuple[int, int, int, int, int]:
+def _blocks(mode: int, saved: bool, t: int, h: int, d: int, itemsize: int) -> tuple[int, int, int, int, int]:
+    """The table's block shape for 2-byte operands; wider ones (float32) take a K step (BLOCK_D) as
+    many bytes wide, so a pipeline stage needs the same shared memory (a float32 model at D = 384
+    asked 320 KB of an H100's 227 KB with the bf16 shape)."""
     if interpreting():
         return pow2_block(t, 32), pow2_block(h, 32), pow2_block(d, 32), 4, 1
-    return CONFIGS[mode, saved]
+    block_t, block_h, block_d, warps, stages = CONFIGS[mode, saved]
+    return block_t, block_h, max(16, block_d * 2 // itemsize), warps, stages
 
 
 def swiglu_fused(s: TokenStage) -> tuple[Tensor, Projections | None]:
@@ -153,7 +157,7 @@ def swiglu_fused(s: TokenStage) -> tuple[Tensor, Projections | None]:
     else:
         p = s.saved.p if saved else s.out_a  # out_a stands in for a buffer the kernel never touches
         e = s.saved.e if saved and s.mode == STEP_BWD else p
-    block_t, block_h, block_d, warps, stages = _blocks(s.mode, saved, t, h, d)
+    block_t, block_h, block_d, warps, stages = _blocks(s.mode, saved, t, h, d, s.x.element_size())
     grid, dlr, dlr_strides = s.launch(block_t, block_h)
     _swiglu_tokens_kernel[grid](
         s.x, s.y, s.w02, s.w1, s.g02, s.g1, s.lrs, s.out_a, s.out_b, dlr, p, e,
