@@ -56,8 +56,8 @@ COMPILE_ENV = "REFINE_LACT_COMPILE"
 def compiled_features(x: Tensor) -> bool:
     """Whether `forward` computes its per-token features compiled (torch.compile fuses their dozens
     of element-wise ops, RoPE's above all, into a few kernels each way). REFINE_LACT_COMPILE=1 or 0;
-    default on for CUDA tensors outside CUDA-graph capture (a first call compiles). `step` (one
-    token) always runs them eagerly."""
+    default on for CUDA tensors outside CUDA-graph capture (a first call compiles). Only `forward`
+    without a state asks; with one, and in `step` (one token), they run eagerly."""
     value = os.environ.get(COMPILE_ENV)
     if value is None:
         return x.is_cuda and not torch.cuda.is_current_stream_capturing()
@@ -224,7 +224,9 @@ class LaCTMixer(TokenMixer):
     ) -> MixerOutput:  # fmt: skip
         B, T, _ = x.shape
         start = state["position"] if state is not None else torch.zeros(B, dtype=torch.long, device=x.device)
-        features = _compiled_features() if compiled_features(x) else LaCTMixer._features
+        # compiled only from a fresh start (training, prefill): calls that continue a state are
+        # short (rollouts, in CUDA-graph warm-ups too) and would each cost a compilation
+        features = _compiled_features() if state is None and compiled_features(x) else LaCTMixer._features
         f = features(self, x, start[:, None] + torch.arange(T, device=x.device))
         window = self.opts.window_size
         keys, values, valid, history = f.ak, f.av, None, 0
