@@ -331,15 +331,16 @@ class LaCTMixer(TokenMixer):
         backend: Backend,
     ) -> tuple[Tensor, dict | None, dict | None]:
         """Fast-weight output [B, T, heads, d] and the fast-weight parts of the captured / final
-        states. Rows are grouped by how many pending tokens their state holds; each group runs
-        the chunk schedule on (pending tokens + new tokens), which then starts at a chunk edge.
-        Rows whose new tokens all stay inside their chunk, when no state is asked for, only apply."""
+        states. Rows are grouped by how many pending tokens their state holds (without a state:
+        one group of every row); each group runs the chunk schedule on (pending tokens + new
+        tokens), which then starts at a chunk edge. Rows whose new tokens all stay inside their
+        chunk, when no state is asked for, only apply."""
         B, T = f.fq.shape[:2]
         c = self.opts.lact_chunk_size
-        if state is None:  # every row starts at a chunk edge with no pending tokens: one group, in order
+        if state is None:  # every row starts at a chunk edge with nothing pending
             return self._run_group(f, None, None, 0, capture, want_final, backend)
         offset = start % c
-        simple = (offset + T <= c) & (state is not None and capture is None and not want_final)
+        simple = (offset + T <= c) & (capture is None and not want_final)
         groups = [(simple.nonzero()[:, 0], None)] if bool(simple.any()) else []
         rest = offset.masked_fill(simple, -1)
         groups += [((rest == n).nonzero()[:, 0], n) for n in rest.unique().tolist() if n >= 0]
