@@ -28,6 +28,8 @@ Phases (--phases; the matmul rate always runs):
    `mixed` kernels.
 8. The model switches' exactness (`exact`) on paper-760m cut to 2 layers: each non-default path
    against the default in float32, and each path's bf16 gradients against the float32 default.
+9. ReFINE steps on the LaCT `small` model (`refine`): each fast mode against the naive one in
+   float32, then step times over NTP's under bf16 autocast.
 
     python benchmarks/gpu_lact.py --out $OUT              # on the device machine
     python benchmarks/gpu_lact.py --out $OUT --phases attention,model   # some phases (default all)
@@ -788,15 +790,57 @@ def compare_grads(
     """The relative error of all of `got`'s parameter gradients against `want`'s (same model, same
     step), as one vector, PASS below tol: bf16 rounding alone leaves single small gradients (a bias
     summed over 16K tokens) tens of percent apart, so the worst parameter is only named in the note."""
+    from benchmarks.gpu_refine_step import grads_rel_err
+
     if got.keys() != want.keys():
         raise RuntimeError(f"{metric}: the runs have gradients for different parameters")
-    diff = sum((got[n].double() - want[n].double()).norm() ** 2 for n in want)
-    size = sum(want[n].double().norm() ** 2 for n in want)
-    err = (diff / size).sqrt().item()
+    err = grads_rel_err([got[n] for n in want], list(want.values()))
     each = {n: rel_err(got[n], want[n]) for n in want}
     worst = max(each, key=each.get)
     note = f"{what}; all {len(want)} parameters as one vector; worst single one {worst} {each[worst]:.3f}"
     run.emit(metric, err, "ratio", note, "PASS" if err < tol else "FAIL")
+
+
+def refine_steps(run: Run) -> None:
+    """ReFINE on the LaCT `small` model (1 x 4096 tokens, 8 positions x 5-token rollouts, cached
+    positions), as `refine train` runs it on a GPU. First in float32 without autocast, each fast
+    mode's loss and gradients against the naive mode's, the reference way
+    (`lact_refine_grad_rel_err_<mode>`; the LaCT kernels multiply in TF32); then each mode's step
+    time under bf16 autocast over NTP's, timed interleaved (`lact_refine_over_ntp_<mode>`)."""
+    import contextlib
+
+    from benchmarks.gpu_refine_step import StepBench, grads_rel_err
+
+    preset, tokens = ("tiny", 512) if run.dry else ("small", 4096)
+    args = argparse.Namespace(rollout_len=5, positions=8, margin=20, dry_run=run.dry)
+    bench = StepBench(preset, tokens, args, mixer="lact")
+    shape = f"{preset} lact, 1x{tokens} tokens, 8 positions x 5-token rollouts, cached positions"
+    mixed = bench.autocast
+    bench.autocast = contextlib.nullcontext  # float32 throughout for the exactness check
+    naive_loss, naive = bench.grads("naive_precomputed", 0)
+    for mode in ("branched", "fused-eager", "fused"):
+        loss, grads = bench.grads(f"{mode}_precomputed", 0)
+        err = max(grads_rel_err(grads, naive), abs(loss - naive_loss) / abs(naive_loss))
+        run.emit(
+            f"lact_refine_grad_rel_err_{mode}",
+            err,
+            "ratio",
+            f"{shape}; float32; {mode} vs naive, the larger of the loss's and all gradients' relative error",
+            "PASS" if err < 1e-2 else "FAIL",
+        )
+    bench.autocast = mixed
+    modes = ("ntp", "branched_precomputed", "fused_precomputed")
+    seconds = bench.paired(modes, 1 if run.dry else 5, 1 if run.dry else 2)
+    for mode, sec in zip(modes, seconds, strict=True):
+        name = mode.removesuffix("_precomputed")
+        run.emit(f"lact_refine_step_ms_{name}", sec * 1e3, "ms", f"{shape}; fp32 weights, bf16 autocast")
+        if name != "ntp":
+            run.emit(
+                f"lact_refine_over_ntp_{name}",
+                sec / seconds[0],
+                "x",
+                f"{shape}; interleaved with NTP's steps",
+            )
 
 
 def profile_step(run: Run, step: Callable[[], None], tag: str) -> None:
@@ -826,7 +870,7 @@ def model_phase(run: Run) -> None:
     run.phase(f"paper-760m training step {'_'.join(variant)}", lambda: time_model(run, variant))
 
 
-PHASES = ("sweep", "layer", "attention", "bound", "model", "exact")
+PHASES = ("sweep", "layer", "attention", "bound", "model", "exact", "refine")
 
 
 def main() -> int:
@@ -859,6 +903,8 @@ def main() -> int:
         model_phase(run)
     if "exact" in phases:
         run.phase("model paths' exactness", lambda: path_exactness(run))
+    if "refine" in phases:
+        run.phase("ReFINE steps on LaCT", lambda: refine_steps(run))
     print(f"\n{'metric':<42} {'value':>18}  verdict")
     for name, value, verdict in ROWS:
         print(f"{name:<42} {value:>18}  {verdict}")

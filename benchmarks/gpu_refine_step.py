@@ -59,11 +59,11 @@ MODES = ("branched", "fused", "branched_precomputed", "fused_precomputed", "fuse
 class StepBench:
     """One shape: a model, a batch, and the timed step variants."""
 
-    def __init__(self, preset: str, tokens: int, args: argparse.Namespace) -> None:
+    def __init__(self, preset: str, tokens: int, args: argparse.Namespace, mixer: str = "deltanet") -> None:
         self.device = torch.device("cpu" if args.dry_run else "cuda")
         self.args = args
         torch.manual_seed(0)
-        self.model = build_model(preset, VOCAB).to(self.device)
+        self.model = build_model(preset, VOCAB, mixer=mixer).to(self.device)
         g = torch.Generator().manual_seed(1)
         self.ids = torch.randint(0, VOCAB, (1, tokens), generator=g).to(self.device)
         self.cfg = RefineConfig(rollout_len=args.rollout_len)

@@ -15,11 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_dry_run_of_bound_attention_model_and_exactness(tmp_path: Path) -> None:
+def test_dry_run_of_bound_attention_model_exactness_and_refine(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFINE_")}
     done = subprocess.run(
         [sys.executable, "benchmarks/gpu_lact.py", "--out", str(tmp_path), "--dry-run"]
-        + ["--phases", "bound,attention,model,exact"],
+        + ["--phases", "bound,attention,model,exact,refine"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -39,6 +39,8 @@ def test_dry_run_of_bound_attention_model_and_exactness(tmp_path: Path) -> None:
         "lact_760m_tok_s_band_attention",
         "lact_760m_2layer_fp32_grad_rel_err_torch_kernels",
         "lact_760m_2layer_bf16_grad_rel_err_default",
+        "lact_refine_grad_rel_err_fused",
+        "lact_refine_over_ntp_branched",
     }
     assert expected <= metrics, expected - metrics
     assert (tmp_path / "bound.txt").read_text().count("TFLOP/s") == 8  # the pass's distinct products
