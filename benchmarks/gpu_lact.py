@@ -41,6 +41,7 @@ Writes OUT/results.jsonl (import with `python benchmarks/record.py --import`) an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import math
 import os
@@ -54,9 +55,11 @@ if "--dry-run" in sys.argv:
     os.environ["TRITON_INTERPRET"] = "1"  # before any @triton.jit: our kernels run on the CPU
 
 import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.gpu_refine_step import StepBench, grads_rel_err  # noqa: E402
 from benchmarks.record import FigureLog  # noqa: E402
 from refine_tasks.kernels.backend import ENV_VAR as BACKEND_ENV  # noqa: E402
 from refine_tasks.kernels.lact import FastWeights, lact_fast_weight  # noqa: E402
@@ -436,19 +439,13 @@ def profile_layer(
     run: Run, inputs: list[torch.Tensor], chunk: int, grad_o: torch.Tensor, variant: tuple[str, ...]
 ) -> None:
     """GPU time per kernel of one fwd+bwd, to OUT/profile_<variant>.txt (where the time goes)."""
-    from torch.profiler import ProfilerActivity, profile
-
     tag = use_variant(variant)
-
     layer_pass(inputs, "triton", chunk, grad_o, False)  # compiled and warm before profiling
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        layer_pass(inputs, "triton", chunk, grad_o, False)
-        torch.cuda.synchronize()
+    for x in inputs:  # else the profiled pass adds its gradients onto these: kernels of its own
+        x.grad = None
+    profile_to(run, lambda: layer_pass(inputs, "triton", chunk, grad_o, False), f"profile_{tag}.txt", tag)
     for x in inputs:
         x.grad = None
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
-    (run.out / f"profile_{tag}.txt").write_text(table)
-    print(f"[profile] {tag}\n" + "\n".join(table.splitlines()[:18]), flush=True)
 
 
 def host_profile(
@@ -749,7 +746,7 @@ def time_model(
     if not run.dry:
         run.emit(f"lact_760m_peak_gib{suffix}", torch.cuda.max_memory_allocated() / 2**30, "GiB", note)
     if profile:
-        profile_step(run, step, f"{preset}{suffix}")
+        profile_to(run, step, "profile_760m.txt", f"{preset}{suffix}, one training step")
     set_switches(None, None)
 
 
@@ -790,8 +787,6 @@ def compare_grads(
     """The relative error of all of `got`'s parameter gradients against `want`'s (same model, same
     step), as one vector, PASS below tol: bf16 rounding alone leaves single small gradients (a bias
     summed over 16K tokens) tens of percent apart, so the worst parameter is only named in the note."""
-    from benchmarks.gpu_refine_step import grads_rel_err
-
     if got.keys() != want.keys():
         raise RuntimeError(f"{metric}: the runs have gradients for different parameters")
     err = grads_rel_err([got[n] for n in want], list(want.values()))
@@ -807,10 +802,6 @@ def refine_steps(run: Run) -> None:
     mode's loss and gradients against the naive mode's, the reference way
     (`lact_refine_grad_rel_err_<mode>`; the LaCT kernels multiply in TF32); then each mode's step
     time under bf16 autocast over NTP's, timed interleaved (`lact_refine_over_ntp_<mode>`)."""
-    import contextlib
-
-    from benchmarks.gpu_refine_step import StepBench, grads_rel_err
-
     preset, tokens = ("tiny", 512) if run.dry else ("small", 4096)
     args = argparse.Namespace(rollout_len=5, positions=8, margin=20, dry_run=run.dry)
     bench = StepBench(preset, tokens, args, mixer="lact")
@@ -843,19 +834,17 @@ def refine_steps(run: Run) -> None:
             )
 
 
-def profile_step(run: Run, step: Callable[[], None], tag: str) -> None:
-    """Each kernel's own GPU time in one training step, most first, to OUT/profile_760m.txt."""
-    from torch.profiler import ProfilerActivity, profile
-
+def profile_to(run: Run, fn: Callable[[], object], name: str, title: str) -> None:
+    """Each kernel's own GPU time in one call of fn, most first, to OUT/name."""
     activities = [ProfilerActivity.CPU] + ([] if run.dry else [ProfilerActivity.CUDA])
     with profile(activities=activities) as prof:
-        step()
+        fn()
         if not run.dry:
             torch.cuda.synchronize()
     sort = "self_cpu_time_total" if run.dry else "self_cuda_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90)
-    (run.out / "profile_760m.txt").write_text(f"{tag}, one training step\n{table}")
-    print(f"[profile] {tag}\n" + "\n".join(table.splitlines()[:30]), flush=True)
+    (run.out / name).write_text(f"{title}\n{table}")
+    print(f"[profile] {title}\n" + "\n".join(table.splitlines()[:30]), flush=True)
 
 
 def model_phase(run: Run) -> None:
