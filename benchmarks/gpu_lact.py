@@ -311,30 +311,71 @@ def use_variant(variant: tuple[str, ...]) -> str:
     return "_".join(variant)
 
 
-def check_and_time_layer(run: Run, rate: float) -> None:
-    batch, t, d, chunk = (4, 40, 16, 8) if run.dry else (16, 16384, 384, 2048)
-    shape = f"D=H={d}, {batch} batch x heads, L={t}, chunk {chunk}, momentum"
-    base = layer_inputs(run, batch, t, d)
-    g = torch.Generator(device="cpu").manual_seed(9)
-    grad_o = torch.randn(batch, t, d, generator=g).to(run.device, base[0].dtype)
-    all_variants, default = variants(base[0])
+class LayerCase:
+    """The fast-weight layer's benchmark case: the 760M shapes (D = H = 384, 4 batch x 4 heads,
+    L = 16K, chunk 2048, momentum on; tiny in a dry run), model-like bf16 inputs, an output
+    gradient, the pass's FLOPs, and the float32 reference on the same bf16-rounded inputs."""
 
+    NAMES = ("q", "k", "v", "lr0", "lr1", "lr2", "gate", "w0", "w1", "w2")
+
+    def __init__(self, run: Run, rate: float) -> None:
+        self.batch, self.t, self.d, self.chunk = (4, 40, 16, 8) if run.dry else (16, 16384, 384, 2048)
+        batch, t, d, chunk = self.batch, self.t, self.d, self.chunk
+        self.shape = f"D=H={d}, {batch} batch x heads, L={t}, chunk {chunk}, momentum"
+        self.base = layer_inputs(run, batch, t, d)
+        g = torch.Generator(device="cpu").manual_seed(9)
+        self.grad_o = torch.randn(batch, t, d, generator=g).to(run.device, self.base[0].dtype)
+        updates = (t - 1) // chunk
+        self.flops_fwd = 18 * d * d * chunk * batch * updates + 6 * d * d * (t - updates * chunk) * batch
+        self.flops = 3 * self.flops_fwd
+        self.rate = rate
+        self.goal = (
+            f"3 x {self.flops_fwd / 1e9:.0f} GFLOP forward over {rate:.0f} TFLOP/s measured; goal >= 0.5"
+        )
+        self.tol = 1e-4 if run.dry else 3e-2
+        ref_in = [x.detach().double().float().clone().requires_grad_(True) for x in self.base]
+        # o, final weights, input grads
+        self.ref = list(layer_pass(ref_in, "torch", chunk, self.grad_o.float(), autocast=False))
+
+    def inputs(self) -> list[torch.Tensor]:
+        """Fresh leaves holding the bf16 inputs."""
+        return [x.detach().clone().requires_grad_(True) for x in self.base]
+
+    def errors(self, o: torch.Tensor, weights, grads) -> dict[str, float]:
+        """Relative errors against the float32 reference: output, final weights, every input's gradient."""
+        errs = {"output": rel_err(o, self.ref[0])}
+        errs |= {
+            f"final_{n}": rel_err(a, b)
+            for n, a, b in zip(("w0", "w1", "w2"), weights, self.ref[1], strict=True)
+        }
+        errs |= {f"grad_{n}": rel_err(a, b) for n, a, b in zip(self.NAMES, grads, self.ref[2], strict=True)}
+        return errs
+
+    def util(self, ms: float) -> float:
+        return self.flops / (ms * 1e-3) / (self.rate * 1e12)
+
+
+def check_and_time_layer(run: Run, rate: float) -> None:
+    case = LayerCase(run, rate)
+    chunk, shape, base, grad_o, flops, goal = (
+        case.chunk,
+        case.shape,
+        case.base,
+        case.grad_o,
+        case.flops,
+        case.goal,
+    )
+    all_variants, default = variants(base[0])
     print("[check] Triton kernels vs float32 torch reference, every variant", flush=True)
-    ref_in = [x.detach().double().float().clone().requires_grad_(True) for x in base]
-    ref = list(layer_pass(ref_in, "torch", chunk, grad_o.float(), autocast=False))  # o, final weights, grads
-    del ref_in
-    tol = 1e-4 if run.dry else 3e-2
-    names = ("q", "k", "v", "lr0", "lr1", "lr2", "gate", "w0", "w1", "w2")
-    fast_in = [x.detach().clone().requires_grad_(True) for x in base]
+    tol = case.tol
+    fast_in = case.inputs()
 
     def check(variant: tuple[str, ...]) -> None:
         tag = use_variant(variant)
         o, w, grads = layer_pass(fast_in, "triton", chunk, grad_o, autocast=False)
         for x in fast_in:
             x.grad = None
-        errs = {"output": rel_err(o, ref[0])}
-        errs |= {f"final_{n}": rel_err(a, b) for n, a, b in zip(("w0", "w1", "w2"), w, ref[1], strict=True)}
-        errs |= {f"grad_{n}": rel_err(a, b) for n, a, b in zip(names, grads, ref[2], strict=True)}
+        errs = case.errors(o, w, grads)
         worst = max(errs, key=errs.get)
         verdict = "PASS" if errs[worst] < tol else "FAIL"
         note = f"{shape}; max over output, final weights, 10 input grads: {worst}"
@@ -353,15 +394,11 @@ def check_and_time_layer(run: Run, rate: float) -> None:
     # one phase per variant: a variant that fails (compile, launch, capture) leaves the others' figures
     for variant in all_variants:
         run.phase(f"check {'_'.join(variant)}", lambda v=variant: check(v))
-    ref.clear()  # the reference's tensors go before the timings
+    case.ref.clear()  # the reference's tensors go before the timings
 
     print(
         "[time] fast-weight layer fwd+bwd, every variant, and the torch reference (bf16 autocast)", flush=True
     )
-    updates = (t - 1) // chunk
-    flops_fwd = 18 * d * d * chunk * batch * updates + 6 * d * d * (t - updates * chunk) * batch
-    flops = 3 * flops_fwd
-    goal = f"3 x {flops_fwd / 1e9:.0f} GFLOP forward over {rate:.0f} TFLOP/s measured; goal >= 0.5"
     eager: dict[tuple[str, ...], float] = {}
 
     def time_variant(variant: tuple[str, ...]) -> None:
@@ -371,9 +408,7 @@ def check_and_time_layer(run: Run, rate: float) -> None:
             x.grad = None
         eager[variant] = ms
         run.emit(f"lact_fastweight_fwdbwd_ms_{tag}", ms, "ms", f"{shape}")
-        run.emit(
-            f"lact_fastweight_util_{tag}", flops / (ms * 1e-3) / (rate * 1e12), "ratio", f"fwd+bwd, {goal}"
-        )
+        run.emit(f"lact_fastweight_util_{tag}", case.util(ms), "ratio", f"fwd+bwd, {goal}")
 
     for variant in all_variants:
         run.phase(f"time {'_'.join(variant)}", lambda v=variant: time_variant(v))
@@ -412,7 +447,7 @@ def check_and_time_layer(run: Run, rate: float) -> None:
     run.emit("lact_fastweight_fwdbwd_ms", t_fast, "ms", f"Triton {tag}, {shape}")
     run.emit("lact_reference_fwdbwd_ms", t_ref, "ms", f"torch reference under bf16 autocast, {shape}")
     run.emit("lact_triton_speedup", t_ref / t_fast, "x", f"fwd+bwd, reference / Triton {tag}, {shape}")
-    util = flops / (t_fast * 1e-3) / (rate * 1e12)
+    util = case.util(t_fast)
     run.emit(
         "lact_fastweight_util",
         util,
@@ -422,17 +457,92 @@ def check_and_time_layer(run: Run, rate: float) -> None:
     )
     run.emit(
         "lact_fastweight_fwd_util",
-        flops_fwd / (t_fwd * 1e-3) / (rate * 1e12),
+        case.flops_fwd / (t_fwd * 1e-3) / (rate * 1e12),
         "ratio",
         f"forward only, Triton {tag}, {shape}",
     )
     best = min(eager, key=eager.get)
     run.emit(
         "lact_fastweight_util_best",
-        flops / (eager[best] * 1e-3) / (rate * 1e12),
+        case.util(eager[best]),
         "ratio",
         f"fwd+bwd, fastest variant eager: {'_'.join(best)}",
     )
+
+
+def inductor_layer(run: Run, rate: float) -> None:
+    """The torch reference's chunk loop compiled whole by TorchInductor (default mode: cuBLAS for
+    the products, its own fused Triton for the rest) under bf16 autocast, against our default
+    kernels in the same phase: the compile time, the check against the float32 reference, fwd+bwd
+    time launched eagerly and replayed from a CUDA graph (`lact_fastweight_util_inductor`,
+    `lact_fastweight_util_graph_inductor`), and each kernel's GPU time (profile_inductor.txt).
+    max-autotune (its own Triton GEMM templates with the element-wise work fused in) is left out:
+    it autotunes each of the pass's ~100 products on its own, ~14 s each on an H100 (23 took 334 s
+    on 2026-11-26), past one device call's ten minutes."""
+    import torch._inductor.config as inductor_config
+
+    case = LayerCase(run, rate)
+    chunk = case.chunk
+    inductor_config.triton.enable_persistent_tma_matmul = not run.dry  # Hopper's TMA templates too
+
+    def fwd(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        q, k, v, lr0, lr1, lr2, gate, w0, w1, w2 = xs
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=not run.dry):
+            o, trace = lact_fast_weight(
+                q, k, v, lr0, lr1, lr2, FastWeights(w0, w1, w2), chunk_size=chunk, momentum_gate=gate
+            )
+        return o, *trace.final.weights
+
+    fast_in = case.inputs()
+    _, default = variants(case.base[0])
+    use_variant(default)
+    t_ours = run.time_ms(
+        lambda: layer_pass(fast_in, "triton", chunk, case.grad_o, False), grad_to_none=fast_in
+    )
+    tag = "_".join(default)
+    run.emit(f"lact_fastweight_fwdbwd_ms_{tag}", t_ours, "ms", f"{case.shape}; beside the inductor timings")
+    torch._dynamo.reset()
+    compiled = torch.compile(fwd, fullgraph=True)
+
+    def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        o, *weights = compiled(*fast_in)
+        o.backward(case.grad_o)
+        return o, weights
+
+    for x in fast_in:
+        x.grad = None
+    start = time.time()
+    o, weights = step()
+    if not run.dry:
+        torch.cuda.synchronize()
+    run.emit("lact_inductor_compile_s_default", time.time() - start, "s", f"first fwd+bwd, {case.shape}")
+    errs = case.errors(o, weights, [x.grad for x in fast_in])
+    worst = max(errs, key=errs.get)
+    run.emit(
+        "lact_inductor_vs_reference_max_rel_err_default",
+        errs[worst],
+        "ratio",
+        f"{case.shape}; bf16 autocast vs float32; max over output, final weights, 10 input grads: {worst}",
+        "PASS" if errs[worst] < case.tol else "FAIL",
+    )
+    del o, weights
+    ms = run.time_ms(step, grad_to_none=fast_in)
+    run.emit("lact_fastweight_fwdbwd_ms_inductor_default", ms, "ms", case.shape)
+    run.emit("lact_fastweight_util_inductor_default", case.util(ms), "ratio", f"fwd+bwd, {case.goal}")
+    run.emit("lact_inductor_default_over_ours", ms / t_ours, "x", f"inductor / our {tag}, launched eagerly")
+    for x in fast_in:
+        x.grad = None
+    profile_to(run, step, "profile_inductor.txt", "inductor default")
+    if run.dry:
+        return
+    theirs = replay_ms(run, step, fast_in)
+    ours = replay_ms(run, lambda: layer_pass(fast_in, "triton", chunk, case.grad_o, False), fast_in)
+    note = f"fwd+bwd from a CUDA graph, {case.shape}"
+    run.emit("lact_fastweight_fwdbwd_graph_ms_inductor_default", theirs, "ms", note)
+    run.emit("lact_fastweight_util_graph_inductor_default", case.util(theirs), "ratio", note)
+    run.emit(f"lact_fastweight_fwdbwd_graph_ms_{tag}", ours, "ms", f"{note}; beside inductor's")
+    run.emit(f"lact_fastweight_util_graph_{tag}", case.util(ours), "ratio", f"{note}; beside inductor's")
+    run.emit("lact_inductor_default_over_ours_graph", theirs / ours, "x", f"inductor / our {tag}, {note}")
 
 
 def profile_layer(
@@ -490,6 +600,30 @@ def host_profile(
     print(f"[host] {head}", flush=True)
 
 
+def replay_ms(run: Run, fn: Callable[[], object], leaves: list[torch.Tensor]) -> float:
+    """Median time of fn (a fwd+bwd into the leaves' .grad) replayed from a CUDA graph: warmed up on
+    a side stream, captured once, gradients cleared around it."""
+    for x in leaves:
+        x.grad = None
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+            for x in leaves:
+                x.grad = None
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    ms = run.time_ms(graph.replay)
+    del graph
+    for x in leaves:
+        x.grad = None
+    torch.cuda.empty_cache()
+    return ms
+
+
 class GraphTimes:
     """The same fwd+bwd replayed from a CUDA graph, per variant: the kernels' own speed, without
     launch overhead. Run last (a failed capture can spoil the context)."""
@@ -511,25 +645,9 @@ class GraphTimes:
     def time(self, variant: tuple[str, ...], default: bool) -> None:
         tag = use_variant(variant)
         print(f"[time] fast-weight layer fwd+bwd from a CUDA graph, {tag}", flush=True)
-        inputs = self.inputs
-        for x in inputs:
-            x.grad = None
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                layer_pass(inputs, "triton", self.chunk, self.grad_o, False)
-                for x in inputs:
-                    x.grad = None
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            layer_pass(inputs, "triton", self.chunk, self.grad_o, False)
-        ms = self.ms[variant] = self.run.time_ms(graph.replay)
-        del graph
-        for x in inputs:
-            x.grad = None
-        torch.cuda.empty_cache()
+        ms = self.ms[variant] = replay_ms(
+            self.run, lambda: layer_pass(self.inputs, "triton", self.chunk, self.grad_o, False), self.inputs
+        )
         util = self.flops / (ms * 1e-3) / (self.rate * 1e12)
         note = f"fwd+bwd from a CUDA graph, {self.shape}"
         self.run.emit(f"lact_fastweight_fwdbwd_graph_ms_{tag}", ms, "ms", note)
@@ -859,7 +977,7 @@ def model_phase(run: Run) -> None:
     run.phase(f"paper-760m training step {'_'.join(variant)}", lambda: time_model(run, variant))
 
 
-PHASES = ("sweep", "layer", "attention", "bound", "model", "exact", "refine")
+PHASES = ("sweep", "layer", "inductor", "attention", "bound", "model", "exact", "refine")
 
 
 def main() -> int:
@@ -882,6 +1000,8 @@ def main() -> int:
         run.phase("SwiGLU kernel block sweep", lambda: sweep_swiglu(run))
     if "layer" in phases:
         run.phase("fast-weight layer", lambda: check_and_time_layer(run, rate))
+    if "inductor" in phases:
+        run.phase("fast-weight layer compiled by inductor", lambda: inductor_layer(run, rate))
     if "bound" in phases:
         run.phase("cuBLAS bound", lambda: cublas_bound(run, rate))
     if "attention" in phases:
