@@ -16,6 +16,8 @@ Phases (--phases; the matmul rate always runs):
    matmul rate it reaches (`lact_fastweight_util`): 3 x the forward's FLOPs, 18*D*H*C*B per
    updating chunk and 6*D*H*C*B for the apply-only last chunk (LaCT's own count), over the time
    and the rate.
+3b. The torch reference compiled whole by TorchInductor (`inductor`), checked, and timed against our
+   default kernels, launched eagerly and from CUDA graphs (`lact_inductor_default_over_ours_graph`).
 4. The cuBLAS bound (`bound`): the pass's matmuls alone on cuBLAS, from a CUDA graph
    (`lact_fastweight_util_cublas_bound`: the most a pass built from cuBLAS products could reach).
 5. LaCT's sliding-window attention at paper-760m's shapes (`attention`), fwd+bwd, on the `band`
