@@ -264,8 +264,11 @@ def layer_inputs(run: Run, batch: int, t: int, d: int, seed: int = 0) -> list[to
     return [q.to(dt), k.to(dt), v.to(dt), *lrs, gate, w0, w1, w2]
 
 
-def layer_pass(inputs: list[torch.Tensor], backend: str, chunk: int, grad_o: torch.Tensor, autocast: bool):
-    """fwd+bwd of the fast-weight layer; returns (o, final weights, input gradients)."""
+def layer_forward(
+    inputs: list[torch.Tensor], backend: str, chunk: int, autocast: bool
+) -> tuple[torch.Tensor, FastWeights]:
+    """The fast-weight layer's forward on inputs (q, k, v, lr0, lr1, lr2, gate, w0, w1, w2):
+    (o, final weights)."""
     q, k, v, lr0, lr1, lr2, gate, w0, w1, w2 = inputs
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         o, trace = lact_fast_weight(
@@ -280,8 +283,14 @@ def layer_pass(inputs: list[torch.Tensor], backend: str, chunk: int, grad_o: tor
             momentum_gate=gate,
             backend=backend,
         )
+    return o, trace.final.weights
+
+
+def layer_pass(inputs: list[torch.Tensor], backend: str, chunk: int, grad_o: torch.Tensor, autocast: bool):
+    """fwd+bwd of the fast-weight layer; returns (o, final weights, input gradients)."""
+    o, weights = layer_forward(inputs, backend, chunk, autocast)
     o.backward(grad_o)
-    return o, trace.final.weights, [x.grad for x in inputs]
+    return o, weights, [x.grad for x in inputs]
 
 
 def switches() -> dict[str, tuple[str, ...]]:
@@ -343,7 +352,7 @@ class LayerCase:
         """Fresh leaves holding the bf16 inputs."""
         return [x.detach().clone().requires_grad_(True) for x in self.base]
 
-    def errors(self, o: torch.Tensor, weights, grads) -> dict[str, float]:
+    def errors(self, o: torch.Tensor, weights: FastWeights, grads: list[torch.Tensor]) -> dict[str, float]:
         """Relative errors against the float32 reference: output, final weights, every input's gradient."""
         errs = {"output": rel_err(o, self.ref[0])}
         errs |= {
@@ -359,14 +368,7 @@ class LayerCase:
 
 def check_and_time_layer(run: Run, rate: float) -> None:
     case = LayerCase(run, rate)
-    chunk, shape, base, grad_o, flops, goal = (
-        case.chunk,
-        case.shape,
-        case.base,
-        case.grad_o,
-        case.flops,
-        case.goal,
-    )
+    chunk, shape, base, grad_o, goal = case.chunk, case.shape, case.base, case.grad_o, case.goal
     all_variants, default = variants(base[0])
     print("[check] Triton kernels vs float32 torch reference, every variant", flush=True)
     tol = case.tol
@@ -427,7 +429,7 @@ def check_and_time_layer(run: Run, rate: float) -> None:
                 f"host profile {'_'.join(variant)}",
                 lambda v=variant: host_profile(run, fast_in, chunk, grad_o, v),
             )
-        graph = GraphTimes(run, fast_in, chunk, grad_o, flops, rate, shape)
+        graph = GraphTimes(run, case, fast_in)
         run.later.extend(lambda v=v: graph.time(v, v == default) for v in eager)
         run.later.append(graph.summary)
     tag = "_".join(default)
@@ -487,13 +489,8 @@ def inductor_layer(run: Run, rate: float) -> None:
     chunk = case.chunk
     inductor_config.triton.enable_persistent_tma_matmul = not run.dry  # Hopper's TMA templates too
 
-    def fwd(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        q, k, v, lr0, lr1, lr2, gate, w0, w1, w2 = xs
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=not run.dry):
-            o, trace = lact_fast_weight(
-                q, k, v, lr0, lr1, lr2, FastWeights(w0, w1, w2), chunk_size=chunk, momentum_gate=gate
-            )
-        return o, *trace.final.weights
+    def fwd(*xs: torch.Tensor) -> tuple[torch.Tensor, FastWeights]:
+        return layer_forward(list(xs), "torch", chunk, autocast=not run.dry)
 
     fast_in = case.inputs()
     _, default = variants(case.base[0])
@@ -506,8 +503,8 @@ def inductor_layer(run: Run, rate: float) -> None:
     torch._dynamo.reset()
     compiled = torch.compile(fwd, fullgraph=True)
 
-    def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        o, *weights = compiled(*fast_in)
+    def step() -> tuple[torch.Tensor, FastWeights]:
+        o, weights = compiled(*fast_in)
         o.backward(case.grad_o)
         return o, weights
 
@@ -630,39 +627,30 @@ class GraphTimes:
     """The same fwd+bwd replayed from a CUDA graph, per variant: the kernels' own speed, without
     launch overhead. Run last (a failed capture can spoil the context)."""
 
-    def __init__(
-        self,
-        run: Run,
-        inputs: list[torch.Tensor],
-        chunk: int,
-        grad_o: torch.Tensor,
-        flops: float,
-        rate: float,
-        shape: str,
-    ) -> None:
-        self.run, self.inputs, self.chunk, self.grad_o = run, inputs, chunk, grad_o
-        self.flops, self.rate, self.shape = flops, rate, shape
+    def __init__(self, run: Run, case: LayerCase, inputs: list[torch.Tensor]) -> None:
+        self.run, self.case, self.inputs = run, case, inputs
         self.ms: dict[tuple[str, ...], float] = {}
 
     def time(self, variant: tuple[str, ...], default: bool) -> None:
         tag = use_variant(variant)
         print(f"[time] fast-weight layer fwd+bwd from a CUDA graph, {tag}", flush=True)
+        case = self.case
         ms = self.ms[variant] = replay_ms(
-            self.run, lambda: layer_pass(self.inputs, "triton", self.chunk, self.grad_o, False), self.inputs
+            self.run, lambda: layer_pass(self.inputs, "triton", case.chunk, case.grad_o, False), self.inputs
         )
-        util = self.flops / (ms * 1e-3) / (self.rate * 1e12)
-        note = f"fwd+bwd from a CUDA graph, {self.shape}"
+        util = case.util(ms)
+        note = f"fwd+bwd from a CUDA graph, {case.shape}"
         self.run.emit(f"lact_fastweight_fwdbwd_graph_ms_{tag}", ms, "ms", note)
         self.run.emit(f"lact_fastweight_util_graph_{tag}", util, "ratio", note)
         if default:
             self.run.emit(
-                "lact_fastweight_fwdbwd_graph_ms", ms, "ms", f"Triton {tag}, CUDA graph replay, {self.shape}"
+                "lact_fastweight_fwdbwd_graph_ms", ms, "ms", f"Triton {tag}, CUDA graph replay, {case.shape}"
             )
             self.run.emit("lact_fastweight_util_graph", util, "ratio", f"Triton {tag}, {note}")
 
     def summary(self) -> None:
         best = min(self.ms, key=self.ms.get)
-        util = self.flops / (self.ms[best] * 1e-3) / (self.rate * 1e12)
+        util = self.case.util(self.ms[best])
         self.run.emit(
             "lact_fastweight_util_graph_best",
             util,
