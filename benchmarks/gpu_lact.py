@@ -478,16 +478,13 @@ def inductor_layer(run: Run, rate: float) -> None:
     """The torch reference's chunk loop compiled whole by TorchInductor (default mode: cuBLAS for
     the products, its own fused Triton for the rest) under bf16 autocast, against our default
     kernels in the same phase: the compile time, the check against the float32 reference, fwd+bwd
-    time launched eagerly and replayed from a CUDA graph (`lact_fastweight_util_inductor`,
-    `lact_fastweight_util_graph_inductor`), and each kernel's GPU time (profile_inductor.txt).
+    time launched eagerly and replayed from a CUDA graph (`lact_fastweight_util_inductor_default`,
+    `lact_fastweight_util_graph_inductor_default`), and each kernel's GPU time (profile_inductor.txt).
     max-autotune (its own Triton GEMM templates with the element-wise work fused in) is left out:
     it autotunes each of the pass's ~100 products on its own, ~14 s each on an H100 (23 took 334 s
     on 2026-11-26), past one device call's ten minutes."""
-    import torch._inductor.config as inductor_config
-
     case = LayerCase(run, rate)
     chunk = case.chunk
-    inductor_config.triton.enable_persistent_tma_matmul = not run.dry  # Hopper's TMA templates too
 
     def fwd(*xs: torch.Tensor) -> tuple[torch.Tensor, FastWeights]:
         return layer_forward(list(xs), "torch", chunk, autocast=not run.dry)
