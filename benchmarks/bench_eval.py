@@ -31,11 +31,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.record import record  # noqa: E402
+from refine_tasks.corpus.tokenizer import load_tokenizer, train_bpe  # noqa: E402
 from refine_tasks.evaluate.generate import GenerationRequest, greedy_generate  # noqa: E402
 from refine_tasks.evaluate.niah import VARIANTS, niah_records  # noqa: E402
 from refine_tasks.evaluate.runner import evaluate_records  # noqa: E402
 from refine_tasks.models import build_model  # noqa: E402
-from refine_tasks.tokenizer import load_tokenizer, train_bpe  # noqa: E402
 
 COMMAND = "python benchmarks/bench_eval.py"
 

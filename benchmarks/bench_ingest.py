@@ -27,7 +27,7 @@ from record import record
 
 from refine_tasks.config import load_config
 from refine_tasks.corpus import DropLog, corpus_texts, ingest
-from refine_tasks.tokenizer import build_tokenizer, load_tokenizer
+from refine_tasks.corpus.tokenizer import build_tokenizer, load_tokenizer
 
 COMMAND = "python benchmarks/bench_ingest.py"
 

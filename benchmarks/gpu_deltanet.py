@@ -34,11 +34,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.record import FigureLog  # noqa: E402
-from refine_tasks.kernels import state_chain  # noqa: E402
+from refine_tasks.kernels.state_chain import triton as state_chain  # noqa: E402
 from refine_tasks.models import FastWeightForCausalLM, State, build_model  # noqa: E402
 from refine_tasks.models.branched import forward_branched_naive  # noqa: E402
 from refine_tasks.models.checkpoint import FLA_DEFAULTS  # noqa: E402
-from refine_tasks.models.segments import chained_delta_rule  # noqa: E402
+from refine_tasks.models.deltanet.segments import chained_delta_rule  # noqa: E402
 
 COMMAND = "python benchmarks/gpu_deltanet.py"
 VOCAB = 32000

@@ -66,8 +66,8 @@ from benchmarks.record import FigureLog  # noqa: E402
 from refine_tasks.kernels.backend import ENV_VAR as BACKEND_ENV  # noqa: E402
 from refine_tasks.kernels.lact import FastWeights, lact_fast_weight  # noqa: E402
 from refine_tasks.models import build_model  # noqa: E402
-from refine_tasks.models.lact import COMPILE_ENV  # noqa: E402
-from refine_tasks.models.lact_attention import ATTENTION_ENV, ATTENTION_PATHS, sliding_window_attention  # noqa: E402
+from refine_tasks.models.lact.attention import ATTENTION_ENV, ATTENTION_PATHS, sliding_window_attention  # noqa: E402
+from refine_tasks.models.lact.layer import COMPILE_ENV  # noqa: E402
 
 COMMAND = "python benchmarks/gpu_lact.py"
 ROWS: list[tuple[str, str, str]] = []

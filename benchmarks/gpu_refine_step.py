@@ -44,12 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.record import record  # noqa: E402
 from refine_tasks.config import PositionsConfig, RefineConfig  # noqa: E402
-from refine_tasks.kernels import state_chain  # noqa: E402
+from refine_tasks.kernels.state_chain import triton as state_chain  # noqa: E402
 from refine_tasks.models import build_model, forward_branched_naive  # noqa: E402
-from refine_tasks.position_cache import PositionSelector  # noqa: E402
-from refine_tasks.positions import sequence_entropy  # noqa: E402
-from refine_tasks.refine_step import ntp_backward, phase, refine_backward  # noqa: E402
-from refine_tasks.starting_model import mixed_precision  # noqa: E402
+from refine_tasks.rl.positions import sequence_entropy  # noqa: E402
+from refine_tasks.train.positions import PositionSelector  # noqa: E402
+from refine_tasks.train.starting_model import mixed_precision  # noqa: E402
+from refine_tasks.train.step import ntp_backward, phase, refine_backward  # noqa: E402
 
 COMMAND = "python benchmarks/gpu_refine_step.py"
 VOCAB = 32000

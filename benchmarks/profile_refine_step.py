@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_refine_step import StepBench, add_batch_arguments  # noqa: E402
 from benchmarks.record import record  # noqa: E402
-from refine_tasks.refine_step import phase_timer  # noqa: E402
+from refine_tasks.train.step import phase_timer  # noqa: E402
 
 COMMAND = "python benchmarks/profile_refine_step.py"
 

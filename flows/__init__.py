@@ -1,4 +1,4 @@
-"""Prefect flows: thin wrappers over refine_tasks.lifecycle (deployments in prefect.yaml).
+"""Prefect flows: thin wrappers over refine_tasks.pipeline.lifecycle (deployments in prefect.yaml).
 
 refine-preprocess, refine-positions, refine-midtrain (ReFINE or SFT), refine-evaluate and
 refine-lifecycle (all of them, in order). Each stage runs as `flows.stages.stage_task`.

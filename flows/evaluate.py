@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.stages import run_stage
 from refine_tasks.config import load_config
-from refine_tasks.lifecycle import EVAL_STAGES, MODELS, comparison
+from refine_tasks.pipeline.lifecycle import EVAL_STAGES, MODELS, comparison
 
 
 def publish_report(params: str, overrides: list[str] | None) -> None:

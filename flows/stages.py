@@ -1,4 +1,4 @@
-"""The one Prefect task every flow runs: a lifecycle stage (refine_tasks.lifecycle), DVC-tracked.
+"""The one Prefect task every flow runs: a lifecycle stage (refine_tasks.pipeline.lifecycle), DVC-tracked.
 
 - Caching: the task's key is its inputs (stage, parameters, and the DVC fingerprint of the stage's
   recorded deps, params and outs, which cover the library source files it depends on) plus the
@@ -21,8 +21,8 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.sync import concurrency
 
 from refine_tasks.config import load_config
-from refine_tasks.dvc_state import DvcStages
-from refine_tasks.lifecycle import TRAIN_STAGES, StageResult, run_tracked, split_stage, stage_config
+from refine_tasks.pipeline.dvc_state import DvcStages
+from refine_tasks.pipeline.lifecycle import TRAIN_STAGES, StageResult, run_tracked, split_stage, stage_config
 
 MODEL_STAGES = {*TRAIN_STAGES, "positions", "eval_niah", "eval_qa", "eval_longbench"}
 PROGRESS_EVERY_S = 2.0  # artifact updates are API calls: at most one per this many seconds
@@ -37,7 +37,7 @@ def transient(task: Task, task_run: TaskRun, state: State) -> bool:
     """Retry only errors that another attempt may not meet: locks held by others, connections."""
     from dvc.lock import LockError
 
-    from refine_tasks.catalog import CatalogLocked
+    from refine_tasks.store.catalog import CatalogLocked
 
     try:
         state.result()
@@ -85,7 +85,7 @@ def _rows_markdown(result: StageResult) -> str:
 def stage_task(
     name: str, params: str, overrides: list[str], fingerprint: str, force: bool = False
 ) -> list[tuple[str, str]]:
-    """Run lifecycle stage `name` (see refine_tasks.lifecycle.run_tracked) and publish its figures."""
+    """Run lifecycle stage `name` (see refine_tasks.pipeline.lifecycle.run_tracked) and publish its figures."""
     logger = get_run_logger()
     cfg = load_config(params, overrides)
     stage, _ = split_stage(name)

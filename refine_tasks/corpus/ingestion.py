@@ -19,7 +19,6 @@ from typing import Any
 import pyarrow as pa
 from transformers import PreTrainedTokenizerFast
 
-from refine_tasks.catalog import replace_documents, writer_lock
 from refine_tasks.config import PipelineConfig
 from refine_tasks.corpus.clean import Document, clean_documents
 from refine_tasks.corpus.shards import (
@@ -36,7 +35,8 @@ from refine_tasks.corpus.shards import (
     write_shard,
 )
 from refine_tasks.corpus.sources import DropLog, read_source
-from refine_tasks.tokenizer import load_tokenizer, tokenizer_id
+from refine_tasks.corpus.tokenizer import load_tokenizer, tokenizer_id
+from refine_tasks.store.catalog import replace_documents, writer_lock
 
 ProgressFn = Callable[[int, int], None]  # (documents, tokens) finished since the last call
 

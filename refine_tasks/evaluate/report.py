@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from refine_tasks.catalog import open_reader
 from refine_tasks.evaluate.metrics import FAMILY_RULE, metric_label
 from refine_tasks.evaluate.plots import longbench_bars, niah_heatmap
 from refine_tasks.evaluate.records import EvalError
 from refine_tasks.evaluate.results import EVAL_RESULTS_COLUMNS
+from refine_tasks.store.catalog import open_reader
 
 FAMILY_TITLES = {"niah": "RULER NIAH", "ruler_qa": "RULER QA", "longbench": "LongBench"}
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from refine_tasks.catalog import open_writer
 from refine_tasks.config import EvalConfig, PipelineConfig
+from refine_tasks.corpus.tokenizer import load_tokenizer
 from refine_tasks.evaluate.generate import GenerationRequest, greedy_generate
 from refine_tasks.evaluate.longbench import available_tasks, read_longbench, truncate_middle
 from refine_tasks.evaluate.metrics import score_sample
@@ -29,7 +29,7 @@ from refine_tasks.evaluate.records import EvalError, EvalRecord
 from refine_tasks.evaluate.results import SampleResult, cell_rows, store_eval_results, write_outputs
 from refine_tasks.evaluate.sizing import Tokenizer
 from refine_tasks.models import FastWeightForCausalLM, build_model
-from refine_tasks.tokenizer import load_tokenizer
+from refine_tasks.store.catalog import open_writer
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

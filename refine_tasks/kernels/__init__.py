@@ -6,8 +6,8 @@ the REFINE_KERNEL_BACKEND environment variable.
 
 from refine_tasks.kernels.backend import ENV_VAR, Backend, resolve_backend
 from refine_tasks.kernels.cross_entropy import IGNORE_INDEX, cross_entropy
-from refine_tasks.kernels.delta_rule import delta_rule
-from refine_tasks.kernels.delta_rule_reference import delta_rule_chunked, delta_rule_recurrent
+from refine_tasks.kernels.delta_rule.naive import delta_rule_chunked, delta_rule_recurrent
+from refine_tasks.kernels.delta_rule.ops import delta_rule
 from refine_tasks.kernels.mlp import swiglu_mlp
 from refine_tasks.kernels.norms import add_rms_norm, l2_normalize, rms_norm, rms_norm_gated
 from refine_tasks.kernels.short_conv import conv_states, short_conv, short_conv_step

@@ -80,12 +80,9 @@ def load_config(path: str | Path) -> FastWeightConfig:
     return FastWeightConfig.from_pretrained(path)
 
 
-def expected_shapes(config: FastWeightConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a checkpoint of `config` must hold, with its shape (built on the meta device)."""
-    from refine_tasks.models.modeling import FastWeightForCausalLM
-
-    with torch.device("meta"):
-        model = FastWeightForCausalLM(config)
+def expected_shapes(model: torch.nn.Module, config: FastWeightConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint of `config` must hold, with its shape, from `model` (built on the
+    meta device by the caller, which owns the model class)."""
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if config.tie_word_embeddings:
         shapes.pop("lm_head.weight", None)
@@ -107,9 +104,10 @@ def stored_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
     return found
 
 
-def check_checkpoint(path: str | Path, config: FastWeightConfig) -> None:
-    """Raise ValueError naming every missing, unexpected or wrongly shaped tensor in `path`."""
-    expected, found = expected_shapes(config), stored_shapes(path)
+def check_checkpoint(path: str | Path, model: torch.nn.Module, config: FastWeightConfig) -> None:
+    """Raise ValueError naming every missing, unexpected or wrongly shaped tensor in `path`, against
+    `model` (a meta-device model of `config`)."""
+    expected, found = expected_shapes(model, config), stored_shapes(path)
     problems = [
         f"missing tensor {name} (shape {list(shape)})"
         for name, shape in expected.items()

@@ -29,8 +29,8 @@ from refine_tasks.kernels import Backend
 from refine_tasks.models.state import LayerState
 
 MIXERS: dict[str, str] = {
-    "deltanet": "refine_tasks.models.deltanet:DeltaNetMixer",
-    "lact": "refine_tasks.models.lact:LaCTMixer",
+    "deltanet": "refine_tasks.models.deltanet.layer:DeltaNetMixer",
+    "lact": "refine_tasks.models.lact.layer:LaCTMixer",
 }
 
 

@@ -25,7 +25,9 @@ from refine_tasks.kernels import (
     swiglu_mlp,
 )
 from refine_tasks.models.cache import FastWeightCache
+from refine_tasks.models.checkpoint import check_checkpoint, load_config
 from refine_tasks.models.configuration import FastWeightConfig
+from refine_tasks.models.decoding import EagerDecodeStream, GraphDecoder
 from refine_tasks.models.layers import RMSNorm
 from refine_tasks.models.mixer import mixer_class
 from refine_tasks.models.state import BranchedOutput, DecodeOutput, LayerState, PrefillOutput, State
@@ -129,12 +131,11 @@ class FastWeightForCausalLM(PreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Hugging Face loading, plus: a local directory's tensors are checked first (a missing or
         wrongly shaped tensor is an error naming it), and fla DeltaNet directories load too."""
-        from refine_tasks.models.checkpoint import check_checkpoint, load_config
-
         path = Path(pretrained_model_name_or_path)
         if path.is_dir():
             config = kwargs.get("config") or load_config(path)
-            check_checkpoint(path, config)
+            with torch.device("meta"):
+                check_checkpoint(path, cls(config), config)
             kwargs["config"] = config
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
@@ -261,16 +262,12 @@ class FastWeightForCausalLM(PreTrainedModel, GenerationMixin):
         """Rollouts without per-step State copies: `.step(tokens [N]) -> DecodeOutput` advances the
         streams from `state` (copied once). On CUDA the outputs are views valid until the next
         step (see decoding.DecodeStream); use `decode` when each step's State must be kept."""
-        from refine_tasks.models.decoding import EagerDecodeStream
-
         if self.lm_head.weight.device.type == "cuda":
             return self.graph_decoder(state.batch_size).stream(state)
         return EagerDecodeStream(self, state)
 
     def graph_decoder(self, batch_size: int):
         """The CUDA-graph decoder for `batch_size` streams (built on first use, then reused)."""
-        from refine_tasks.models.decoding import GraphDecoder
-
         weights = (self.lm_head.weight.data_ptr(), self.lm_head.weight.dtype)
         if any(key[1:] != weights for key in self._decoders):  # moved or cast: captured pointers are stale
             self._decoders.clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from refine_tasks.models.configuration import FastWeightConfig
-from refine_tasks.models.lact_config import LACT_PRESETS
+from refine_tasks.models.lact.config import LACT_PRESETS
 from refine_tasks.models.modeling import FastWeightForCausalLM
 
 # Shapes only; vocab_size comes from the tokenizer. `paper-1.3b` is fla's 1.3B DeltaNet,

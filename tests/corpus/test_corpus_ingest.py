@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from refine_tasks import catalog
-from refine_tasks.catalog import CatalogLocked, writer_lock
 from refine_tasks.corpus import CorpusError, clean_text, document_id, ingest, load_corpus, read_manifest
 from refine_tasks.corpus import ingestion as ingest_module
 from refine_tasks.corpus.shards import MANIFEST, SCHEMA, shard_paths
-from refine_tasks.tokenizer import TokenizerError, load_tokenizer
+from refine_tasks.corpus.tokenizer import TokenizerError, load_tokenizer
+from refine_tasks.store import catalog
+from refine_tasks.store.catalog import CatalogLocked, writer_lock
 
 
 def write_messy_folder(root: Path, texts: list[str]) -> dict[str, int]:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from refine_tasks.corpus.tokenizer import load_tokenizer
 from refine_tasks.models import FastWeightForCausalLM, build_model
-from refine_tasks.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="session")

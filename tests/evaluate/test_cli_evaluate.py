@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from refine_tasks import cli
+from refine_tasks.pipeline import cli
 
 SHARED = Path(__file__).resolve().parents[3] / "shared/data"
 runner = CliRunner()

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from refine_tasks.catalog import open_writer
 from refine_tasks.evaluate.report import load_results, task_scores, write_report
 from refine_tasks.evaluate.results import store_eval_results
+from refine_tasks.store.catalog import open_writer
 
 
 def _row(run, family, task, score, n=1, length=None, depth=None, checkpoint="ck"):

@@ -8,7 +8,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from refine_tasks.catalog import open_reader, open_writer
 from refine_tasks.evaluate.records import EvalRecord
 from refine_tasks.evaluate.results import (
     SampleResult,
@@ -17,6 +16,7 @@ from refine_tasks.evaluate.results import (
     task_summary,
     write_outputs,
 )
+from refine_tasks.store.catalog import open_reader, open_writer
 
 
 def _result(task: str, score: float, depth: float | None = None, family: str = "niah") -> SampleResult:

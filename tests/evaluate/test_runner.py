@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from refine_tasks.catalog import open_reader
+from refine_tasks.corpus.tokenizer import save_tokenizer
 from refine_tasks.evaluate import EvalError
 from refine_tasks.evaluate.runner import build_records, load_eval_model, run_evaluation
-from refine_tasks.tokenizer import save_tokenizer
+from refine_tasks.store.catalog import open_reader
 
 SHARED = Path(__file__).resolve().parents[3] / "shared/data"
 

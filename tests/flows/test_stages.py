@@ -6,9 +6,9 @@ from dvc.lock import LockError
 from prefect.states import Completed, Failed
 
 from flows.stages import artifact_key, transient
-from refine_tasks.catalog import CatalogLocked
-from refine_tasks.lifecycle import LifecycleError
-from refine_tasks.train_errors import TrainingDiverged
+from refine_tasks.errors import TrainingDiverged
+from refine_tasks.pipeline.lifecycle import LifecycleError
+from refine_tasks.store.catalog import CatalogLocked
 
 
 def test_artifact_keys_are_what_prefect_accepts() -> None:

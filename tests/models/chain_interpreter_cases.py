@@ -13,8 +13,8 @@ import pytest
 import torch
 from triton.runtime.interpreter import InterpretedFunction
 
-from refine_tasks.kernels import state_chain
-from refine_tasks.models.segments import _Chained, segment_plan
+from refine_tasks.kernels.state_chain import triton as state_chain
+from refine_tasks.models.deltanet.segments import _Chained, segment_plan
 
 B, T, H, K, V = 2, 150, 2, 16, 32
 

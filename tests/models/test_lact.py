@@ -170,7 +170,7 @@ def test_bad_lact_options_are_named():
 def test_compiled_features_equal_eager(lact64, ids, monkeypatch):
     """REFINE_LACT_COMPILE=1 (torch.compile of the per-token features, the CUDA default) gives the
     eager loss and gradients, with the prefill's captured states."""
-    from refine_tasks.models import lact
+    from refine_tasks.models.lact import layer as lact
 
     results = []
     for flag in ("0", "1"):

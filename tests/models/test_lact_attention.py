@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refine_tasks.models.lact_attention import (
+from refine_tasks.models.lact.attention import (
     ATTENTION_ENV,
     attention_path,
     flex_window_attention,

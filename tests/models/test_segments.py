@@ -11,8 +11,8 @@ from models_helpers import rel_err
 from triton_interpreter import run_interpreted
 
 from refine_tasks.kernels import delta_rule_recurrent, l2_normalize
-from refine_tasks.models import segments
-from refine_tasks.models.segments import SegmentBlocks, chained_delta_rule, segment_plan
+from refine_tasks.models.deltanet import segments
+from refine_tasks.models.deltanet.segments import SegmentBlocks, chained_delta_rule, segment_plan
 
 B, T, H, K, V = 2, 23, 2, 4, 3
 

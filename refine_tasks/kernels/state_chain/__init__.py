@@ -1,0 +1,1 @@
+"""The chained delta rule's state chain and output correction: Triton kernels (`triton`)."""

@@ -1,0 +1,312 @@
+"""`refine`: the command line. Each command is a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+
+from refine_tasks.config import ConfigError, PipelineConfig, load_config
+from refine_tasks.corpus import CorpusError, DropLog, corpus_texts, ingest
+from refine_tasks.corpus.tokenizer import TokenizerError, build_tokenizer
+from refine_tasks.errors import TRAINING_ERRORS
+from refine_tasks.evaluate import EvalError
+from refine_tasks.pipeline.lifecycle import LifecycleError, stage_names
+from refine_tasks.pipeline.progress import print_summary, progress_bar
+from refine_tasks.store.catalog import CatalogError
+
+app = typer.Typer(help="ReFINE pipeline for fast-weight language models.", no_args_is_help=True)
+console = Console()
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read (missing: defaults)")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="override a field: section.field=value (repeatable)")
+]
+
+
+def resolve(params: Path, overrides: list[str] | None) -> PipelineConfig:
+    try:
+        return load_config(params, overrides or [])
+    except ConfigError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command("config")
+def show_config(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Print the resolved configuration (defaults + params.yaml + --set overrides) as YAML."""
+    cfg = resolve(params, set_)
+    console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+# --- corpus, tokenizer and the default pipeline -------------------------------------------------
+
+Summary = list[tuple[str, str]]
+StepFn = Callable[[PipelineConfig], Summary]
+# Errors a step reports as one red line (they name the file/field and what to do); others are bugs.
+STEP_ERRORS: tuple[type[Exception], ...] = (CorpusError, TokenizerError, CatalogError, ConfigError, EvalError)
+DROP_EXAMPLES_SHOWN = 3
+
+
+def print_drops(drops: DropLog) -> None:
+    for reason, n in sorted(drops.counts.items()):
+        for message in drops.examples[reason][:DROP_EXAMPLES_SHOWN]:
+            console.print(
+                f"[yellow]dropped ({reason}):[/yellow] {escape(message)}", highlight=False, soft_wrap=True
+            )
+        if n > DROP_EXAMPLES_SHOWN:
+            console.print(
+                f"[yellow]dropped ({reason}):[/yellow] ... and {n - DROP_EXAMPLES_SHOWN:,} more (manifest.json)"
+            )
+
+
+def tokenizer_step(cfg: PipelineConfig) -> Summary:
+    drops = DropLog()
+    with progress_bar("tokenizer: reading documents") as advance:
+
+        def counted(texts: Iterable[str]) -> Iterator[str]:
+            for text in texts:
+                advance()
+                yield text
+
+        report = build_tokenizer(cfg.tokenizer, cfg.paths.tokenizer_dir, counted(corpus_texts(cfg, drops)))
+    return [*report.summary_rows(), ("documents dropped", f"{drops.total:,}")]
+
+
+def ingest_step(cfg: PipelineConfig) -> Summary:
+    with progress_bar("ingest: documents", counters=("tokens",)) as advance:
+        report = ingest(cfg, on_progress=lambda docs, tokens: advance(docs, tokens=tokens))
+    print_drops(report.drops)
+    return report.summary_rows()
+
+
+def run_steps(cfg: PipelineConfig, steps: list[tuple[str, StepFn]]) -> None:
+    for name, step in steps:
+        try:
+            rows = step(cfg)
+        except STEP_ERRORS as e:
+            console.print(f"[red]{name}: {escape(str(e))}[/red]", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print(
+                f"[yellow]{name}: interrupted; the last complete outputs are kept, run again to resume[/]"
+            )
+            raise typer.Exit(130) from None
+        print_summary(name, rows)
+
+
+@app.command("tokenizer")
+def tokenizer_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Train a byte-level BPE on the corpus (or import tokenizer.path) into paths.tokenizer_dir."""
+    run_steps(resolve(params, set_), [("tokenizer", tokenizer_step)])
+
+
+@app.command("ingest")
+def ingest_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Clean, deduplicate and tokenise corpus.source into Arrow shards (paths.corpus_dir) and the catalog."""
+    run_steps(resolve(params, set_), [("ingest", ingest_step)])
+
+
+# --- evaluation and reports -----------------------------------------------------------------------
+
+
+def evaluate_step(cfg: PipelineConfig) -> Summary:
+    from rich.table import Table
+
+    from refine_tasks.evaluate.report import FAMILY_TITLES
+    from refine_tasks.evaluate.results import task_summary
+    from refine_tasks.evaluate.runner import build_records, load_eval_model, run_evaluation
+
+    model, tokenizer, checkpoint = load_eval_model(cfg)
+    with console.status("evaluate: building records"):
+        records = build_records(cfg.evaluate, tokenizer, cfg.seed)
+    with progress_bar("evaluate: samples", total=len(records)) as advance:
+        run = run_evaluation(cfg, model, tokenizer, checkpoint=checkpoint, records=records, on_batch=advance)
+    table = Table(title=f"evaluate: {run.run}", title_justify="left")
+    for column in ("family", "task", "metric", "samples"):
+        table.add_column(column)
+    table.add_column("score", justify="right")
+    families = list(FAMILY_TITLES)
+    tasks = sorted(task_summary(run.results).items(), key=lambda kv: (families.index(kv[1]["family"]), kv[0]))
+    for task, t in tasks:
+        table.add_row(t["family"], task, t["metric"], str(t["n_samples"]), f"{t['score']:.2f}")
+    console.print(table)
+    return [
+        ("run", run.run),
+        ("checkpoint", run.checkpoint),
+        ("samples", f"{len(run.results):,}"),
+        ("generated tokens", f"{run.generated_tokens:,}"),
+        ("seconds", f"{run.seconds:.1f}"),
+        ("samples/s", f"{len(run.results) / run.seconds:.2f}"),
+        ("generated tokens/s", f"{run.generated_tokens / run.seconds:.1f}"),
+        ("per-sample results", str(run.paths["samples"])),
+        ("per-task scores", str(run.paths["scores"])),
+    ]
+
+
+@app.command("evaluate")
+def evaluate_command(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", "-c", help="model directory (sets evaluate.checkpoint)")
+    ] = None,
+    run: Annotated[str | None, typer.Option("--run", "-r", help="run name (sets evaluate.run)")] = None,
+) -> None:
+    """Evaluate a model on RULER NIAH, RULER QA and LongBench (evaluate.*): greedy answers, official
+    metrics; writes <output_dir>/<run>/samples.parquet, scores.json and the catalog's eval_results."""
+    extra = [f"evaluate.checkpoint={checkpoint}"] if checkpoint else []
+    extra += [f"evaluate.run={run}"] if run else []
+    run_steps(resolve(params, [*(set_ or []), *extra]), [("evaluate", evaluate_step)])
+
+
+@app.command("report")
+def report_command(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    runs: Annotated[
+        list[str] | None,
+        typer.Option("--run", "-r", help="run to include, in column order (repeatable; default: all)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="output folder (default: evaluate.report_dir)")
+    ] = None,
+) -> None:
+    """Write evaluation reports from the catalog: a markdown table per run, a comparison across runs,
+    a NIAH heat-map (length x depth) per run and LongBench per-task bars."""
+    from refine_tasks.evaluate.report import write_report
+
+    cfg = resolve(params, set_)
+
+    def report_step(cfg: PipelineConfig) -> Summary:
+        files = write_report(cfg.paths.catalog, runs, out or cfg.evaluate.report_dir)
+        return [(f.suffix.lstrip(".") or "file", str(f)) for f in files]
+
+    run_steps(cfg, [("report", report_step)])
+
+
+# --- ReFINE mid-training: positions cache and the trainer ------------------------------------------
+
+
+def positions_step(cfg: PipelineConfig) -> Summary:
+    from refine_tasks.train.positions import precompute_positions
+
+    with progress_bar("positions: sequences") as advance:
+        report = precompute_positions(cfg, on_progress=advance)
+    return report.summary_rows()
+
+
+def train_step(cfg: PipelineConfig, resume: bool | None = None) -> Summary:
+    """resume=None (the `refine run` pipeline): continue the run in train.out_dir if it has a checkpoint."""
+    from refine_tasks.train.trainer import MidTrainer
+
+    if resume is None:
+        resume = (Path(cfg.train.out_dir) / "checkpoints" / "latest").exists()
+    trainer = MidTrainer(cfg, resume)
+    with progress_bar("train: steps", total=trainer.total - trainer.step, counters=("tokens",)) as advance:
+        result = trainer.run(on_step=lambda line: advance(1, tokens=line["tokens"]))
+    return result.summary_rows()
+
+
+STEP_ERRORS += TRAINING_ERRORS
+
+
+@app.command("positions")
+def positions_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Select rollout positions for every training sequence with the starting weights and cache them in
+    the catalog (for positions.policy=precomputed; keyed by the weights' fingerprint)."""
+    run_steps(resolve(params, set_), [("positions", positions_step)])
+
+
+@app.command("train")
+def train_command(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue the run in train.out_dir from its latest checkpoint")
+    ] = False,
+) -> None:
+    """Mid-train with ReFINE (refine.coef=0: the NTP baseline) on the corpus's long documents; metrics,
+    TensorBoard and checkpoints go to train.out_dir."""
+    run_steps(resolve(params, set_), [("train", lambda cfg: train_step(cfg, resume))])
+
+
+# --- the lifecycle: one stage (what dvc.yaml runs), or all of them (`refine run`, `make run`) --------
+
+STEP_ERRORS += (LifecycleError,)
+
+
+def stage_step(name: str, tracked: bool) -> StepFn:
+    """Step running lifecycle stage `name`: tracked, as `dvc repro` would (skipped when up to date,
+    outputs committed to DVC when cfg is the repository's params.yaml), else just the stage."""
+    from refine_tasks.pipeline.lifecycle import run_stage, run_tracked
+
+    runner = run_tracked if tracked else run_stage
+
+    def step(cfg: PipelineConfig) -> Summary:
+        with progress_bar(f"{name}: work") as advance:
+            result = runner(name, cfg, on_step=lambda line: advance(line.get("done", 1)))
+        if result.notice:
+            console.print(f"[yellow]{escape(result.notice)}[/yellow]", highlight=False, soft_wrap=True)
+        return result.rows
+
+    return step
+
+
+def comparison_step(cfg: PipelineConfig) -> Summary:
+    """Print the comparison of base, SFT and ReFINE (the report stage's table) and where it is."""
+    from rich.table import Table
+
+    from refine_tasks.pipeline.lifecycle import comparison
+
+    header, rows = comparison(cfg)
+    table = Table(title="base vs SFT vs ReFINE (scores x 100)", title_justify="left")
+    for i, column in enumerate(header):
+        table.add_column(column, justify="right" if i >= 2 else "left")
+    for row in rows:
+        table.add_row(*(cell.replace("**", "") for cell in row))
+    console.print(table)
+    return [("report", str((Path(cfg.evaluate.report_dir) / "comparison.md").resolve()))]
+
+
+# `refine run`: the default pipeline, in order: every lifecycle stage, then the comparison table.
+RUN_STEPS: list[tuple[str, StepFn]] = [
+    *((name, stage_step(name, tracked=True)) for name in stage_names()),
+    ("comparison", comparison_step),
+]
+
+
+@app.command("run")
+def run_command(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    until: Annotated[
+        str | None, typer.Option("--until", "-u", help="stop after this stage (e.g. corpus, base)")
+    ] = None,
+) -> None:
+    """Run the whole lifecycle on params.yaml or the embedded defaults: tokenizer, corpus, base model,
+    positions, SFT and ReFINE mid-training, evaluations, report; then print the comparison. In a DVC
+    repository with its own params.yaml, stages that are up to date are skipped and new outputs are
+    committed (`dvc status` is clean afterwards, as after `dvc repro`)."""
+    names = [name for name, _ in RUN_STEPS]
+    if until is not None and until not in names:
+        console.print(f"[red]run: --until {escape(until)}: unknown stage; stages: {', '.join(names)}[/red]")
+        raise typer.Exit(2)
+    steps = RUN_STEPS[: names.index(until) + 1] if until is not None else RUN_STEPS
+    run_steps(resolve(params, set_), steps)
+
+
+@app.command("stage")
+def stage_command(
+    name: Annotated[str, typer.Argument(help="lifecycle stage, e.g. base, midtrain_refine, eval_qa@sft")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Run one lifecycle stage on fresh outputs (each dvc.yaml stage runs this; `dvc repro` records
+    it). A stage that fails leaves none of its outputs behind."""
+    run_steps(resolve(params, set_), [(name, stage_step(name, tracked=False))])

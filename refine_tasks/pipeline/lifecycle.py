@@ -1,0 +1,377 @@
+"""The lifecycle: its stages, the configuration each one runs with, and running one of them.
+
+Stages, in order (dvc.yaml declares the same names with their deps, params and outs; `refine
+stage NAME` runs one, `refine run` and the refine-lifecycle flow run them all):
+
+  tokenizer, corpus                  the tokenizer and the Arrow corpus (+ the catalog's documents)
+  base                               the base model: NTP from scratch, or lifecycle.base_checkpoint
+  positions                          rollout positions under the base weights, cached in the catalog
+  midtrain_sft, midtrain_refine      mid-training from the base: refine.coef = 0 (SFT) or as set
+  eval_niah@M, eval_qa@M, eval_longbench@M   one benchmark family on model M (base, sft, refine)
+  report                             the comparison across models, from the evaluation outputs
+
+A stage writes only its own outputs (`stage_outputs`); if it fails, `run_stage` removes what it
+had written, so no half-written output is left for DVC (or the next stage) to take.
+Post-training and test-time training join this list with their own stages.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from refine_tasks.config import PipelineConfig
+
+MODELS = ("base", "sft", "refine")
+EVAL_STAGES = {"eval_niah": "niah", "eval_qa": "ruler_qa", "eval_longbench": "longbench"}
+TRAIN_STAGES = {"base": "base", "midtrain_sft": "sft", "midtrain_refine": "refine"}
+SUMMARY_FILE = "summary.json"  # a training run's final figures (DVC metrics)
+CURVE_FILE = "curve.json"  # a training run's per-step losses (DVC plots)
+REPORT_METRICS = "metrics.json"  # family averages per model (DVC metrics)
+
+Summary = list[tuple[str, str]]
+OnStep = Callable[[dict], None]  # one call per unit of work: a training metrics line, or {"done": n}
+
+
+class LifecycleError(ValueError):
+    """A stage cannot run as asked; the message names the stage, file or field and what to do."""
+
+
+def stage_names() -> list[str]:
+    """Every lifecycle stage in running order (foreach stages as `name@model`)."""
+    evals = [f"{stage}@{model}" for stage in EVAL_STAGES for model in MODELS]
+    return ["tokenizer", "corpus", "base", "positions", "midtrain_sft", "midtrain_refine", *evals, "report"]
+
+
+def split_stage(name: str) -> tuple[str, str | None]:
+    """'eval_qa@sft' -> ('eval_qa', 'sft'); 'base' -> ('base', None). Unknown names are errors."""
+    if name not in stage_names():
+        raise LifecycleError(f"stage {name!r}: unknown; stages are {', '.join(stage_names())}")
+    stage, _, model = name.partition("@")
+    return stage, model or None
+
+
+@dataclass
+class StageResult:
+    name: str
+    rows: Summary
+    notice: str | None = None  # why the stage did nothing (e.g. its data path does not exist)
+    files: list[Path] = field(default_factory=list)  # report files, for artifacts
+
+
+def run_dir(cfg: PipelineConfig, model: str) -> Path:
+    return Path(cfg.lifecycle.runs_dir) / model
+
+
+def final_checkpoint(cfg: PipelineConfig, model: str) -> Path:
+    """The last checkpoint of model's training run (what later stages start from or evaluate)."""
+    from refine_tasks.train.checkpoint import latest_checkpoint
+
+    root = run_dir(cfg, model)
+    ckpt = latest_checkpoint(root / "checkpoints")
+    if ckpt is None:
+        stage = {v: k for k, v in TRAIN_STAGES.items()}[model]
+        raise LifecycleError(f"{root}: no checkpoint of model {model!r}; run the `{stage}` stage first")
+    return ckpt
+
+
+def _with(cfg: PipelineConfig, **sections: dict) -> PipelineConfig:
+    """A copy of cfg with some fields of some sections replaced, validated like params.yaml."""
+    data = cfg.model_dump()
+    for section, fields in sections.items():
+        data[section].update(fields)
+    return PipelineConfig.model_validate(data)
+
+
+def stage_config(name: str, cfg: PipelineConfig) -> PipelineConfig:
+    """The configuration stage `name` runs with: cfg plus the stage's own fields (run directory,
+    starting weights, objective, evaluation family and model)."""
+    stage, model = split_stage(name)
+    if stage == "base":
+        return _with(
+            cfg,
+            train={
+                "out_dir": run_dir(cfg, "base"),
+                "max_steps": cfg.lifecycle.base_steps,
+                "lr": cfg.lifecycle.base_lr,
+            },
+            refine={"coef": 0.0},
+            model={"init_from": None},
+        )
+    if stage == "positions":
+        return _with(cfg, model={"init_from": str(final_checkpoint(cfg, "base"))})
+    if stage in ("midtrain_sft", "midtrain_refine"):
+        objective = TRAIN_STAGES[stage]
+        return _with(
+            cfg,
+            train={"out_dir": run_dir(cfg, objective)},
+            refine={"coef": 0.0 if objective == "sft" else cfg.refine.coef},
+            model={"init_from": str(final_checkpoint(cfg, "base"))},
+        )
+    if stage in EVAL_STAGES:
+        family = EVAL_STAGES[stage]
+        return _with(
+            cfg,
+            evaluate={
+                "families": [family],
+                "run": model,
+                "checkpoint": str(final_checkpoint(cfg, model)),
+                "output_dir": Path(cfg.lifecycle.eval_dir) / family,
+            },
+        )
+    return cfg
+
+
+def stage_outputs(name: str, cfg: PipelineConfig) -> list[Path]:
+    """What stage `name` writes (its DVC outs): removed before it runs and when it fails."""
+    stage, model = split_stage(name)
+    if stage == "tokenizer":
+        return [Path(cfg.paths.tokenizer_dir)]
+    if stage == "corpus":
+        return [Path(cfg.paths.corpus_dir)]
+    if stage in TRAIN_STAGES:
+        return [run_dir(cfg, TRAIN_STAGES[stage])]
+    if stage == "positions":
+        return [Path(cfg.lifecycle.positions_dir)]
+    if stage in EVAL_STAGES:
+        return [Path(cfg.lifecycle.eval_dir) / EVAL_STAGES[stage] / str(model)]
+    return [Path(cfg.evaluate.report_dir)]
+
+
+def remove_outputs(paths: Iterable[Path]) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def missing_eval_data(family: str, cfg: PipelineConfig) -> str | None:
+    """Why `family` cannot be evaluated here (its data path does not exist), or None."""
+    ev = cfg.evaluate
+    if family == "ruler_qa":
+        missing = [str(p) for p in ev.ruler_qa_files if not Path(p).is_file()]
+        if missing and len(missing) == len(ev.ruler_qa_files):
+            return f"evaluate.ruler_qa_files: {', '.join(missing)} not found"
+    if family == "longbench" and not ev.longbench_source.startswith("hf:"):
+        if not Path(ev.longbench_source).is_dir():
+            return f"evaluate.longbench_source: {ev.longbench_source} not found"
+    return None
+
+
+# --- the stages ---------------------------------------------------------------------------------
+
+
+def _tokenizer(cfg: PipelineConfig, on_step: OnStep | None) -> StageResult:
+    from refine_tasks.corpus import DropLog, corpus_texts
+    from refine_tasks.corpus.tokenizer import build_tokenizer
+
+    drops = DropLog()
+
+    def counted(texts: Iterable[str]) -> Iterator[str]:
+        for text in texts:
+            if on_step is not None:
+                on_step({"done": 1})
+            yield text
+
+    report = build_tokenizer(cfg.tokenizer, cfg.paths.tokenizer_dir, counted(corpus_texts(cfg, drops)))
+    return StageResult("tokenizer", [*report.summary_rows(), ("documents dropped", f"{drops.total:,}")])
+
+
+def _corpus(cfg: PipelineConfig, on_step: OnStep | None) -> StageResult:
+    from refine_tasks.corpus import ingest
+
+    report = ingest(cfg, on_progress=lambda docs, tokens: on_step and on_step({"done": docs}))
+    return StageResult("corpus", report.summary_rows())
+
+
+def _import_base(cfg: PipelineConfig, source: str) -> StageResult:
+    """Copy a user's model directory in as the base run's only checkpoint (DVC versions it)."""
+    from refine_tasks.train.checkpoint import LATEST
+
+    src = Path(source)
+    if not (src / "config.json").is_file():
+        raise LifecycleError(f"lifecycle.base_checkpoint = {source!r}: no config.json; not a model directory")
+    root = run_dir(cfg, "base") / "checkpoints"
+    shutil.copytree(src, root / "step-0000000")
+    (root / LATEST).write_text("step-0000000\n")
+    summary = {"imported_from": str(src.resolve()), "steps": 0}
+    (run_dir(cfg, "base") / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    return StageResult("base", [("base model", f"imported from {src}"), ("checkpoint", str(root))])
+
+
+def train_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> StageResult:
+    """A training stage (base, midtrain_sft, midtrain_refine): in this process, or under torchrun
+    when nproc_per_node > 1 (whose rank 0 comes back here and writes the run's files)."""
+    from refine_tasks.pipeline.launch import launch_training, nproc_per_node
+    from refine_tasks.train.distributed import in_torchrun, train_here
+
+    if name == "base" and cfg.lifecycle.base_checkpoint is not None:
+        return _import_base(cfg, cfg.lifecycle.base_checkpoint)
+    run_cfg = stage_config(name, cfg)
+    out = Path(run_cfg.train.out_dir)
+    nproc = nproc_per_node(cfg)
+    if nproc > 1 and not in_torchrun():
+        launch_training(name, cfg, nproc)
+        summary = json.loads((out / SUMMARY_FILE).read_text())
+        return StageResult(name, [("processes", str(nproc)), *((k, str(v)) for k, v in summary.items())])
+    result = train_here(run_cfg, on_step)
+    if result is None:  # a torchrun rank other than 0: rank 0 writes the run's files
+        return StageResult(name, [])
+    curve_keys = ("step", "loss", "ntp", "policy", "lr", "grad_norm")
+    curve = [{k: h[k] for k in curve_keys if k in h} for h in result.history]
+    (out / CURVE_FILE).write_text(json.dumps(curve, indent=1) + "\n")
+    summary = {
+        "steps": result.steps,
+        "skipped": result.skipped,
+        "last_loss": result.last_loss,
+        "final_ntp": curve[-1]["ntp"] if curve else None,
+        "tokens_per_s": round(result.tokens_per_s, 1),
+    }
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    return StageResult(name, result.summary_rows())
+
+
+def _positions(cfg: PipelineConfig, on_step: OnStep | None) -> StageResult:
+    from refine_tasks.train.positions import precompute_positions
+
+    out = Path(cfg.lifecycle.positions_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # No timings in summary.json: midtrain_refine depends on it, and only a changed selection counts.
+    if cfg.positions.policy != "precomputed":
+        summary = {"policy": cfg.positions.policy}
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        notice = (
+            "positions: positions.policy=online selects positions in every training step; nothing to cache"
+        )
+        return StageResult("positions", [("policy", cfg.positions.policy)], notice=notice)
+    report = precompute_positions(
+        stage_config("positions", cfg), on_progress=lambda n: on_step and on_step({"done": n})
+    )
+    summary = {"policy": "precomputed", "checkpoint": report.checkpoint, "sequences": report.sequences}
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    return StageResult("positions", report.summary_rows())
+
+
+def _evaluate(name: str, cfg: PipelineConfig, on_step: OnStep | None) -> StageResult:
+    from refine_tasks.evaluate.results import task_summary
+    from refine_tasks.evaluate.runner import build_records, load_eval_model, run_evaluation
+
+    stage, model = split_stage(name)
+    family = EVAL_STAGES[stage]
+    ev_cfg = stage_config(name, cfg)
+    out = Path(ev_cfg.evaluate.output_dir) / str(model)
+    reason = missing_eval_data(family, ev_cfg)
+    if reason is not None:
+        notice = f"{name}: skipped, {reason} (run `dvc repro -f -s {name}` once the data is there)"
+        out.mkdir(parents=True, exist_ok=True)
+        skipped = {"run": model, "checkpoint": ev_cfg.evaluate.checkpoint, "skipped": reason, "cells": []}
+        (out / "scores.json").write_text(json.dumps(skipped, indent=2) + "\n")
+        return StageResult(name, [("skipped", reason)], notice=notice)
+    eval_model, tokenizer, checkpoint = load_eval_model(ev_cfg)
+    records = build_records(ev_cfg.evaluate, tokenizer, ev_cfg.seed)
+    run = run_evaluation(
+        ev_cfg,
+        eval_model,
+        tokenizer,
+        checkpoint=checkpoint,
+        records=records,
+        on_batch=lambda n: on_step and on_step({"done": n}),
+    )
+    rows = [(f"{task} ({t['metric']})", f"{t['score']:.2f}") for task, t in task_summary(run.results).items()]
+    rows += [("samples", f"{len(run.results):,}"), ("seconds", f"{run.seconds:.1f}")]
+    return StageResult(name, rows, files=list(run.paths.values()))
+
+
+def score_files(cfg: PipelineConfig) -> list[Path]:
+    """Every evaluation output the report reads (skipped stages' files hold no cells)."""
+    root = Path(cfg.lifecycle.eval_dir)
+    return [root / family / model / "scores.json" for family in EVAL_STAGES.values() for model in MODELS]
+
+
+def evaluation_results(cfg: PipelineConfig):
+    """The evaluation cells of every model evaluated so far (a DataFrame, models in MODELS order)."""
+    from refine_tasks.evaluate.report import results_from_scores
+
+    files = [f for f in score_files(cfg) if f.is_file()]
+    scores = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    present = {s["run"] for s in scores if s["cells"]}
+    return results_from_scores(files, [m for m in MODELS if m in present] or list(MODELS))
+
+
+def comparison(cfg: PipelineConfig) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the comparison of base, SFT and ReFINE on every evaluated task."""
+    from refine_tasks.evaluate.report import comparison_rows
+
+    return comparison_rows(evaluation_results(cfg))
+
+
+def _report(cfg: PipelineConfig) -> StageResult:
+    from refine_tasks.evaluate.report import task_scores, write_report_frame
+
+    df = evaluation_results(cfg)
+    out = Path(cfg.evaluate.report_dir)
+    files = write_report_frame(df, out)
+    averages = task_scores(df).groupby(["label", "family"], observed=True).score.mean()
+    metrics: dict[str, dict[str, float]] = {}
+    for (label, family), score in averages.items():
+        metrics.setdefault(str(label), {})[str(family)] = round(float(score), 4)
+    (out / REPORT_METRICS).write_text(json.dumps(metrics, indent=1) + "\n")
+    skipped = [
+        json.loads(f.read_text())["skipped"]
+        for f in score_files(cfg)
+        if f.is_file() and "skipped" in json.loads(f.read_text())
+    ]
+    notice = f"report: without {'; '.join(sorted(set(skipped)))}" if skipped else None
+    rows = [("report", str(out / "comparison.md")), ("files", f"{len(files) + 1}")]
+    return StageResult("report", rows, notice=notice, files=[*files, out / REPORT_METRICS])
+
+
+def run_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> StageResult:
+    """Run stage `name` on fresh outputs; on any failure remove what it wrote, then re-raise."""
+    stage, _ = split_stage(name)
+    outputs = stage_outputs(name, cfg)
+    remove_outputs(outputs)
+    try:
+        if stage == "tokenizer":
+            return _tokenizer(cfg, on_step)
+        if stage == "corpus":
+            return _corpus(cfg, on_step)
+        if stage in TRAIN_STAGES:
+            return train_stage(stage, cfg, on_step)
+        if stage == "positions":
+            return _positions(cfg, on_step)
+        if stage in EVAL_STAGES:
+            return _evaluate(name, cfg, on_step)
+        return _report(cfg)
+    except BaseException:
+        remove_outputs(outputs)
+        raise
+
+
+def run_tracked(
+    name: str, cfg: PipelineConfig, on_step: OnStep | None = None, force: bool = False
+) -> StageResult:
+    """Run stage `name` the way `dvc repro` would: not at all when the working directory's DVC
+    repository says it is up to date (unless `force`, e.g. to re-read a corpus source DVC does not
+    track); else run it and commit its outputs (`dvc commit`); when it fails, put back its last
+    committed outputs. Outside a DVC repository, or with a configuration other than the
+    repository's params.yaml, it just runs the stage."""
+    from refine_tasks.pipeline.dvc_state import DvcStages
+
+    dvc = DvcStages.for_config(cfg)
+    if dvc is not None and not force and dvc.up_to_date(name):
+        return StageResult(name, [("up to date", "dvc status: nothing changed")])
+    try:
+        result = run_stage(name, cfg, on_step)
+    except BaseException:
+        if dvc is not None:
+            dvc.restore(name)
+        raise
+    if dvc is not None:
+        dvc.commit(name)
+        result.rows.append(("dvc", "outputs committed (dvc.lock)"))
+    return result

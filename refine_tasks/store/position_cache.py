@@ -1,0 +1,95 @@
+"""Selected rollout positions cached in DuckDB (the catalog's `positions` table).
+
+A cache row is keyed by (doc_id, checkpoint, params_hash): the sequence, the weights version
+that computed its entropy, and a hash of every parameter the selection depends on. It keeps
+the positions, an entropy summary and the training step that computed them. The policies that
+read and fill it live in `refine_tasks.train.positions`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class SelectionParams:
+    """Everything the selected positions depend on besides the weights and the tokens."""
+
+    n_chunks: int
+    selection: str
+    margin: int
+    rollout_len: int
+    seq_len: int
+    seed: int
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class CachedPositions:
+    """One cache row: the positions of one sequence under one weights version."""
+
+    doc_id: str
+    checkpoint: str
+    params_hash: str
+    params: str
+    seq_len: int
+    positions: list[int]
+    entropy_at: list[float]  # smoothed entropy that scored each position (H[p-1])
+    entropy_mean: float
+    entropy_std: float
+    entropy_max: float
+    step: int | None
+
+
+class PositionCache:
+    """The `positions` table of the DuckDB catalog (migration 2 in `refine_tasks.store.catalog`).
+
+    Each call opens the catalog as its one writer for just that call, so a long training run
+    never holds the catalog locked between steps.
+    """
+
+    COLUMNS = tuple(CachedPositions.__dataclass_fields__)
+
+    def __init__(self, catalog: Path) -> None:
+        self.catalog = Path(catalog)
+
+    def _writer(self):
+        # DuckDB loads on the first catalog access: the online policy, with no catalog, never needs it
+        from refine_tasks.store.catalog_wait import waiting_writer
+
+        return waiting_writer(self.catalog)
+
+    def get(self, doc_ids: list[str], checkpoint: str, params_hash: str) -> dict[str, CachedPositions]:
+        with self._writer() as con:
+            rows = con.execute(
+                f"SELECT {', '.join(self.COLUMNS)} FROM positions "
+                "WHERE checkpoint = ? AND params_hash = ? AND list_contains(?, doc_id)",
+                [checkpoint, params_hash, doc_ids],
+            ).fetchall()
+        return {r[0]: CachedPositions(*r) for r in rows}
+
+    def put(self, records: list[CachedPositions]) -> None:
+        if not records:
+            return
+        marks = ", ".join("?" for _ in self.COLUMNS)
+        with self._writer() as con:
+            con.executemany(
+                f"INSERT OR REPLACE INTO positions ({', '.join(self.COLUMNS)}) VALUES ({marks})",
+                [[getattr(r, c) for c in self.COLUMNS] for r in records],
+            )
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A checkpoint id from the weights themselves: SHA-256 over every parameter's name, dtype and bytes."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,164 @@
+"""Training checkpoints: a Hugging Face model directory plus everything `--resume` needs.
+
+Layout of `<out_dir>/checkpoints/step-<N>/`:
+  config.json, model*.safetensors the model (AutoModelForCausalLM.from_pretrained works)
+  tokenizer files                 copied from the tokenizer directory, when there is one
+  trainer/optimizer.safetensors   optimizer tensors and the torch RNG states
+  trainer/state.json              step, optimizer groups, scheduler, data cursor, counters,
+                                  and the SHA-256 of every other file (checked on load)
+(The trainer's files sit in a subfolder: model loaders read every top-level *.safetensors.)
+Nothing is pickled. A checkpoint is written under a temporary name and renamed into place,
+then `<out_dir>/checkpoints/latest` (one line: the directory name) is replaced atomically, so
+a kill at any moment leaves the previous checkpoint as `latest`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers.utils import logging as hf_logging
+
+from refine_tasks.corpus.shards import file_sha256
+from refine_tasks.errors import TrainCheckpointError
+
+STATE_FILE = "trainer/state.json"
+TENSOR_FILE = "trainer/optimizer.safetensors"
+LATEST = "latest"
+TMP_MARK = ".tmp-"
+
+
+def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state_dict -> (tensors by 'state/<param>/<name>', JSON-able rest)."""
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for index, entries in state["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state/{index}/{name}"] = value.detach().cpu().contiguous()
+            else:
+                plain.setdefault(str(index), {})[name] = value
+    return tensors, {"plain": plain, "param_groups": state["param_groups"]}
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in meta["plain"].items()}
+    for key, value in tensors.items():
+        if key.startswith("state/"):
+            _, index, name = key.split("/", 2)
+            state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    trainer: dict[str, Any],
+    tokenizer_dir: Path | None = None,
+) -> Path:
+    """Write checkpoint `step` under `root` (…/checkpoints) atomically and point `latest` at it."""
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:07d}"
+    final = root / name
+    tmp = root / f"{name}{TMP_MARK}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a shard-writing bar per checkpoint would bury the trainer's own
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+    if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
+        for f in Path(tokenizer_dir).iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+    tensors, optim_meta = _split_optimizer(optimizer.state_dict())
+    tensors["rng/cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
+    (tmp / TENSOR_FILE).parent.mkdir()
+    save_file(tensors, str(tmp / TENSOR_FILE))
+    files = {f.relative_to(tmp).as_posix(): file_sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+    state = {"step": step, "optimizer": optim_meta, "scheduler": scheduler.state_dict(), "trainer": trainer}
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=1))
+    _fsync_dir_files(tmp)
+    if final.exists():  # a rerun of the same step after a resume: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    latest_tmp = root / f"{LATEST}{TMP_MARK}{os.getpid()}"
+    latest_tmp.write_text(name + "\n")
+    os.replace(latest_tmp, root / LATEST)
+    return final
+
+
+def _fsync_dir_files(directory: Path) -> None:
+    for f in directory.rglob("*"):
+        if f.is_file():
+            with f.open("rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The directory `latest` names, or None when no checkpoint was ever completed."""
+    pointer = root / LATEST
+    if not pointer.exists():
+        return None
+    path = root / pointer.read_text().strip()
+    if not path.is_dir():
+        raise TrainCheckpointError(
+            f"{pointer} names {path.name}, which does not exist: point it at a checkpoint directory "
+            f"in {root}, or delete it to train from scratch"
+        )
+    return path
+
+
+def load_checkpoint(
+    path: Path,
+    model,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNG from `path`; returns {'step', 'trainer'}.
+
+    Every file is checked against the SHA-256 recorded when it was written first.
+    """
+    advice = (
+        f"delete {path} and point {path.parent / LATEST} at an earlier checkpoint, or train without --resume"
+    )
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        files = state["files"]
+    except (OSError, ValueError, KeyError) as e:
+        raise TrainCheckpointError(
+            f"checkpoint {path} is corrupt: {STATE_FILE} unreadable ({e}); {advice}"
+        ) from None
+    for name, digest in files.items():
+        f = path / name
+        if not f.is_file() or file_sha256(f) != digest:
+            problem = "missing" if not f.is_file() else "does not match its recorded SHA-256"
+            raise TrainCheckpointError(f"checkpoint {path} is corrupt: {name} {problem}; {advice}")
+    try:
+        device = str(next(model.parameters()).device)
+        weights: dict[str, torch.Tensor] = {}
+        for shard in sorted(path.glob("model*.safetensors")):  # one file, or save_pretrained's shards
+            weights.update(load_file(str(shard), device=device))
+        tensors = load_file(str(path / TENSOR_FILE))
+        model.load_state_dict(weights, strict=True)
+    except (SafetensorError, RuntimeError, OSError) as e:
+        raise TrainCheckpointError(f"checkpoint {path} cannot be loaded: {e}; {advice}") from None
+    optimizer.load_state_dict(_join_optimizer(tensors, state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(tensors["rng/cpu"])
+    if "rng/cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng/cuda"])
+    return {"step": state["step"], "trainer": state["trainer"]}

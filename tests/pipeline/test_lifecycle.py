@@ -1,0 +1,155 @@
+"""refine_tasks.pipeline.lifecycle and dvc_state: stage names and configurations, skipped evaluations, the
+report from scores.json files, no half-written outputs after a failure, when DVC bookkeeping applies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from refine_tasks.errors import TrainingDiverged
+from refine_tasks.pipeline import lifecycle
+from refine_tasks.pipeline.dvc_state import DvcStages
+from refine_tasks.pipeline.lifecycle import (
+    LifecycleError,
+    run_stage,
+    run_tracked,
+    split_stage,
+    stage_config,
+    stage_names,
+    stage_outputs,
+)
+
+
+def test_stage_names_follow_the_lifecycle() -> None:
+    names = stage_names()
+    assert names[:6] == ["tokenizer", "corpus", "base", "positions", "midtrain_sft", "midtrain_refine"]
+    assert names[-1] == "report" and len(names) == 16
+    assert names.index("eval_qa@sft") > names.index("midtrain_refine")
+    assert split_stage("eval_longbench@refine") == ("eval_longbench", "refine")
+    with pytest.raises(LifecycleError, match="stage 'eval_qa@big': unknown; stages are tokenizer"):
+        split_stage("eval_qa@big")
+
+
+def fake_checkpoint(runs: Path, model: str) -> Path:
+    ckpt = runs / model / "checkpoints" / "step-0000007"
+    ckpt.mkdir(parents=True)
+    (ckpt.parent / "latest").write_text("step-0000007\n")
+    return ckpt
+
+
+def test_stage_configs(make_config, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    cfg = make_config(f"lifecycle.runs_dir={runs}", "refine.coef=0.3", "lifecycle.base_steps=9")
+    base = stage_config("base", cfg)
+    assert (base.refine.coef, base.train.max_steps, base.train.lr) == (0.0, 9, cfg.lifecycle.base_lr)
+    assert base.train.out_dir == runs / "base" and base.model.init_from is None
+    with pytest.raises(LifecycleError, match="no checkpoint of model 'base'; run the `base` stage first"):
+        stage_config("midtrain_sft", cfg)
+    ckpt = fake_checkpoint(runs, "base")
+    sft, refine = stage_config("midtrain_sft", cfg), stage_config("midtrain_refine", cfg)
+    assert sft.refine.coef == 0.0 and refine.refine.coef == 0.3
+    assert sft.model.init_from == refine.model.init_from == str(ckpt)
+    assert (sft.train.out_dir, refine.train.out_dir) == (runs / "sft", runs / "refine")
+    ev = stage_config("eval_qa@base", cfg).evaluate
+    assert (ev.families, ev.run, ev.checkpoint) == (["ruler_qa"], "base", str(ckpt))
+    assert ev.output_dir == cfg.lifecycle.eval_dir / "ruler_qa"
+    assert stage_outputs("eval_qa@base", cfg) == [cfg.lifecycle.eval_dir / "ruler_qa" / "base"]
+
+
+def test_evaluation_without_its_data_is_skipped_with_a_notice(make_config, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    fake_checkpoint(runs, "sft")
+    cfg = make_config(
+        f"lifecycle.runs_dir={runs}",
+        f"lifecycle.eval_dir={tmp_path / 'eval'}",
+        f"evaluate.ruler_qa_files=[{tmp_path / 'none.parquet'}]",
+    )
+    result = run_stage("eval_qa@sft", cfg)
+    assert "eval_qa@sft: skipped, evaluate.ruler_qa_files:" in result.notice
+    assert "dvc repro -f -s eval_qa@sft" in result.notice
+    scores = json.loads((tmp_path / "eval" / "ruler_qa" / "sft" / "scores.json").read_text())
+    assert scores["cells"] == [] and "none.parquet not found" in scores["skipped"]
+
+
+def cells(run: str, scores: dict[str, float]) -> dict:
+    return {
+        "run": run,
+        "checkpoint": f"data/runs/{run}/checkpoints/step-0000004",
+        "cells": [
+            {
+                "run": run,
+                "checkpoint": f"data/runs/{run}/checkpoints/step-0000004",
+                "family": family,
+                "task": task,
+                "length": 1024,
+                "depth": 50.0 if family == "niah" else None,
+                "n_samples": 2,
+                "score": score,
+            }  # fmt: skip
+            for (family, task), score in scores.items()
+        ],
+    }
+
+
+def test_report_compares_the_models_from_their_scores(make_config, tmp_path: Path) -> None:
+    cfg = make_config(f"lifecycle.eval_dir={tmp_path / 'eval'}", f"evaluate.report_dir={tmp_path / 'rep'}")
+    written = {
+        ("niah", "base"): {("niah", "niah_single_1"): 50.0},
+        ("niah", "sft"): {("niah", "niah_single_1"): 0.0},
+        ("ruler_qa", "base"): {("ruler_qa", "squad"): 10.0, ("ruler_qa", "hotpotqa"): 30.0},
+        ("ruler_qa", "sft"): {("ruler_qa", "squad"): 20.0, ("ruler_qa", "hotpotqa"): 40.0},
+    }
+    for (family, model), scores in written.items():
+        out = tmp_path / "eval" / family / model
+        out.mkdir(parents=True)
+        (out / "scores.json").write_text(json.dumps(cells(model, scores)))
+    result = run_stage("report", cfg)
+    comparison = (tmp_path / "rep" / "comparison.md").read_text()
+    assert "| family | task | base | sft |" in comparison
+    assert "| RULER QA | average | 20.00 | **30.00** |" in comparison
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert metrics == {"base": {"niah": 50.0, "ruler_qa": 20.0}, "sft": {"niah": 0.0, "ruler_qa": 30.0}}
+    assert (tmp_path / "rep" / "base_niah.png").is_file() and (
+        "report",
+        str(tmp_path / "rep" / "comparison.md"),
+    ) in result.rows
+    header, rows = lifecycle.comparison(cfg)
+    assert (
+        header == ["family", "task", "base", "sft"]
+        and ["RULER NIAH", "niah_single_1", "**50.00**", "0.00"] in rows
+    )
+
+
+def test_a_failing_stage_leaves_none_of_its_outputs(make_config, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    cfg = make_config(
+        f"lifecycle.runs_dir={runs}", "corpus.limit=4", "train.seq_len=64", "lifecycle.base_steps=5",
+        "lifecycle.base_lr=1e30",  # weights blow up after the first step
+    )  # fmt: skip
+    run_stage("corpus", cfg)
+    (runs / "base").mkdir(parents=True)
+    (runs / "base" / "stale.txt").write_text("from an earlier run")
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        run_tracked("base", cfg)  # outside a DVC repository: just the stage
+    assert not (runs / "base").exists()
+
+
+def test_dvc_bookkeeping_only_for_the_repositorys_own_params(
+    make_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = make_config()
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    monkeypatch.chdir(tmp_path)
+    tracked = DvcStages.for_config(cfg)
+    assert tracked is not None and tracked.root == tmp_path
+    assert DvcStages.for_config(make_config("train.max_steps=3")) is None  # an override: not what DVC runs
+    monkeypatch.chdir(tmp_path / ".dvc")
+    assert DvcStages.for_config(cfg) is None  # paths are relative to the repository root
