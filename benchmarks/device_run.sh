@@ -10,7 +10,7 @@
 #   dn-all       gpu_deltanet.py                           (every DeltaNet figure)
 #   refine       gpu_refine_step.py --shapes paper-1.3b    (ReFINE / NTP step ratios; $REFINE_MODES)
 #   refine-small gpu_refine_step.py --shapes small         (with the bf16 branched-vs-naive check)
-#   refine-torch, refine-small-torch  the same with REFINE_STATE_CHAIN=torch (the chain's torch path)
+#   refine-torch, refine-small-torch  the same with --state-chain torch (the chain's torch path)
 #   profile      profile_refine_step.py                     (phases + top ops; $PROFILE_MODES, $PROFILE_SHAPE;
 #                                                             PROFILE_TRACE=1: Chrome traces with Python frames)
 #   lact         gpu_lact.py                               (LaCT kernels, layer, attention, paper-760m; $LACT_PHASES)
@@ -32,17 +32,17 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
 run_step() {
     local step=$1 limit=$2 dir=$OUT/$1
-    export REFINE_STATE_CHAIN=triton  # the *-torch steps set torch for their own run only
+    local chain=auto  # the *-torch steps time the state chain's torch path
     mkdir -p "$dir"
     echo "==== $step (limit ${limit}s) $(date -u +%H:%M:%S)"
     case $step in
         dn-check) timeout "$limit" python3 benchmarks/gpu_deltanet.py --out "$dir" --phases "${DN_PHASES:-check,check32,chain}" ;;
         dn-all) timeout "$limit" python3 benchmarks/gpu_deltanet.py --out "$dir" ;;
-        refine|refine-torch) [ "$step" = refine-torch ] && export REFINE_STATE_CHAIN=torch
-            timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes paper-1.3b \
+        refine|refine-torch) [ "$step" = refine-torch ] && chain=torch
+            timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes paper-1.3b --state-chain $chain \
             --check-tokens 0 --budget-s $((limit - 60)) ${REFINE_MODES:+--modes $REFINE_MODES} ;;
-        refine-small|refine-small-torch) [ "$step" = refine-small-torch ] && export REFINE_STATE_CHAIN=torch
-            timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes small \
+        refine-small|refine-small-torch) [ "$step" = refine-small-torch ] && chain=torch
+            timeout "$limit" python3 benchmarks/gpu_refine_step.py --out "$dir" --shapes small --state-chain $chain \
             --check-tokens "${CHECK_TOKENS:-2048}" --budget-s $((limit - 60)) --reps 20 ${REFINE_MODES:+--modes $REFINE_MODES} ;;
         profile) timeout "$limit" python3 benchmarks/profile_refine_step.py --out "$dir" --shape "${PROFILE_SHAPE:-paper-1.3b}" \
             --modes "${PROFILE_MODES:-ntp,fused_precomputed,fused-eager_precomputed}" --warmup 1 ${PROFILE_TRACE:+--trace} ;;

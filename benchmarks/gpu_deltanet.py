@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.record import FigureLog  # noqa: E402
-from refine_tasks.kernels.state_chain import triton as state_chain  # noqa: E402
 from refine_tasks.models import FastWeightForCausalLM, State, build_model  # noqa: E402
 from refine_tasks.models.branched import forward_branched_naive  # noqa: E402
 from refine_tasks.models.checkpoint import FLA_DEFAULTS  # noqa: E402
@@ -222,19 +220,15 @@ def check_state_chain(b: Bench) -> None:
     device = b.device
 
     def run(dtype: torch.dtype, backend: str, path: str) -> list[torch.Tensor]:
-        os.environ[state_chain.ENV_VAR] = path
         inputs = [x.to(device, dtype).requires_grad_(True) for x in (q, k, v, beta)]
-        outs = chained_delta_rule(*inputs, positions.to(device), backend=backend)
+        outs = chained_delta_rule(*inputs, positions.to(device), backend=backend, chain=path)
         loss = sum((o.float() * w.to(device)).sum() for o, w in zip(outs, weights, strict=True))
         grads = torch.autograd.grad(loss, inputs)
         return [o.detach().float() for o in outs] + [torch.cat([x.float().flatten() for x in grads])]
 
-    dtype, backend = (torch.float32, "torch") if b.args.dry_run else (torch.bfloat16, "fla")
-    try:
-        ref = run(torch.float32, "torch", "torch")
-        kernels, plain = run(dtype, backend, "triton"), run(dtype, backend, "torch")
-    finally:
-        os.environ.pop(state_chain.ENV_VAR, None)
+    dtype, backend = (torch.float32, "torch") if b.args.dry_run else (torch.bfloat16, "triton")
+    ref = run(torch.float32, "torch", "torch")
+    kernels, plain = run(dtype, backend, "auto"), run(dtype, backend, "torch")
     note = f"small heads (H={H}, K=V={K}), 1x{T}, 8 positions; random loss on o, states, final state"
     for name, x, y, r in zip(("o", "captured", "final", "grads"), kernels, plain, ref, strict=True):
         e_kernels, e_plain = rel_err(x, r), rel_err(y, r)

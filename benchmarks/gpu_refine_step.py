@@ -31,7 +31,6 @@ and peak memory, as JSON lines in OUT/results.jsonl (import with
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -46,10 +45,17 @@ from benchmarks.record import record  # noqa: E402
 from refine_tasks.config import PositionsConfig, RefineConfig  # noqa: E402
 from refine_tasks.kernels.state_chain import triton as state_chain  # noqa: E402
 from refine_tasks.models import build_model, forward_branched_naive  # noqa: E402
+from refine_tasks.models.continuation import ContinuationGraphs  # noqa: E402
 from refine_tasks.rl.positions import sequence_entropy  # noqa: E402
 from refine_tasks.train.positions import PositionSelector  # noqa: E402
 from refine_tasks.train.starting_model import mixed_precision  # noqa: E402
-from refine_tasks.train.step import ntp_backward, phase, refine_backward  # noqa: E402
+from refine_tasks.train.step import (  # noqa: E402
+    PhaseTimer,
+    RolloutBatch,
+    StepOptions,
+    ntp_backward,
+    refine_backward,
+)
 
 COMMAND = "python benchmarks/gpu_refine_step.py"
 VOCAB = 32000
@@ -63,10 +69,13 @@ class StepBench:
         self.device = torch.device("cpu" if args.dry_run else "cuda")
         self.args = args
         torch.manual_seed(0)
-        self.model = build_model(preset, VOCAB, mixer=mixer).to(self.device)
+        chain = {"state_chain": args.state_chain} if mixer == "deltanet" else {}
+        self.model = build_model(preset, VOCAB, mixer=mixer, **chain).to(self.device)
         g = torch.Generator().manual_seed(1)
         self.ids = torch.randint(0, VOCAB, (1, tokens), generator=g).to(self.device)
         self.cfg = RefineConfig(rollout_len=args.rollout_len)
+        self.graphs = ContinuationGraphs()  # the fused way's CUDA graphs, as a trainer owns them
+        self.timer = PhaseTimer()  # profile_refine_step.py swaps in a timing one
         positions = PositionsConfig(n_chunks=args.positions, margin=args.margin)
         self.selector = PositionSelector(positions, args.rollout_len, seed=0, base_checkpoint="bench")
         self.cached = self.positions()
@@ -81,7 +90,7 @@ class StepBench:
             with self.autocast():
                 return sequence_entropy(self.model, ids)
 
-        with phase("positions"):
+        with self.timer.phase("positions"):
             return self.selector.select(self.ids, ["bench-doc"], 0, entropy).positions
 
     def step(self, mode: str, step: int) -> float:
@@ -90,14 +99,13 @@ class StepBench:
         generator = torch.Generator(self.device).manual_seed(step)
         with self.autocast():
             if mode == "ntp":
-                return ntp_backward(self.model, self.ids).loss
+                return ntp_backward(self.model, self.ids, StepOptions(self.cfg, timer=self.timer)).loss
             way, _, cached = mode.partition("_")
             positions = self.cached if cached else self.positions()
             eager = way.endswith("-eager")  # fused-eager: the continuation launched op by op
-            cfg = self.cfg.model_copy(
-                update={"mode": way.removesuffix("-eager"), "graph_branches": not eager}
-            )
-            return refine_backward(self.model, self.ids, positions, cfg, generator).loss
+            cfg = self.cfg.model_copy(update={"mode": way.removesuffix("-eager")})
+            opts = StepOptions(cfg, timer=self.timer, graphs=None if eager else self.graphs)
+            return refine_backward(self.model, RolloutBatch(self.ids, positions, generator), opts).loss
 
     def grads(self, mode: str, step: int) -> tuple[float, list[torch.Tensor]]:
         """One step's loss and a copy of every parameter's gradient, in host memory (at 1.3B three
@@ -184,22 +192,22 @@ def graph_errors(bench: StepBench) -> dict[str, float]:
 
 def chain_errors(bench: StepBench) -> dict[str, float]:
     """The fused step with the chained delta rule's chain and correction on our Triton kernels
-    against their torch path (REFINE_STATE_CHAIN): same positions, same rollouts; |loss
+    against their torch path (the model config's state_chain): same positions, same rollouts; |loss
     difference| and the gradients' relative error, beside the kernels' step run twice. Nothing for
     key dims the kernels do not take (both runs would be the torch path)."""
     if bench.model.model.layers[0].attn.head_k > state_chain.MAX_KEY_DIM:
         return {}
-    previous = os.environ.get(state_chain.ENV_VAR)
+    layers = [layer.attn for layer in bench.model.model.layers]
+    chosen = layers[0].state_chain
+    runs = {}
     try:
-        runs = {}
         for name, path in (("kernels", "triton"), ("torch", "torch"), ("rerun", "triton")):
-            os.environ[state_chain.ENV_VAR] = path
+            for attn in layers:
+                attn.state_chain = path
             runs[name] = bench.grads("fused_precomputed", 7)
     finally:
-        if previous is None:
-            os.environ.pop(state_chain.ENV_VAR, None)
-        else:
-            os.environ[state_chain.ENV_VAR] = previous
+        for attn in layers:
+            attn.state_chain = chosen
     return {
         "loss_abs_diff": abs(runs["kernels"][0] - runs["torch"][0]),
         "grads_rel_err": grads_rel_err(runs["kernels"][1], runs["torch"][1]),
@@ -244,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         help="1: check the state-chain kernels vs their torch path first",
     )
     parser.add_argument(
+        "--state-chain",
+        choices=("auto", "torch", "triton"),
+        default="auto",
+        help="the DeltaNet config's state_chain: torch times the chain's torch path under its own metric names",
+    )
+    parser.add_argument(
         "--check-tokens", type=int, default=2048, help="sequence length of the exactness check (0: skip it)"
     )
     args = parser.parse_args(argv)
@@ -286,15 +300,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{preset} deltanet, 1x{tokens} tokens, {args.positions} positions x {args.rollout_len}-token rollouts, "
             f"fp32 weights + {'no' if args.dry_run else 'bf16'} autocast, gradients only, median of timed reps"
         )
-        chain = "" if args.dry_run else state_chain.chain_kernels()
+        chain = "" if args.dry_run else args.state_chain
         if chain == "torch":  # the chain's torch path: its own metric names, beside the kernels' figures
-            note += "; state chain and correction on torch ops (REFINE_STATE_CHAIN=torch)"
+            note += "; state chain and correction on torch ops (--state-chain torch)"
             preset_tag = f"{preset}_torchchain"
         else:
             preset_tag = preset
         checks = [  # (run it, metric prefix, what it compares)
             (
-                args.chain_check and chain == "triton",  # once, in the kernels' own run
+                args.chain_check and chain != "torch",  # once, in the kernels' own run
                 chain_errors,
                 "chain_kernels_vs_torch",
                 "state chain and correction on our Triton kernels vs torch ops",

@@ -1,7 +1,7 @@
 """Where the time of one ReFINE step goes, on one GPU: per-phase wall times and the top ops.
 
 For each mode (the same batch, model and settings as `gpu_refine_step.py`): warm-up steps, then
-one step under `refine_step.phase_timer` (the device synchronised around each phase:
+one step under a timing `PhaseTimer` (the device synchronised around each phase:
 positions, prefill, rollouts, rewards, loss_forward, backward), then one step under
 torch.profiler, whose top ops by device time and by host time are printed. Modes in
 --no-profile-modes (default: naive, whose trace would be huge) get the phase times only.
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_refine_step import StepBench, add_batch_arguments  # noqa: E402
 from benchmarks.record import record  # noqa: E402
-from refine_tasks.train.step import phase_timer  # noqa: E402
+from refine_tasks.train.step import PhaseTimer  # noqa: E402
 
 COMMAND = "python benchmarks/profile_refine_step.py"
 
@@ -40,8 +40,11 @@ def phase_breakdown(bench: StepBench, mode: str, step: int) -> tuple[dict[str, f
     """({phase: seconds}, whole step seconds) of one step with the device synchronised between phases."""
     _sync(bench.args.dry_run)
     began = time.perf_counter()
-    with phase_timer() as phases:
+    bench.timer = PhaseTimer(timing=True)
+    try:
         bench.step(mode, step)
+    finally:
+        phases, bench.timer = bench.timer.seconds, PhaseTimer()
     _sync(bench.args.dry_run)
     return dict(phases), time.perf_counter() - began
 

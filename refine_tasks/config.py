@@ -28,6 +28,11 @@ class PathsConfig(Section):
     corpus_dir: Path = Path("data/corpus")
     tokenizer_dir: Path = Path("data/tokenizer")
     catalog: Path = Path("data/cache/refine.duckdb")
+    kernel_cache: Path = Field(
+        Path("data/cache/kernels"),
+        description="compiled GPU kernels and their autotuning results, one folder per GPU model and "
+        "Triton version (DVC-tracked: `dvc pull` brings them to a new node; see `refine warmup`)",
+    )
 
 
 class CorpusConfig(Section):
@@ -62,11 +67,21 @@ class ModelConfig(Section):
     preset: str = Field("tiny", description="tiny | small | paper-1.3b | paper-760m")
     mixer: Literal["deltanet", "lact"] = "deltanet"
     init_from: str | None = Field(None, description="checkpoint directory to start from")
-    kernel_backend: Literal["auto", "torch", "fla"] = Field(
+    kernel_backend: Literal["auto", "torch", "triton"] = Field(
         "auto",
-        description="kernels: auto (fla's Triton kernels on CUDA, the torch reference on CPU), torch or fla; "
-        "the REFINE_KERNEL_BACKEND environment variable overrides it",
+        description="kernels: auto (the Triton kernels on CUDA, the torch reference on CPU), torch or triton; "
+        "saved with the model's config",
     )
+    state_chain: Literal["auto", "torch", "triton"] = Field(
+        "auto",
+        description="DeltaNet's chained delta rule (rollout branches, captured states): its state chain "
+        "and output correction as our Triton kernels (auto: on CUDA with float32 states and key dims "
+        "<= 64, where they were measured faster) or as torch ops",
+    )
+
+    def kernel_fields(self) -> dict[str, str]:
+        """The kernel choices a model built or loaded for this run takes (FastWeightConfig fields)."""
+        return {"kernel_backend": self.kernel_backend, "state_chain": self.state_chain}
 
 
 class PositionsConfig(Section):
@@ -206,7 +221,10 @@ class EvalConfig(Section):
     )
     batch_size: int = Field(8, ge=1, description="prompts generated together")
     device: str = Field("cpu", description="cpu | cuda | cuda:N")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="auto: bfloat16 on CUDA (fla's chunked kernels refuse float32), float32 on CPU",
+    )
     output_dir: Path = Field(
         Path("data/eval"), description="per-run folders of samples.parquet + scores.json"
     )

@@ -1,36 +1,30 @@
-"""Which implementation runs a kernel: our torch reference (`torch`) or fla's Triton kernels (`fla`).
+"""Which implementation runs a kernel: our torch reference (`torch`) or the Triton kernels (`triton`:
+fla's for DeltaNet and the shell, ours for LaCT and the state chain).
 
-Precedence: the environment variable `REFINE_KERNEL_BACKEND` (so a run can be switched without
-touching its config), then the model config's `kernel_backend`, then the device: CUDA tensors
-use `fla`, everything else `torch`. fla's kernels need a CUDA device.
+The model config's `kernel_backend` chooses (`auto`, `torch` or `triton`); `auto` follows the
+tensors' device: CUDA tensors use `triton`, everything else `torch`. Triton kernels need a CUDA
+device (the tests run them on the CPU through Triton's interpreter, by calling them directly).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 import torch
 
-Backend = Literal["torch", "fla"]
-ENV_VAR = "REFINE_KERNEL_BACKEND"
-CHOICES = ("auto", "torch", "fla")
+Backend = Literal["torch", "triton"]
+CHOICES = ("auto", "torch", "triton")
 
 
-def resolve_backend(device: torch.device, override: str | None = None) -> Backend:
-    """The backend for tensors on `device`; `override` is the config's choice (auto/torch/fla/None)."""
-    env = os.environ.get(ENV_VAR, "").strip().lower()
-    if env and env not in CHOICES:
-        raise ValueError(f"{ENV_VAR}={env!r}: expected one of {', '.join(CHOICES)}")
-    choice = env or (override or "auto")
+def resolve_backend(device: torch.device, choice: str = "auto") -> Backend:
+    """The backend for tensors on `device` under the config's `choice` (auto/torch/triton)."""
     if choice not in CHOICES:
         raise ValueError(f"kernel_backend={choice!r}: expected one of {', '.join(CHOICES)}")
     if choice == "auto":
-        return "fla" if device.type == "cuda" else "torch"
-    if choice == "fla" and device.type != "cuda":
-        source = ENV_VAR if env else "kernel_backend"
+        return "triton" if device.type == "cuda" else "torch"
+    if choice == "triton" and device.type != "cuda":
         raise ValueError(
-            f"{source}='fla' but the tensors are on {device}: fla's Triton kernels need a CUDA device; "
-            f"use 'torch' (or 'auto') on a CPU"
+            f"kernel_backend='triton' but the tensors are on {device}: the Triton kernels need a CUDA "
+            f"device; use 'torch' (or 'auto') on a CPU"
         )
     return choice

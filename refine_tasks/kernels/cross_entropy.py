@@ -13,7 +13,7 @@ IGNORE_INDEX = -100
 
 def cross_entropy(logits: Tensor, targets: Tensor, backend: Backend) -> Tensor:
     """Mean cross-entropy; logits [N, V], targets [N] (IGNORE_INDEX entries are skipped)."""
-    if backend == "fla":
+    if backend == "triton":
         from fla.modules import FusedCrossEntropyLoss
 
         return FusedCrossEntropyLoss(inplace_backward=True)(logits, targets)

@@ -13,7 +13,7 @@ def swiglu_mlp(
 ) -> Tensor:
     """x: [..., D]; gate/up weights: [I, D]; down weight: [D, I] (nn.Linear layout) -> [..., D]."""
     gate, up = F.linear(x, gate_weight), F.linear(x, up_weight)
-    if backend == "fla":
+    if backend == "triton":
         from fla.modules.activations import swiglu_linear
 
         return swiglu_linear(gate, up, down_weight, None)

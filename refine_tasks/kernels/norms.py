@@ -23,7 +23,7 @@ def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float, backend: Backend) -> Tensor:
     """weight * x / rms(x) over the last dim; x: [..., D], weight: [D]."""
-    if backend == "fla":
+    if backend == "triton":
         from fla.modules.norm.layernorm import rms_norm as fla_rms_norm
 
         return fla_rms_norm(x, weight, None, eps=eps)
@@ -34,7 +34,7 @@ def add_rms_norm(
     x: Tensor, residual: Tensor, weight: Tensor, eps: float, backend: Backend
 ) -> tuple[Tensor, Tensor]:
     """(rms_norm(x + residual), x + residual): the pre-norm block's residual add and norm in one pass."""
-    if backend == "fla":
+    if backend == "triton":
         from fla.modules.norm.layernorm import rms_norm as fla_rms_norm
 
         return fla_rms_norm(x, weight, None, residual=residual, eps=eps, prenorm=True)
@@ -44,7 +44,7 @@ def add_rms_norm(
 
 def rms_norm_gated(x: Tensor, gate: Tensor, weight: Tensor, eps: float, backend: Backend) -> Tensor:
     """rms_norm(x) * silu(gate): DeltaNet's gated output norm (fla's FusedRMSNormGated)."""
-    if backend == "fla":
+    if backend == "triton":
         from fla.modules.norm.fused_norm_gate import rms_norm_gated as fla_rms_norm_gated
 
         return fla_rms_norm_gated(x, gate, weight, None, activation="swish", eps=eps)

@@ -19,7 +19,7 @@ from refine_tasks.kernels.backend import Backend
 
 def short_conv(x: Tensor, weight: Tensor, backend: Backend, initial_state: Tensor | None = None) -> Tensor:
     """silu(causal depthwise conv(x)) -> [B, T, D]; x: [B, T, D], weight: [D, W], initial_state: [B, D, W]."""
-    if backend == "fla":
+    if backend == "triton":
         from fla.modules.causal_conv1d import causal_conv1d
 
         y, _ = causal_conv1d(x=x, weight=weight, initial_state=initial_state, activation="silu")

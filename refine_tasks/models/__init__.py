@@ -16,7 +16,7 @@ from refine_tasks.models.cache import FastWeightCache
 from refine_tasks.models.configuration import FastWeightConfig
 from refine_tasks.models.mixer import MIXERS, MixerOutput, TokenMixer, mixer_class
 from refine_tasks.models.modeling import FastWeightForCausalLM
-from refine_tasks.models.presets import PRESETS, build_model, preset_config
+from refine_tasks.models.presets import PRESETS, build_model, load_model, preset_config
 from refine_tasks.models.state import BranchedOutput, DecodeOutput, LayerState, PrefillOutput, State
 
 AutoConfig.register(FastWeightConfig.model_type, FastWeightConfig, exist_ok=True)
@@ -36,6 +36,7 @@ __all__ = [
     "State",
     "TokenMixer",
     "build_model",
+    "load_model",
     "forward_branched_naive",
     "mixer_class",
     "preset_config",

@@ -2,7 +2,10 @@
 
 Field names follow fla's DeltaNetConfig so an fla checkpoint's config maps onto this one
 (`fla_checkpoint.py`). Options of another mixer (e.g. LaCT's window) are extra keyword
-arguments: PretrainedConfig keeps them as attributes and the mixer reads them.
+arguments: PretrainedConfig keeps them as attributes and the mixer reads them. Kernel choices
+(`kernel_backend`, `state_chain`, and a mixer's own such as LaCT's attention path) are fields
+too: resolved when the model runs from this config and the tensors' device, never from the
+environment, and saved with every checkpoint.
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ from transformers import PretrainedConfig
 
 from refine_tasks.kernels.backend import CHOICES as BACKEND_CHOICES
 from refine_tasks.models.mixer import MIXERS
+
+STATE_CHAIN_CHOICES = ("auto", "torch", "triton")
+# Execution choices, not weights: a run's configuration sets them on a loaded model too.
+KERNEL_FIELDS = ("kernel_backend", "state_chain")
 
 
 class FastWeightConfig(PretrainedConfig):
@@ -34,6 +41,7 @@ class FastWeightConfig(PretrainedConfig):
         norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
         kernel_backend: str = "auto",
+        state_chain: str = "auto",
         tie_word_embeddings: bool = False,
         use_cache: bool = True,
         pad_token_id: int | None = None,
@@ -55,7 +63,9 @@ class FastWeightConfig(PretrainedConfig):
         self.intermediate_size = intermediate_size
         self.norm_eps = norm_eps
         self.initializer_range = initializer_range
-        self.kernel_backend = kernel_backend
+        # "fla" named the Triton backend in configs saved before 2026-12-02
+        self.kernel_backend = "triton" if kernel_backend == "fla" else kernel_backend
+        self.state_chain = state_chain
         self.use_cache = use_cache
         self._validate()
         super().__init__(
@@ -74,6 +84,10 @@ class FastWeightConfig(PretrainedConfig):
         if self.kernel_backend not in BACKEND_CHOICES:
             raise ValueError(
                 f"FastWeightConfig.kernel_backend={self.kernel_backend!r}: expected one of {', '.join(BACKEND_CHOICES)}"
+            )
+        if self.state_chain not in STATE_CHAIN_CHOICES:
+            raise ValueError(
+                f"FastWeightConfig.state_chain={self.state_chain!r}: expected one of {', '.join(STATE_CHAIN_CHOICES)}"
             )
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "conv_size"):
             if int(getattr(self, name)) < 1:

@@ -32,7 +32,7 @@ from refine_tasks.models.state import State
 if TYPE_CHECKING:
     from refine_tasks.models.modeling import FastWeightForCausalLM
 
-MAX_GRAPHS = 2  # shapes kept per model: each holds every parameter's gradient buffer (~5 GiB at 1.3B)
+MAX_GRAPHS = 2  # shapes kept per run: each holds every parameter's gradient buffer (~5 GiB at 1.3B)
 
 
 def continue_eager(model: FastWeightForCausalLM, state: State, tokens: Tensor) -> Tensor:
@@ -136,30 +136,52 @@ class _Replay(torch.autograd.Function):
         return None, None, *states, *params
 
 
+class ContinuationGraphs:
+    """The captured continuations of one training run, one per shape (streams, length, state
+    layout), at most `limit` (the oldest shape goes first: a short last batch). Each holds every
+    parameter's gradient buffer (~5 GiB at 1.3B), so the run that made them owns them and
+    `clear`s them when it is done; nothing else keeps them alive."""
+
+    def __init__(self, limit: int = MAX_GRAPHS) -> None:
+        self.limit = limit
+        self.graphs: list[GraphedContinuation] = []
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def clear(self) -> None:
+        self.graphs.clear()
+
+    def for_call(self, model: FastWeightForCausalLM, state: State, tokens: Tensor) -> GraphedContinuation:
+        """The graph of this call's shape, captured on first use."""
+        pointers = [p.data_ptr() for p in model.parameters() if p.requires_grad]
+        self.graphs[:] = [g for g in self.graphs if g.pointers == pointers]  # weights moved or cast: stale
+        graphed = next((g for g in self.graphs if g.matches(state, tokens)), None)
+        if graphed is None:
+            del self.graphs[: max(0, len(self.graphs) - self.limit + 1)]
+            graphed = GraphedContinuation(model, state, tokens)
+            self.graphs.append(graphed)
+        return graphed
+
+
 def continue_branches(
-    model: FastWeightForCausalLM, state: State, tokens: Tensor, graphs: bool = True
+    model: FastWeightForCausalLM, state: State, tokens: Tensor, graphs: ContinuationGraphs | None = None
 ) -> Tensor:
     """Tokens [N, L] continued from `state` (N streams) with gradients: logits [N, L, V].
 
-    On CUDA with `graphs`, gradients on and every mixer capturable, the two passes replay from
-    CUDA graphs built on first use per shape; otherwise they run eagerly. Same computation either
-    way (on an H100 at 1.3B the two differ by no more than the eager step run twice)."""
+    With `graphs` (the caller's), on CUDA, gradients on and every mixer capturable, the two passes
+    replay from CUDA graphs captured on first use per shape; otherwise they run eagerly. Same
+    computation either way (on an H100 at 1.3B the two differ by no more than the eager step run
+    twice)."""
     usable = (
-        graphs
+        graphs is not None
         and tokens.is_cuda
         and torch.is_grad_enabled()
         and all(getattr(layer.attn, "capturable", False) for layer in model.model.layers)
     )
     if not usable:
         return continue_eager(model, state, tokens)
-    cache: list[GraphedContinuation] = model._continuations
-    pointers = [p.data_ptr() for p in model.parameters() if p.requires_grad]
-    cache[:] = [g for g in cache if g.pointers == pointers]  # weights moved or cast: stale captures
-    graphed = next((g for g in cache if g.matches(state, tokens)), None)
-    if graphed is None:
-        del cache[: max(0, len(cache) - MAX_GRAPHS + 1)]  # the oldest shapes go (a short last batch)
-        graphed = GraphedContinuation(model, state, tokens)
-        cache.append(graphed)
+    graphed = graphs.for_call(model, state, tokens)
     if graphed.pending:  # its saved activations belong to a forward still awaiting backward
         return continue_eager(model, state, tokens)
     return graphed(state, tokens)

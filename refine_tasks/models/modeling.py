@@ -104,7 +104,6 @@ class FastWeightForCausalLM(PreTrainedModel, GenerationMixin):
         self.model = FastWeightModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self._decoders: dict = {}
-        self._continuations: list = []  # models.continuation.GraphedContinuation, one per shape
         self.post_init()
 
     # ---- Hugging Face plumbing -------------------------------------------------------------

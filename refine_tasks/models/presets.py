@@ -1,9 +1,12 @@
-"""Named model sizes and `build_model`, the one way the pipeline makes a fresh model."""
+"""Named model sizes and `build_model`, the one way the pipeline makes a fresh model; `load_model`,
+the one way it loads a model directory with a run's kernel choices."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from refine_tasks.models.checkpoint import load_config
 from refine_tasks.models.configuration import FastWeightConfig
 from refine_tasks.models.lact.config import LACT_PRESETS
 from refine_tasks.models.modeling import FastWeightForCausalLM
@@ -36,3 +39,13 @@ def build_model(
 ) -> FastWeightForCausalLM:
     """A randomly initialised model of `preset`'s shape; `overrides` set any FastWeightConfig field."""
     return FastWeightForCausalLM(preset_config(preset, vocab_size, mixer, **overrides))
+
+
+def load_model(path: str | Path, kernel_fields: dict[str, Any]) -> FastWeightForCausalLM:
+    """A model directory's weights with the run's kernel choices (`kernel_fields`: FastWeightConfig
+    fields such as kernel_backend) set on its config before the model is built."""
+    config = load_config(path)
+    for name, value in kernel_fields.items():
+        setattr(config, name, value)
+    config._validate()
+    return FastWeightForCausalLM.from_pretrained(path, config=config)

@@ -7,7 +7,8 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 from refine_tasks.config import PipelineConfig
-from refine_tasks.models import FastWeightForCausalLM, build_model
+from refine_tasks.corpus.tokenizer import load_tokenizer
+from refine_tasks.models import FastWeightForCausalLM, build_model, load_model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -22,15 +23,11 @@ def resolve_device(name: str) -> torch.device:
 def make_model(cfg: PipelineConfig, device: torch.device) -> FastWeightForCausalLM:
     """The starting weights: model.init_from, else a fresh `model.preset` seeded by `seed`."""
     if cfg.model.init_from is not None:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(cfg.model.init_from)
+        model = load_model(cfg.model.init_from, cfg.model.kernel_fields())
     else:
-        from refine_tasks.corpus.tokenizer import load_tokenizer
-
         vocab = len(load_tokenizer(cfg.paths.tokenizer_dir))
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model.preset, vocab_size=vocab, mixer=cfg.model.mixer)
+        model = build_model(cfg.model.preset, vocab_size=vocab, mixer=cfg.model.mixer, **cfg.model.kernel_fields())
     if cfg.train.dtype == "float64":
         model = model.double()
     return model.to(device)

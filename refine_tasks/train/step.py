@@ -16,16 +16,19 @@ Three ways to the same loss and gradients (`refine.mode`):
 Old log-probs are the rollout's own, so the ratio is 1 in value on this first and only epoch;
 the clipped form is kept so its gradient and diagnostics are the GRPO ones.
 
-The functions backpropagate `scale * loss` themselves (scale = 1 / grad_accum): the naive way
-must call backward per sequence to fit in memory, and all ways share that interface. A
-non-finite loss is reported and not backpropagated.
+One function per way (`fused_backward`, `branched_backward`, `naive_backward`; `refine_backward`
+dispatches on refine.mode), each taking a `RolloutBatch` (what to train on) and `StepOptions`
+(how: the config, the gradient scale, the KL reference, the phase timer and the continuation
+graphs, whose owner is the caller). They backpropagate `scale * loss` themselves (scale = 1 /
+grad_accum): the naive way must call backward per sequence to fit in memory, and all ways share
+that interface. A non-finite loss is reported and not backpropagated.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -34,7 +37,7 @@ from torch import Tensor
 
 from refine_tasks.config import RefineConfig
 from refine_tasks.models import FastWeightForCausalLM, PrefillOutput
-from refine_tasks.models.continuation import continue_branches
+from refine_tasks.models.continuation import ContinuationGraphs, continue_branches
 from refine_tasks.rl.grpo import (
     PolicyLoss,
     aggregate_loss,
@@ -57,39 +60,57 @@ from refine_tasks.rl.rollout import (
 
 METRIC_REWARDS = ("cosine", "exact", "hybrid")  # always logged, whichever one trains
 
-_phase_seconds: dict[str, float] | None = None  # set inside `phase_timer` only
 
+class PhaseTimer:
+    """Names the parts of a step: always a profiler range `refine/<name>`; with `timing`, also
+    their wall seconds in `seconds` ({name: seconds}), the device synchronised before and after
+    each (so never while training: the syncs stop the host from queueing work ahead of the GPU)."""
 
-@contextmanager
-def phase(name: str) -> Iterator[None]:
-    """A named part of a step: always a profiler range `refine/<name>`; inside `phase_timer`, also
-    its wall seconds, with the device synchronised before and after (so never while training:
-    the syncs stop the host from queueing work ahead of the GPU)."""
-    with torch.profiler.record_function(f"refine/{name}"):
-        if _phase_seconds is None:
+    def __init__(self, timing: bool = False) -> None:
+        self.timing = timing
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        with torch.profiler.record_function(f"refine/{name}"):
+            if not self.timing:
+                yield
+                return
+            _synchronize()
+            began = time.perf_counter()
             yield
-            return
-        _synchronize()
-        began = time.perf_counter()
-        yield
-        _synchronize()
-        _phase_seconds[name] = _phase_seconds.get(name, 0.0) + time.perf_counter() - began
-
-
-@contextmanager
-def phase_timer() -> Iterator[dict[str, float]]:
-    """Collect the wall seconds of every `phase` run inside this context: {name: seconds}."""
-    global _phase_seconds
-    _phase_seconds = {}
-    try:
-        yield _phase_seconds
-    finally:
-        _phase_seconds = None
+            _synchronize()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - began
 
 
 def _synchronize() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
+
+
+@dataclass
+class RolloutBatch:
+    """What one micro-step trains on: input_ids [B, T]; positions [B, P], the prefix lengths where
+    rollouts start (None only for the NTP step); generator: the rollouts' sampling source, on the
+    model's device (None: the global one)."""
+
+    input_ids: Tensor
+    positions: Tensor | None = None
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class StepOptions:
+    """How a micro-step runs: the ReFINE config; scale, the loss's weight in the accumulated
+    gradient (1 / grad_accum); ref_model, the frozen KL reference (needed when cfg.kl_coef > 0);
+    timer, the step's phase names and timings; graphs, the fused way's CUDA-graphed
+    continuations (None: launched op by op), owned by the caller, who clears them."""
+
+    cfg: RefineConfig
+    scale: float = 1.0
+    ref_model: FastWeightForCausalLM | None = None
+    timer: PhaseTimer = field(default_factory=PhaseTimer)
+    graphs: ContinuationGraphs | None = None
 
 
 @dataclass
@@ -122,12 +143,12 @@ def _backward(loss: Tensor, scale: float) -> bool:
     return True
 
 
-def ntp_backward(model: FastWeightForCausalLM, input_ids: Tensor, scale: float = 1.0) -> StepStats:
+def ntp_backward(model: FastWeightForCausalLM, input_ids: Tensor, opts: StepOptions) -> StepStats:
     """The NTP-SFT baseline step (ReFINE with coef = 0): cross-entropy over input_ids [B, T]."""
-    with phase("loss_forward"):
+    with opts.timer.phase("loss_forward"):
         loss = ntp_loss(model(input_ids).logits, input_ids)
-    with phase("backward"):
-        _backward(loss, scale)
+    with opts.timer.phase("backward"):
+        _backward(loss, opts.scale)
     value = float(loss.detach())
     return StepStats(loss=value, ntp=value, tokens=input_ids.numel())
 
@@ -168,13 +189,13 @@ def rollouts_from_states(
 
 @torch.no_grad()
 def branched_rollouts(
-    model: FastWeightForCausalLM, input_ids: Tensor, positions: Tensor, cfg: RefineConfig, generator
+    model: FastWeightForCausalLM, batch: RolloutBatch, cfg: RefineConfig, timer: PhaseTimer
 ) -> tuple[Rollouts, Tensor, Tensor]:
     """Rollouts from states captured by one no-grad prefill (see `rollouts_from_states`)."""
-    with phase("prefill"):
-        pre = model.prefill(input_ids, capture=positions, return_logits=False, return_final=False)
-    with phase("rollouts"):
-        return rollouts_from_states(model, input_ids, positions, pre, cfg, generator)
+    with timer.phase("prefill"):
+        pre = model.prefill(batch.input_ids, capture=batch.positions, return_logits=False, return_final=False)
+    with timer.phase("rollouts"):
+        return rollouts_from_states(model, batch.input_ids, batch.positions, pre, cfg, batch.generator)
 
 
 def _prefixed(input_ids: Tensor, positions: Tensor, tokens: Tensor) -> list[tuple[int, Tensor]]:
@@ -189,9 +210,10 @@ def _prefixed(input_ids: Tensor, positions: Tensor, tokens: Tensor) -> list[tupl
 
 @torch.no_grad()
 def naive_rollouts(
-    model: FastWeightForCausalLM, input_ids: Tensor, positions: Tensor, cfg: RefineConfig, generator
+    model: FastWeightForCausalLM, batch: RolloutBatch, cfg: RefineConfig
 ) -> tuple[Rollouts, Tensor, Tensor]:
     """`branched_rollouts` the reference way: per-prefix prefills, then prefix + rollout re-run."""
+    input_ids, positions, generator = batch.input_ids, batch.positions, batch.generator
     ro = naive_rollout(
         model, input_ids, positions, cfg.n_rollouts, cfg.rollout_len, sampling_params(cfg), generator
     )
@@ -204,6 +226,27 @@ def naive_rollouts(
     ro.hidden = torch.stack(hidden).view_as(ro.hidden)
     main = model.prefill(input_ids, return_logits=False, return_final=False).hidden
     return ro, *true_continuation(input_ids, main, positions, length)
+
+
+@dataclass
+class ScoredRollouts:
+    """Rollouts with what the loss needs of them: rewards {name: [B, P, R]}, advantages [N] and
+    old log-probs [N, L] (N = B*P*R streams in (b, p, r) order)."""
+
+    rollouts: Rollouts
+    rewards: dict[str, Tensor]
+    advantages: Tensor
+    old_log_probs: Tensor
+
+
+def _score(
+    ro: Rollouts, true_tokens: Tensor, true_hidden: Tensor, cfg: RefineConfig, timer: PhaseTimer
+) -> ScoredRollouts:
+    with timer.phase("rewards"):
+        names = list(dict.fromkeys([*METRIC_REWARDS, cfg.reward]))
+        rewards = score_rollouts(ro, true_tokens, true_hidden, names)
+        adv = group_advantages(rewards[cfg.reward], cfg.scale_by_std, cfg.adv_eps).flatten()
+    return ScoredRollouts(ro, rewards, adv, ro.log_probs.flatten(0, 2))
 
 
 def _policy_terms(
@@ -236,85 +279,89 @@ def _branch_log_probs(
     return scaled_log_probs(policy, temperature).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def refine_backward(
-    model: FastWeightForCausalLM,
-    input_ids: Tensor,
-    positions: Tensor | None,
-    cfg: RefineConfig,
-    generator: torch.Generator | None = None,
-    scale: float = 1.0,
-    ref_model: FastWeightForCausalLM | None = None,
-) -> StepStats:
-    """ReFINE loss L = NTP + coef * GRPO on input_ids [B, T] with rollouts at positions [B, P].
+def _check(batch: RolloutBatch, opts: StepOptions) -> None:
+    if opts.cfg.kl_coef > 0 and opts.ref_model is None:
+        raise ValueError("refine.kl_coef > 0 needs a frozen reference model (StepOptions.ref_model)")
+    if batch.positions is None:
+        raise ValueError("refine.coef > 0 needs rollout positions [B, P] (see refine_tasks.train.positions)")
 
-    generator: sampling source on the model's device; ref_model: frozen reference for the KL
-    term (needed when cfg.kl_coef > 0). coef = 0 runs the plain NTP step (positions unused, may be None).
-    """
-    if cfg.coef == 0.0:
-        return ntp_backward(model, input_ids, scale)
-    if cfg.kl_coef > 0 and ref_model is None:
-        raise ValueError("refine.kl_coef > 0 needs a frozen reference model (ref_model)")
-    if positions is None:
-        raise ValueError("refine.coef > 0 needs rollout positions [B, P] (see refine_tasks.store.position_cache)")
-    main = None
-    if cfg.mode == "fused":
-        with phase("prefill"):
-            # with gradients: the loss pass's main half
-            main = model.prefill(input_ids, capture=positions, return_final=False)
-        with phase("rollouts"):
-            ro, true_tokens, true_hidden = rollouts_from_states(
-                model, input_ids, positions, main, cfg, generator
-            )
-    elif cfg.mode == "branched":
-        ro, true_tokens, true_hidden = branched_rollouts(model, input_ids, positions, cfg, generator)
-    else:
-        with phase("rollouts"):
-            ro, true_tokens, true_hidden = naive_rollouts(model, input_ids, positions, cfg, generator)
-    with phase("rewards"):
-        names = list(dict.fromkeys([*METRIC_REWARDS, cfg.reward]))
-        rewards = score_rollouts(ro, true_tokens, true_hidden, names)
-        adv = group_advantages(rewards[cfg.reward], cfg.scale_by_std, cfg.adv_eps).flatten()
-    old = ro.log_probs.flatten(0, 2)  # [N, L], streams in (b, p, r) order
-    if cfg.mode == "naive":
-        with phase("loss_and_backward"):
-            stats = _naive_loss(model, input_ids, positions, ro, adv, old, cfg, scale, ref_model)
-    else:
-        stats = _one_pass_loss(model, input_ids, positions, main, ro, adv, old, cfg, scale, ref_model)
+
+def _finish(stats: StepStats, batch: RolloutBatch, scored: ScoredRollouts) -> StepStats:
     stats.rewards = {
-        n: (float(r.mean()), float(r.std()) if r.numel() > 1 else 0.0) for n, r in rewards.items()
+        n: (float(r.mean()), float(r.std()) if r.numel() > 1 else 0.0) for n, r in scored.rewards.items()
     }
-    stats.tokens = input_ids.numel() + ro.tokens.numel()
+    stats.tokens = batch.input_ids.numel() + scored.rollouts.tokens.numel()
     return stats
 
 
-def _one_pass_loss(model, input_ids, positions, main, ro, adv, old, cfg, scale, ref_model) -> StepStats:
-    """branched: one forward_branched pass; fused: branches continued from `main`'s captured states."""
+def fused_backward(model: FastWeightForCausalLM, batch: RolloutBatch, opts: StepOptions) -> StepStats:
+    """The capturing prefill, with gradients, is the loss pass's main half; rollouts decode from
+    its detached states; the branches continue from the captured states themselves."""
+    _check(batch, opts)
+    cfg, timer = opts.cfg, opts.timer
+    with timer.phase("prefill"):
+        main = model.prefill(batch.input_ids, capture=batch.positions, return_final=False)
+    with timer.phase("rollouts"):
+        ro, true_tokens, true_hidden = rollouts_from_states(
+            model, batch.input_ids, batch.positions, main, cfg, batch.generator
+        )
+    scored = _score(ro, true_tokens, true_hidden, cfg, timer)
     b, p, r, length = ro.tokens.shape
-    branch_at = positions.repeat_interleave(r, dim=1)  # [B, P*R], stream (p, r) -> branch p*R + r
     tokens = ro.tokens.reshape(b, p * r, length)
-    with phase("loss_forward"):
-        if main is None:
-            out = model.forward_branched(input_ids, branch_at, tokens)
-            logits, hidden, branch_logits = out.logits, out.hidden, out.branch_logits
-        else:
-            state = main.captured.repeat_interleave(r)  # differentiable: gradients reach the prefix
-            cont = continue_branches(model, state, tokens.reshape(b * p * r, length), cfg.graph_branches)
-            logits, hidden, branch_logits = main.logits, main.hidden, cont.view(b, p * r, length, -1)
-        ntp = ntp_loss(logits, input_ids)
+    with timer.phase("loss_forward"):
+        state = main.captured.repeat_interleave(r)  # differentiable: gradients reach the prefix
+        cont = continue_branches(model, state, tokens.reshape(b * p * r, length), opts.graphs)
+        branch_logits = cont.view(b, p * r, length, -1)
+    return _finish(
+        _branch_loss(model, batch, main.logits, main.hidden, branch_logits, scored, opts), batch, scored
+    )
+
+
+def branched_backward(model: FastWeightForCausalLM, batch: RolloutBatch, opts: StepOptions) -> StepStats:
+    """A no-grad capturing prefill for the rollouts, then ONE `forward_branched` loss pass."""
+    _check(batch, opts)
+    ro, true_tokens, true_hidden = branched_rollouts(model, batch, opts.cfg, opts.timer)
+    scored = _score(ro, true_tokens, true_hidden, opts.cfg, opts.timer)
+    b, p, r, length = ro.tokens.shape
+    branch_at = batch.positions.repeat_interleave(r, dim=1)
+    with opts.timer.phase("loss_forward"):
+        out = model.forward_branched(batch.input_ids, branch_at, ro.tokens.reshape(b, p * r, length))
+    return _finish(
+        _branch_loss(model, batch, out.logits, out.hidden, out.branch_logits, scored, opts), batch, scored
+    )
+
+
+def _branch_loss(
+    model: FastWeightForCausalLM,
+    batch: RolloutBatch,
+    logits: Tensor,
+    hidden: Tensor,
+    branch_logits: Tensor,
+    scored: ScoredRollouts,
+    opts: StepOptions,
+) -> StepStats:
+    """NTP over the sequence + coef * GRPO over the branches, backpropagated: logits [B, T, V] and
+    hidden [B, T, D] of the main sequence, branch_logits [B, P*R, L, V]."""
+    cfg, ro = opts.cfg, scored.rollouts
+    b, p, r, length = ro.tokens.shape
+    branch_at = batch.positions.repeat_interleave(r, dim=1)  # [B, P*R], stream (p, r) -> branch p*R + r
+    tokens = ro.tokens.reshape(b, p * r, length)
+    with opts.timer.phase("loss_forward"):
+        ntp = ntp_loss(logits, batch.input_ids)
         logp = _branch_log_probs(model, hidden, branch_logits, branch_at, tokens, cfg.temperature).flatten(
             0, 1
         )
         ref_logp = None
-        if ref_model is not None and cfg.kl_coef > 0:
+        if opts.ref_model is not None and cfg.kl_coef > 0:
             with torch.no_grad():
-                ref = ref_model.forward_branched(input_ids, branch_at, tokens)
+                ref = opts.ref_model.forward_branched(batch.input_ids, branch_at, tokens)
                 ref_logp = _branch_log_probs(
-                    ref_model, ref.hidden, ref.branch_logits, branch_at, tokens, cfg.temperature
+                    opts.ref_model, ref.hidden, ref.branch_logits, branch_at, tokens, cfg.temperature
                 ).flatten(0, 1)
-        grpo, kl, pl = _policy_terms(logp, old, adv, cfg, ref_logp)
+        grpo, kl, pl = _policy_terms(logp, scored.old_log_probs, scored.advantages, cfg, ref_logp)
         loss = refine_loss(ntp, grpo, cfg.coef)
-    with phase("backward"):
-        _backward(loss, scale)
+    with opts.timer.phase("backward"):
+        _backward(loss, opts.scale)
     return StepStats(
         loss=float(loss.detach()),
         ntp=float(ntp.detach()),
@@ -326,13 +373,45 @@ def _one_pass_loss(model, input_ids, positions, main, ro, adv, old, cfg, scale, 
     )
 
 
+def naive_backward(model: FastWeightForCausalLM, batch: RolloutBatch, opts: StepOptions) -> StepStats:
+    """The reference implementation's way: every prefix re-run to sample, prefix + rollout re-run
+    for the reward's hidden states and again, with gradients, for the policy loss."""
+    _check(batch, opts)
+    with opts.timer.phase("rollouts"):
+        ro, true_tokens, true_hidden = naive_rollouts(model, batch, opts.cfg)
+    scored = _score(ro, true_tokens, true_hidden, opts.cfg, opts.timer)
+    with opts.timer.phase("loss_and_backward"):
+        stats = _naive_loss(model, batch, scored, opts)
+    return _finish(stats, batch, scored)
+
+
+MODES: dict[str, Callable[[FastWeightForCausalLM, RolloutBatch, StepOptions], StepStats]] = {
+    "fused": fused_backward,
+    "branched": branched_backward,
+    "naive": naive_backward,
+}
+
+
+def refine_backward(model: FastWeightForCausalLM, batch: RolloutBatch, opts: StepOptions) -> StepStats:
+    """ReFINE loss L = NTP + coef * GRPO on the batch, the way refine.mode names; coef = 0 runs the
+    plain NTP step (positions unused, may be None)."""
+    if opts.cfg.coef == 0.0:
+        return ntp_backward(model, batch.input_ids, opts)
+    return MODES[opts.cfg.mode](model, batch, opts)
+
+
 def _stream_log_probs(m, seq: Tensor, p: int, length: int, temperature: float) -> Tensor:
     """Policy log-probs [1, L] of the last `length` tokens of seq [p + L], from a full forward."""
     logits = m(seq[None]).logits[:, p - 1 : p - 1 + length]
     return scaled_log_probs(logits, temperature).gather(-1, seq[None, p:, None]).squeeze(-1)
 
 
-def _naive_loss(model, input_ids, positions, ro, adv, old, cfg, scale, ref_model) -> StepStats:
+def _naive_loss(
+    model: FastWeightForCausalLM, batch: RolloutBatch, scored: ScoredRollouts, opts: StepOptions
+) -> StepStats:
+    cfg, scale, ref_model = opts.cfg, opts.scale, opts.ref_model
+    input_ids, positions, ro = batch.input_ids, batch.positions, scored.rollouts
+    adv, old = scored.advantages, scored.old_log_probs
     ntp = ntp_loss(model(input_ids).logits, input_ids)
     ok = _backward(ntp, scale)
     streams = _prefixed(input_ids, positions, ro.tokens)

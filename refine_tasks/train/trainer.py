@@ -29,13 +29,14 @@ from refine_tasks.config import PipelineConfig
 from refine_tasks.corpus import CorpusError
 from refine_tasks.corpus.loader import LongDocumentLoader
 from refine_tasks.errors import RunDirError, TrainingDiverged
+from refine_tasks.models.continuation import ContinuationGraphs
 from refine_tasks.rl.positions import check_sequence_length, sequence_entropy
 from refine_tasks.store.position_cache import PositionCache, weights_fingerprint
 from refine_tasks.store.runs import register_run, update_run
 from refine_tasks.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from refine_tasks.train.positions import PositionSelector
 from refine_tasks.train.starting_model import make_model, mixed_precision, resolve_device
-from refine_tasks.train.step import StepStats, refine_backward
+from refine_tasks.train.step import RolloutBatch, StepOptions, StepStats, refine_backward
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -170,6 +171,9 @@ class MidTrainer:
             self.step, self.skipped = restored["step"], state["skipped"]
             self.base_id, self.last_loss = state["base_checkpoint"], state["last_loss"]
             self.loader.load_state_dict(state["data"])
+        # The fused way's CUDA-graphed continuations: this trainer owns them (cleared when `run` ends).
+        graphs = ContinuationGraphs() if cfg.refine.graph_branches else None
+        self.step_options = StepOptions(cfg.refine, 1.0 / t.grad_accum, self.ref_model, graphs=graphs)
         cache = PositionCache(cfg.paths.catalog) if cfg.positions.policy == "precomputed" else None
         self.selector = PositionSelector(
             cfg.positions, cfg.refine.rollout_len, cfg.seed, self.base_id, self.run_id, cache
@@ -191,15 +195,7 @@ class MidTrainer:
             positions, entropy, hits = chosen.positions, chosen.entropy_mean, chosen.cache_hits
         generator = torch.Generator(self.device).manual_seed(step_seed(self.cfg.seed, step, micro))
         with self.autocast():
-            stats = refine_backward(
-                self.model,
-                ids,
-                positions,
-                self.cfg.refine,
-                generator,
-                1.0 / self.t.grad_accum,
-                self.ref_model,
-            )
+            stats = refine_backward(self.model, RolloutBatch(ids, positions, generator), self.step_options)
         return stats, entropy, hits
 
     def optimizer_step(self, step: int) -> dict:
@@ -290,6 +286,8 @@ class MidTrainer:
             raise
         finally:
             writer.close()
+            if self.step_options.graphs is not None:
+                self.step_options.graphs.clear()  # their gradient buffers: ~5 GiB at 1.3B
         update_run(catalog, self.run_id, "finished", self.step, self.last_loss)
         seconds = sum(h["step_s"] for h in history)
         return TrainResult(

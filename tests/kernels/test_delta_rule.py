@@ -108,7 +108,7 @@ def test_normalize_qk_is_the_l2_norm_of_q_and_k():
     assert o.dtype == v.dtype
 
 
-def test_fla_backend_refuses_float32_chunk():
+def test_triton_backend_refuses_float32_chunk():
     q, k, v, beta, _ = random_inputs(T=4, dtype=torch.float32)
     with pytest.raises(ValueError, match="bfloat16"):
-        delta_rule(q, k, v, beta, backend="fla")
+        delta_rule(q, k, v, beta, backend="triton")

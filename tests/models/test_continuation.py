@@ -8,7 +8,7 @@ import torch
 from models_helpers import VOCAB, randomized, rel_err
 
 from refine_tasks.models import FastWeightCache, build_model, mixer_class
-from refine_tasks.models.continuation import continue_branches
+from refine_tasks.models.continuation import ContinuationGraphs, continue_branches
 
 
 def test_continuation_equals_the_sequence_run_whole_and_reaches_the_prefix():
@@ -20,7 +20,7 @@ def test_continuation_equals_the_sequence_run_whole_and_reaches_the_prefix():
     positions = torch.tensor([[13, 29]])
     branch = torch.randint(0, VOCAB, (2, 5), generator=g)
     pre = model.prefill(ids, capture=positions)
-    logits = continue_branches(model, pre.captured, branch, graphs=True)  # CPU: the eager path
+    logits = continue_branches(model, pre.captured, branch, ContinuationGraphs())  # CPU: the eager path
     for j, p in enumerate(positions[0].tolist()):
         whole = model(torch.cat([ids[:, :p], branch[j : j + 1]], dim=1)).logits[0, p:]
         assert rel_err(logits[j], whole) < 1e-10
@@ -35,7 +35,7 @@ def test_continuation_matches_a_forward_with_the_cache():
     state = model.prefill(torch.randint(0, VOCAB, (3, 17), generator=g)).final
     tokens = torch.randint(0, VOCAB, (3, 4), generator=g)
     want = model(tokens, past_key_values=FastWeightCache(state, 0)).logits
-    assert torch.equal(continue_branches(model, state, tokens, graphs=False), want)
+    assert torch.equal(continue_branches(model, state, tokens, None), want)
 
 
 def test_only_mixers_whose_forward_is_graph_safe_are_capturable():

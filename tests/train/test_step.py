@@ -12,10 +12,12 @@ from refine_tasks.config import RefineConfig
 from refine_tasks.models import build_model
 from refine_tasks.rl.grpo import ntp_loss
 from refine_tasks.train.step import (
+    PhaseTimer,
+    RolloutBatch,
+    StepOptions,
     branched_rollouts,
     naive_rollouts,
     ntp_backward,
-    phase_timer,
     refine_backward,
 )
 
@@ -50,17 +52,10 @@ def grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def run(model, mode: str, cfg: RefineConfig, ids, positions, seed: int, ref=None):
+def run(model, mode: str, cfg: RefineConfig, ids, positions, seed: int, ref=None, timer=None):
     model.zero_grad(set_to_none=True)
-    stats = refine_backward(
-        model,
-        ids,
-        positions,
-        cfg.model_copy(update={"mode": mode}),
-        torch.Generator().manual_seed(seed),
-        0.5,
-        ref,
-    )
+    opts = StepOptions(cfg.model_copy(update={"mode": mode}), 0.5, ref, timer or PhaseTimer())
+    stats = refine_backward(model, RolloutBatch(ids, positions, torch.Generator().manual_seed(seed)), opts)
     return stats, grads(model)
 
 
@@ -94,8 +89,10 @@ def test_branched_step_equals_naive_step(case_index, mixer):
         ref = tiny(seed=1, mixer=mixer)  # a different frozen model: the KL term is far from zero
         ref.requires_grad_(False)
 
-    fast_ro = branched_rollouts(model, ids, positions, cfg, torch.Generator().manual_seed(9))
-    slow_ro = naive_rollouts(model, ids, positions, cfg, torch.Generator().manual_seed(9))
+    fast_ro = branched_rollouts(
+        model, RolloutBatch(ids, positions, torch.Generator().manual_seed(9)), cfg, PhaseTimer()
+    )
+    slow_ro = naive_rollouts(model, RolloutBatch(ids, positions, torch.Generator().manual_seed(9)), cfg)
     assert torch.equal(fast_ro[0].tokens, slow_ro[0].tokens)  # same sampled rollouts
     assert torch.equal(fast_ro[1], slow_ro[1])
     for a, b in [
@@ -128,7 +125,7 @@ def test_branched_step_equals_naive_step(case_index, mixer):
 
     # The GRPO term really reaches the gradients (the comparison above is not just NTP == NTP).
     model.zero_grad(set_to_none=True)
-    ntp_backward(model, ids, 0.5)
+    ntp_backward(model, ids, StepOptions(RefineConfig(coef=0.0), 0.5))
     ntp_only = grads(model)
     assert max(float((g_fast[n] - ntp_only[n]).abs().max()) for n in g_fast) > 1e-6
 
@@ -159,7 +156,9 @@ def test_kl_without_reference_is_a_clear_error():
     model = tiny()
     ids, positions = batch(model, seed=13)
     with pytest.raises(ValueError, match="kl_coef > 0 needs a frozen reference"):
-        refine_backward(model, ids, positions, RefineConfig(rollout_len=4, kl_coef=0.1))
+        refine_backward(
+            model, RolloutBatch(ids, positions), StepOptions(RefineConfig(rollout_len=4, kl_coef=0.1))
+        )
 
 
 @pytest.mark.parametrize(
@@ -175,11 +174,11 @@ def test_phase_timer_times_each_phase_without_changing_the_step(mode, phases):
     model = tiny()
     ids, positions = batch(model, seed=14)
     plain, g_plain = run(model, mode, cfg, ids, positions, seed=3)
-    with phase_timer() as seconds:
-        timed, g_timed = run(model, mode, cfg, ids, positions, seed=3)
+    timer = PhaseTimer(timing=True)
+    timed, g_timed = run(model, mode, cfg, ids, positions, seed=3, timer=timer)
+    seconds = timer.seconds
     assert set(seconds) == phases and all(s > 0 for s in seconds.values())
     assert timed.loss == plain.loss and all(torch.equal(g_timed[n], g) for n, g in g_plain.items())
-    with phase_timer() as fresh:
-        pass
-    run(model, mode, cfg, ids, positions, seed=3)  # outside the timer: nothing is collected
-    assert fresh == {}
+    fresh = PhaseTimer(timing=True)
+    run(model, mode, cfg, ids, positions, seed=3)  # another timer: nothing is collected in this one
+    assert fresh.seconds == {} and timer.seconds == seconds

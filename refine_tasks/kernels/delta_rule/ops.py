@@ -41,7 +41,7 @@ def delta_rule(
     `normalize_qk` L2-normalises q and k first (inside the kernel on fla).
     """
     scale = q.shape[-1] ** -0.5
-    if backend == "fla":
+    if backend == "triton":
         return _fla_delta_rule(
             q,
             k,

@@ -21,15 +21,12 @@ at paper-1.3b: 4.9 ms a call), so `segments` runs these kernels for key dims up 
 
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 from torch import Tensor
 
 BLOCK_T = 64  # tokens per correction block (all of one segment)
 MAX_KEY_DIM = 64  # largest key dim the kernels take (see the module docstring)
-ENV_VAR = "REFINE_STATE_CHAIN"
 
 
 @triton.jit
@@ -231,13 +228,3 @@ def correction_backward(
         *grad_o.stride()[:2], *response.stride()[:2], *d.stride()[:3],
         K=K, V=V, BT=BLOCK_T, IEEE=ieee, MAX_BLOCKS=_bound(max_blocks), num_warps=warps,
     )  # fmt: skip
-
-
-def chain_kernels() -> str:
-    """`triton` (default) or `torch`: how the chained delta rule's chain and correction run on the
-    GPU (environment variable REFINE_STATE_CHAIN; the torch path stays beside the kernels for
-    comparison). Read per call, so one process can time both."""
-    value = os.environ.get(ENV_VAR, "triton")
-    if value not in ("triton", "torch"):
-        raise ValueError(f"environment variable {ENV_VAR}={value!r}: expected 'triton' or 'torch'")
-    return value

@@ -54,6 +54,7 @@ class DeltaNetMixer(TokenMixer):
         self.width = config.conv_size
         self.use_gate = config.use_gate
         self.allow_neg_eigval = config.allow_neg_eigval
+        self.state_chain = config.state_chain
         self.q_proj = nn.Linear(D, Dk, bias=False)
         self.k_proj = nn.Linear(D, Dk, bias=False)
         self.v_proj = nn.Linear(D, Dv, bias=False)
@@ -122,7 +123,7 @@ class DeltaNetMixer(TokenMixer):
             )
         else:
             o, at_positions, last = chained_delta_rule(
-                q, k, v, beta, capture, backend=backend, initial_state=initial
+                q, k, v, beta, capture, backend=backend, chain=self.state_chain, initial_state=initial
             )
             captured = {"recurrent": at_positions.flatten(0, 1)}
             for name in CONVS:

@@ -32,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from refine_tasks.kernels import Backend, delta_rule
 from refine_tasks.kernels.state_chain import triton as state_chain
-from refine_tasks.kernels.state_chain.triton import BLOCK_T, MAX_KEY_DIM, chain_kernels
+from refine_tasks.kernels.state_chain.triton import BLOCK_T, MAX_KEY_DIM
 
 
 @dataclass
@@ -207,13 +207,15 @@ def chained_delta_rule(
     positions: Tensor,
     *,
     backend: Backend,
+    chain: str = "auto",
     initial_state: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """o [B, T, H, V], states at positions [B, P, H, K, V], final state [B, H, K, V].
 
     q, k: [B, T, H, K]; v: [B, T, H, V]; beta: [B, T, H]; positions: LongTensor [B, P] with
     prefix lengths 0..T in any order (repeats allowed); initial_state: [B, H, K, V] or None (zeros).
-    States are float32 or wider; o is in v's dtype.
+    States are float32 or wider; o is in v's dtype. chain: the config's `state_chain` (auto, torch
+    or triton): how the chain and correction after the kernel call run on the Triton backend.
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -233,9 +235,12 @@ def chained_delta_rule(
     # The kernels hold a [K, K] float32 transition per program: at K = 128 (paper-1.3b) that spills
     # (measured on an H100: 4.9 ms a call against the torch path's few batched matmuls), while at
     # K = 64 they cut the host time of a small model's step (1.46-1.48x -> 1.32-1.40x NTP, H100).
-    triton = (
-        backend == "fla" and state_dtype == torch.float32 and K <= MAX_KEY_DIM and chain_kernels() == "triton"
-    )
+    triton = backend == "triton" and chain != "torch" and state_dtype == torch.float32 and K <= MAX_KEY_DIM
+    if chain == "triton" and backend == "triton" and not triton:
+        raise ValueError(
+            f"state_chain='triton': the kernels take float32 states and key dims <= {MAX_KEY_DIM} "
+            f"(got {state_dtype}, K={K}); use 'auto' or 'torch'"
+        )
     o, captured, final = _Chained.apply(out[0], ends, initial_state.to(state_dtype), plan, v.dtype, triton)
     P = positions.shape[1]
     return o.view(B, T, H, V), captured.view(B, P, H, K, V), final
