@@ -1,8 +1,9 @@
 """Batched greedy generation through the state API: prefill each prompt once, decode the batch.
 
 A fast-weight model's whole past is its state, so prompts of any lengths batch without padding:
-prompts of equal length share one `prefill`, the final states are concatenated, and every decode
-step advances all unfinished streams at once (finished ones leave the batch via `State.select`).
+each prompt is prefilled as a chain of power-of-two pieces carrying the state (`prefill_pieces`:
+a bounded set of shapes), and every decode step advances all unfinished streams at once
+(finished ones leave the batch via `State.select`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from refine_tasks.evaluate.sizing import Tokenizer
-from refine_tasks.models import FastWeightForCausalLM, State
+from refine_tasks.models import FastWeightCache, FastWeightForCausalLM, State
 
 
 @dataclass(frozen=True)
@@ -49,27 +50,68 @@ class NewlineStop:
         return stop, seen_text or bool(piece.strip("\n"))
 
 
-def _prefill(model: FastWeightForCausalLM, prompts: list[Sequence[int]]) -> tuple[State, torch.Tensor]:
-    """Final State (B streams, in `prompts` order) and next-token logits [B, V] of each prompt."""
+def prefill_pieces(length: int) -> list[int]:
+    """The bucket sizes a prompt of `length` tokens is prefilled in: its binary digits, largest
+    first (4095 -> 2048, 1024, ..., 2, 1). Every piece is a power of two, so prompts of up to 2^k
+    tokens run at k + 1 sequence lengths in all, whatever their lengths: the shapes that compile
+    kernels (Triton specialisations and autotuning keys, torch.compile graphs, LaCT's attention
+    masks) are bounded, and `refine warmup` can compile them all ahead of time."""
+    if length < 1:
+        raise ValueError("cannot generate from an empty prompt")
+    return [1 << bit for bit in reversed(range(length.bit_length())) if length >> bit & 1]
+
+
+@torch.no_grad()
+def bucketed_prefill(
+    model: FastWeightForCausalLM, prompts: Sequence[Sequence[int]]
+) -> tuple[State, torch.Tensor]:
+    """Final State (B streams, in `prompts` order) and next-token logits [B, V] of each prompt.
+
+    Each prompt runs as the chain of its `prefill_pieces`, the state carried from piece to piece
+    (the recurrence is the same computation split at other points: equal to one pass up to
+    rounding). Pieces of one size run together for every prompt that has one, so prompts of any
+    lengths share the batch; a prompt not started yet joins from the empty state."""
     device = next(model.parameters()).device
-    head = model.get_output_embeddings()
-    by_length: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError("cannot generate from an empty prompt")
-        by_length.setdefault(len(p), []).append(i)
-    states, logits, order = [], [], []
-    for rows in by_length.values():
-        ids = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
-        out = model.prefill(ids, return_logits=False)
-        states.append(out.final)
-        logits.append(head(out.hidden[:, -1]).float())
-        order.extend(rows)
-    state = State.cat(states) if len(states) > 1 else states[0]
-    logits_all = torch.cat(logits)
-    # Back to the caller's order: position of each prompt in `order`.
-    back = torch.tensor(sorted(range(len(order)), key=order.__getitem__), device=device)
-    return state.select(back), logits_all[back]
+    pieces = [prefill_pieces(len(p)) for p in prompts]
+    state: State | None = None
+    logits = torch.empty(0)
+    done = [0] * len(prompts)
+    for size in sorted({s for chain in pieces for s in chain}, reverse=True):
+        rows = [i for i, chain in enumerate(pieces) if size in chain]
+        ids = torch.tensor([list(prompts[i][done[i] : done[i] + size]) for i in rows], device=device)
+        index = torch.tensor(rows, device=device)
+        cache = None if state is None else FastWeightCache(state.select(index), 0)
+        out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        if state is None:
+            state = _empty_like(model, len(prompts), out.past_key_values.state)
+            logits = out.logits.new_empty(len(prompts), out.logits.shape[-1], dtype=torch.float32)
+        state = _put(state, index, out.past_key_values.state)
+        logits.index_copy_(0, index, out.logits[:, -1].float())
+        for i in rows:
+            done[i] += size
+    return state, logits
+
+
+def _empty_like(model: FastWeightForCausalLM, batch_size: int, like: State) -> State:
+    """The empty State of `batch_size` streams with the tensor dtypes of `like` (a pass's output
+    state may be wider than the model's dtype, e.g. fla's float32 delta-rule state)."""
+    empty = model.empty_state(batch_size)
+    return State(
+        [
+            {name: t.to(layer_like[name].dtype) for name, t in layer.items()}
+            for layer, layer_like in zip(empty.layers, like.layers, strict=True)
+        ]
+    )
+
+
+def _put(state: State, index: torch.Tensor, part: State) -> State:
+    """`state` with streams `index` replaced by `part`'s streams, in order."""
+    return State(
+        [
+            {name: t.index_copy(0, index, new[name]) for name, t in layer.items()}
+            for layer, new in zip(state.layers, part.layers, strict=True)
+        ]
+    )
 
 
 @torch.no_grad()
@@ -94,7 +136,7 @@ def greedy_generate(
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        state, logits = _prefill(model, [requests[i].prompt for i in chunk])
+        state, logits = bucketed_prefill(model, [requests[i].prompt for i in chunk])
         _decode(
             model,
             state,

