@@ -30,6 +30,7 @@ from refine_tasks.evaluate.results import SampleResult, cell_rows, store_eval_re
 from refine_tasks.evaluate.sizing import Tokenizer
 from refine_tasks.models import FastWeightForCausalLM, build_model
 from refine_tasks.store.catalog import open_writer
+from refine_tasks.train.checkpoint import LATEST, latest_checkpoint
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -109,15 +110,62 @@ def evaluate_records(
     return results
 
 
+def eval_device(name: str) -> torch.device:
+    """evaluate.device as a torch device; a CUDA device on a machine without one is an EvalError."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EvalError(f"evaluate.device = {name!r}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"evaluate.device = {name!r}: no CUDA device here; use evaluate.device=cpu")
+    return device
+
+
+def eval_dtype(name: str, device: torch.device) -> torch.dtype:
+    """evaluate.dtype on `device`: auto is bfloat16 on CUDA (fla's chunked kernels refuse
+    float32), float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+def resolve_checkpoint(checkpoint: str) -> Path:
+    """The model directory `checkpoint` names: a model directory itself; a training run's
+    `.../checkpoints/latest` pointer, its `checkpoints` folder or the run directory (each: the
+    checkpoint `latest` names)."""
+    path = Path(checkpoint)
+    if (path / "config.json").is_file():
+        return path
+    if path.is_file() and path.name == LATEST:
+        root = path.parent
+    elif (path / LATEST).is_file() or path.name == "checkpoints":
+        root = path
+    elif (path / "checkpoints").is_dir():
+        root = path / "checkpoints"
+    else:
+        raise EvalError(
+            f"evaluate.checkpoint = {checkpoint!r}: no config.json; not a model directory, a training run "
+            f"directory or its checkpoints/{LATEST}"
+        )
+    found = latest_checkpoint(root)
+    if found is None:
+        raise EvalError(
+            f"evaluate.checkpoint = {checkpoint!r}: {root} holds no completed checkpoint (no {LATEST} "
+            "pointer); evaluate once the run wrote its first checkpoint, or name a model directory"
+        )
+    return found
+
+
 def load_eval_model(cfg: PipelineConfig) -> tuple[FastWeightForCausalLM, PreTrainedTokenizerFast, str]:
-    """(model, tokenizer, checkpoint label): `evaluate.checkpoint`, else `model.init_from`, else a
-    fresh `model.preset` (seeded with `seed`) with the project tokenizer; on evaluate.device/dtype."""
+    """(model, tokenizer, checkpoint label): `evaluate.checkpoint` (see `resolve_checkpoint`), else
+    `model.init_from`, else a fresh `model.preset` (seeded with `seed`) with the project tokenizer;
+    on evaluate.device/dtype."""
     ev = cfg.evaluate
+    device = eval_device(ev.device)
+    dtype = eval_dtype(ev.dtype, device)
     checkpoint = ev.checkpoint or cfg.model.init_from
     if checkpoint is not None:
-        path = Path(checkpoint)
-        if not (path / "config.json").is_file():
-            raise EvalError(f"evaluate.checkpoint = {checkpoint!r}: no config.json; not a model directory")
+        path = resolve_checkpoint(checkpoint)
         model = AutoModelForCausalLM.from_pretrained(str(path))
         tokenizer = load_tokenizer(path if (path / "tokenizer.json").is_file() else _tokenizer_path(cfg))
         label = str(path)
@@ -126,7 +174,12 @@ def load_eval_model(cfg: PipelineConfig) -> tuple[FastWeightForCausalLM, PreTrai
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model.preset, vocab_size=len(tokenizer), mixer=cfg.model.mixer)
         label = f"random:{cfg.model.preset}:{cfg.model.mixer}:seed{cfg.seed}"
-    model = model.to(device=torch.device(ev.device), dtype=_DTYPES[ev.dtype]).eval()
+    model = model.to(device=device, dtype=dtype).eval()
+    if dtype == torch.float32 and model.backend == "triton" and model.config.mixer == "deltanet":
+        raise EvalError(
+            f"evaluate.dtype = {ev.dtype!r} on {device}: fla's chunked delta-rule kernels refuse float32; "
+            "use evaluate.dtype=auto (bfloat16 on CUDA)"
+        )
     return model, tokenizer, label
 
 
