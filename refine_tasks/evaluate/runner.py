@@ -29,8 +29,8 @@ from refine_tasks.evaluate.records import EvalError, EvalRecord
 from refine_tasks.evaluate.results import SampleResult, cell_rows, store_eval_results, write_outputs
 from refine_tasks.evaluate.sizing import Tokenizer
 from refine_tasks.models import FastWeightForCausalLM, build_model
+from refine_tasks.models.checkpoint import LATEST, latest_checkpoint
 from refine_tasks.store.catalog import open_writer
-from refine_tasks.train.checkpoint import LATEST, latest_checkpoint
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

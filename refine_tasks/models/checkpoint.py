@@ -1,4 +1,5 @@
-"""Checkpoint directories: strict tensor checks before loading, and fla's DeltaNet format.
+"""Checkpoint directories: strict tensor checks before loading, fla's DeltaNet format, and which
+directory a training run's `latest` pointer names.
 
 Hugging Face's loader re-initialises a missing tensor with a warning and reports a wrong shape
 without naming it in the error; a training run must not start from such a model, so
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from refine_tasks.errors import TrainCheckpointError
 from refine_tasks.models.configuration import FastWeightConfig
 
 FLA_MODEL_TYPE = "delta_net"
@@ -126,3 +128,20 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module, config: FastWeigh
     ]
     if problems:
         raise ValueError(f"checkpoint {path} does not match its config:\n  " + "\n  ".join(problems))
+
+
+LATEST = "latest"  # a run's checkpoints folder: this file names the last completed checkpoint
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The directory `latest` names, or None when no checkpoint was ever completed."""
+    pointer = root / LATEST
+    if not pointer.exists():
+        return None
+    path = root / pointer.read_text().strip()
+    if not path.is_dir():
+        raise TrainCheckpointError(
+            f"{pointer} names {path.name}, which does not exist: point it at a checkpoint directory "
+            f"in {root}, or delete it to train from scratch"
+        )
+    return path

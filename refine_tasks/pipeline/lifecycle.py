@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refine_tasks.config import PipelineConfig
+from refine_tasks.pipeline.kernel_cache import activate as activate_kernel_cache
 
 MODELS = ("base", "sft", "refine")
 EVAL_STAGES = {"eval_niah": "niah", "eval_qa": "ruler_qa", "eval_longbench": "longbench"}
@@ -68,7 +69,7 @@ def run_dir(cfg: PipelineConfig, model: str) -> Path:
 
 def final_checkpoint(cfg: PipelineConfig, model: str) -> Path:
     """The last checkpoint of model's training run (what later stages start from or evaluate)."""
-    from refine_tasks.train.checkpoint import latest_checkpoint
+    from refine_tasks.models.checkpoint import latest_checkpoint
 
     root = run_dir(cfg, model)
     ckpt = latest_checkpoint(root / "checkpoints")
@@ -190,7 +191,7 @@ def _corpus(cfg: PipelineConfig, on_step: OnStep | None) -> StageResult:
 
 def _import_base(cfg: PipelineConfig, source: str) -> StageResult:
     """Copy a user's model directory in as the base run's only checkpoint (DVC versions it)."""
-    from refine_tasks.train.checkpoint import LATEST
+    from refine_tasks.models.checkpoint import LATEST
 
     src = Path(source)
     if not (src / "config.json").is_file():
@@ -331,10 +332,13 @@ def _report(cfg: PipelineConfig) -> StageResult:
 
 
 def run_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> StageResult:
-    """Run stage `name` on fresh outputs; on any failure remove what it wrote, then re-raise."""
+    """Run stage `name` on fresh outputs; on any failure remove what it wrote, then re-raise. A
+    stage that runs a model first points the GPU kernel caches at paths.kernel_cache."""
     stage, _ = split_stage(name)
     outputs = stage_outputs(name, cfg)
     remove_outputs(outputs)
+    if stage in TRAIN_STAGES or stage in EVAL_STAGES or stage == "positions":
+        activate_kernel_cache(cfg)  # before any kernel compiles (the flows call run_stage directly)
     try:
         if stage == "tokenizer":
             return _tokenizer(cfg, on_step)

@@ -27,10 +27,10 @@ from transformers.utils import logging as hf_logging
 
 from refine_tasks.corpus.shards import file_sha256
 from refine_tasks.errors import TrainCheckpointError
+from refine_tasks.models.checkpoint import LATEST
 
 STATE_FILE = "trainer/state.json"
 TENSOR_FILE = "trainer/optimizer.safetensors"
-LATEST = "latest"
 TMP_MARK = ".tmp-"
 
 
@@ -106,20 +106,6 @@ def _fsync_dir_files(directory: Path) -> None:
         if f.is_file():
             with f.open("rb") as handle:
                 os.fsync(handle.fileno())
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    """The directory `latest` names, or None when no checkpoint was ever completed."""
-    pointer = root / LATEST
-    if not pointer.exists():
-        return None
-    path = root / pointer.read_text().strip()
-    if not path.is_dir():
-        raise TrainCheckpointError(
-            f"{pointer} names {path.name}, which does not exist: point it at a checkpoint directory "
-            f"in {root}, or delete it to train from scratch"
-        )
-    return path
 
 
 def load_checkpoint(

@@ -29,11 +29,12 @@ from refine_tasks.config import PipelineConfig
 from refine_tasks.corpus import CorpusError
 from refine_tasks.corpus.loader import LongDocumentLoader
 from refine_tasks.errors import RunDirError, TrainingDiverged
+from refine_tasks.models.checkpoint import latest_checkpoint
 from refine_tasks.models.continuation import ContinuationGraphs
 from refine_tasks.rl.positions import check_sequence_length, sequence_entropy
 from refine_tasks.store.position_cache import PositionCache, weights_fingerprint
 from refine_tasks.store.runs import register_run, update_run
-from refine_tasks.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from refine_tasks.train.checkpoint import load_checkpoint, save_checkpoint
 from refine_tasks.train.positions import PositionSelector
 from refine_tasks.train.starting_model import make_model, mixed_precision, resolve_device
 from refine_tasks.train.step import RolloutBatch, StepOptions, StepStats, refine_backward

@@ -12,7 +12,7 @@ from refine_tasks.corpus.tokenizer import save_tokenizer
 from refine_tasks.evaluate import EvalError
 from refine_tasks.evaluate.runner import eval_device, eval_dtype, load_eval_model, resolve_checkpoint
 from refine_tasks.models import FastWeightForCausalLM
-from refine_tasks.train.checkpoint import LATEST
+from refine_tasks.models.checkpoint import LATEST
 
 
 def test_auto_dtype_is_bfloat16_on_cuda_and_float32_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
