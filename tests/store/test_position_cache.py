@@ -7,6 +7,7 @@ import torch
 
 from refine_tasks.config import PositionsConfig
 from refine_tasks.rl.positions import entropy_window, smooth_entropy
+from refine_tasks.store import position_cache
 from refine_tasks.store.catalog import open_writer
 from refine_tasks.store.position_cache import PositionCache
 from refine_tasks.train.positions import PositionSelector
@@ -140,3 +141,41 @@ def test_doc_ids_must_match_batch(cache):
     ids, docs = batch(8)
     with pytest.raises(ValueError, match="2 doc ids for a batch of 3"):
         selector(cache).select(ids, docs[:2], 0, CountingEntropy())
+
+
+def test_changed_entropy_or_model_code_misses(cache, monkeypatch: pytest.MonkeyPatch):
+    ids, docs = batch(9)
+    selector(cache).select(ids, docs, 0, CountingEntropy())
+    fn = CountingEntropy()
+    monkeypatch.setattr(position_cache, "code_fingerprint", lambda: "edited-forward")
+    other = selector(cache).select(ids, docs, 0, fn)
+    assert fn.batches == [3] and other.cache_hits == 0
+    rows = query(cache, "SELECT params_hash, params FROM positions WHERE doc_id = 'doc9-0'")
+    assert len({h for h, _ in rows}) == 2
+    assert sum('"code": "edited-forward"' in params for _, params in rows) == 1  # provenance
+
+
+def test_code_fingerprint_changes_with_entropy_model_or_kernel_source(tmp_path, monkeypatch):
+    for name in ("rl/positions.py", "rl/grpo.py", "models/deltanet/layer.py", "kernels/norms.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"# {name}\n")
+    monkeypatch.setattr(position_cache, "PACKAGE", tmp_path)
+
+    def fingerprint() -> str:
+        position_cache.code_fingerprint.cache_clear()
+        return position_cache.code_fingerprint()
+
+    try:
+        before = fingerprint()
+        assert position_cache.code_fingerprint() == before
+        assert position_cache.code_fingerprint.cache_info().misses == 1  # computed once per process
+        (tmp_path / "rl/grpo.py").write_text("# not position code\n")
+        (tmp_path / "models/README.md").write_text("not Python\n")
+        assert fingerprint() == before
+        for name in ("rl/positions.py", "models/deltanet/layer.py", "kernels/norms.py"):
+            (tmp_path / name).write_text("# edited\n")
+            after = fingerprint()
+            assert after != before, name
+            before = after
+    finally:
+        position_cache.code_fingerprint.cache_clear()
