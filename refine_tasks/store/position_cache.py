@@ -95,13 +95,15 @@ class PositionCache:
 
         return waiting_writer(self.catalog)
 
-    def get(self, doc_ids: list[str], checkpoint: str, params_hash: str) -> dict[str, CachedPositions]:
+    def get(self, doc_ids: list[str] | None, checkpoint: str, params_hash: str) -> dict[str, CachedPositions]:
+        """The rows of `doc_ids` (None: every row) under one weights version and parameter hash."""
+        where = "WHERE checkpoint = ? AND params_hash = ?"
+        args: list = [checkpoint, params_hash]
+        if doc_ids is not None:
+            where += " AND list_contains(?, doc_id)"
+            args.append(doc_ids)
         with self._writer() as con:
-            rows = con.execute(
-                f"SELECT {', '.join(self.COLUMNS)} FROM positions "
-                "WHERE checkpoint = ? AND params_hash = ? AND list_contains(?, doc_id)",
-                [checkpoint, params_hash, doc_ids],
-            ).fetchall()
+            rows = con.execute(f"SELECT {', '.join(self.COLUMNS)} FROM positions {where}", args).fetchall()
         return {r[0]: CachedPositions(*r) for r in rows}
 
     def put(self, records: list[CachedPositions]) -> None:

@@ -75,6 +75,8 @@ class PositionSelector:
         self.base_checkpoint = base_checkpoint
         self.run_id = run_id
         self.cache = cache
+        self._window: tuple[str, str] | None = None  # (weights version, params digest) of _rows
+        self._rows: dict[str, CachedPositions] = {}
 
     def params(self, seq_len: int) -> SelectionParams:
         c = self.cfg
@@ -114,12 +116,22 @@ class PositionSelector:
             return SelectedPositions(positions.to(input_ids.device), float(entropy.mean()), 0, len(doc_ids))
         return self._from_cache(input_ids, doc_ids, step, entropy_fn)
 
+    def _window_rows(self, version: str, digest: str) -> dict[str, CachedPositions]:
+        """Every cached row of this weights version, read from the catalog once per refresh window
+        and kept here: opening the catalog for each step's batch cost more host time than a small
+        model's whole NTP step."""
+        if self._window != (version, digest):
+            self._rows = self.cache.get(None, version, digest)
+            self._window = (version, digest)
+        return self._rows
+
     def _from_cache(
         self, input_ids: Tensor, doc_ids: list[str], step: int, entropy_fn: EntropyFn
     ) -> SelectedPositions:
         params = self.params(input_ids.shape[1])
         version, digest = self.weights_version(step), params.digest()
-        found = self.cache.get(doc_ids, version, digest)
+        known = self._window_rows(version, digest)
+        found = {d: known[d] for d in doc_ids if d in known}
         missing = [i for i, d in enumerate(doc_ids) if d not in found]
         if missing:
             miss_ids = [doc_ids[i] for i in missing]
@@ -130,6 +142,7 @@ class PositionSelector:
             ]
             self.cache.put(fresh)
             found.update({r.doc_id: r for r in fresh})
+            known.update({r.doc_id: r for r in fresh})
         rows = [found[d] for d in doc_ids]
         return SelectedPositions(
             positions=torch.tensor([r.positions for r in rows], dtype=torch.long, device=input_ids.device),

@@ -179,3 +179,19 @@ def test_code_fingerprint_changes_with_entropy_model_or_kernel_source(tmp_path, 
             before = after
     finally:
         position_cache.code_fingerprint.cache_clear()
+
+
+def test_the_catalog_is_read_once_per_refresh_window(cache, monkeypatch: pytest.MonkeyPatch):
+    """Rows a positions stage wrote are read in one query when a window starts, not per batch."""
+    ids, docs = batch(5, rows=4)
+    selector(cache).select(ids, docs, step=0, entropy_fn=CountingEntropy())  # the positions stage
+    reads = []
+    real_get = PositionCache.get
+    monkeypatch.setattr(PositionCache, "get", lambda self, *a: reads.append(a[0]) or real_get(self, *a))
+    fn, sel = CountingEntropy(), selector(cache)
+    for step in range(3):
+        hit = sel.select(ids[step : step + 2], docs[step : step + 2], step=step, entropy_fn=fn)
+        assert hit.cache_hits == 2 and hit.computed == 0
+    assert reads == [None] and fn.batches == []  # one read of the whole window, no model pass
+    sel.select(ids[:2], docs[:2], step=10, entropy_fn=fn)  # the next window: read again, then computed
+    assert reads == [None, None] and fn.batches == [2]
