@@ -16,7 +16,13 @@ from refine_tasks.corpus import CorpusError, DropLog, corpus_texts, ingest
 from refine_tasks.corpus.tokenizer import TokenizerError, build_tokenizer
 from refine_tasks.errors import TRAINING_ERRORS
 from refine_tasks.evaluate import EvalError
-from refine_tasks.pipeline.lifecycle import LifecycleError, stage_names
+from refine_tasks.pipeline.lifecycle import (
+    EVAL_STAGES,
+    TRAIN_STAGES,
+    LifecycleError,
+    split_stage,
+    stage_names,
+)
 from refine_tasks.pipeline.progress import print_summary, progress_bar
 from refine_tasks.store.catalog import CatalogError
 
@@ -35,6 +41,32 @@ def resolve(params: Path, overrides: list[str] | None) -> PipelineConfig:
     except ConfigError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
+
+
+def prepare_device(cfg: PipelineConfig, field: str) -> None:
+    """Before a step runs a model on the device `field` names (train.device or evaluate.device): a
+    device this machine lacks is one red line; on a GPU the kernel cache is activated (before
+    anything compiles) and a first compile on this GPU is announced, so a silent minute explains
+    itself."""
+    from refine_tasks.pipeline.kernel_cache import activate
+
+    device = model_device(cfg, field)
+    cache = activate(cfg)
+    if cache is not None and device.type == "cuda" and cache.is_cold():
+        console.print(f"[yellow]{escape(cache.cold_message())}[/yellow]", highlight=False, soft_wrap=True)
+
+
+def model_device(cfg: PipelineConfig, field: str):
+    """The torch device of `field`; one this machine lacks (or no device at all) is an error."""
+    from refine_tasks.evaluate.runner import eval_device
+    from refine_tasks.train.starting_model import resolve_device
+
+    if field == "evaluate.device":
+        return eval_device(cfg.evaluate.device)
+    try:
+        return resolve_device(cfg.train.device)
+    except (ValueError, RuntimeError) as e:  # torch.device's own error for a malformed name
+        raise ConfigError(f"train.device = {cfg.train.device!r}: {e}") from None
 
 
 @app.command("config")
@@ -122,6 +154,7 @@ def evaluate_step(cfg: PipelineConfig) -> Summary:
     from refine_tasks.evaluate.results import task_summary
     from refine_tasks.evaluate.runner import build_records, load_eval_model, run_evaluation
 
+    prepare_device(cfg, "evaluate.device")
     model, tokenizer, checkpoint = load_eval_model(cfg)
     with console.status("evaluate: building records"):
         records = build_records(cfg.evaluate, tokenizer, cfg.seed)
@@ -154,7 +187,13 @@ def evaluate_command(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     checkpoint: Annotated[
-        str | None, typer.Option("--checkpoint", "-c", help="model directory (sets evaluate.checkpoint)")
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="model directory, or a training run / its checkpoints/latest: the latest checkpoint "
+            "(sets evaluate.checkpoint)",
+        ),
     ] = None,
     run: Annotated[str | None, typer.Option("--run", "-r", help="run name (sets evaluate.run)")] = None,
 ) -> None:
@@ -196,6 +235,7 @@ def report_command(
 def positions_step(cfg: PipelineConfig) -> Summary:
     from refine_tasks.train.positions import precompute_positions
 
+    prepare_device(cfg, "train.device")
     with progress_bar("positions: sequences") as advance:
         report = precompute_positions(cfg, on_progress=advance)
     return report.summary_rows()
@@ -207,9 +247,11 @@ def train_step(cfg: PipelineConfig, resume: bool | None = None) -> Summary:
 
     if resume is None:
         resume = (Path(cfg.train.out_dir) / "checkpoints" / "latest").exists()
+    prepare_device(cfg, "train.device")
     trainer = MidTrainer(cfg, resume)
-    with progress_bar("train: steps", total=trainer.total - trainer.step, counters=("tokens",)) as advance:
-        result = trainer.run(on_step=lambda line: advance(1, tokens=line["tokens"]))
+    total = trainer.total - trainer.step
+    with progress_bar("train: steps", total=total, counters=("tokens",), latest=("loss",)) as advance:
+        result = trainer.run(on_step=lambda line: advance(1, tokens=line["tokens"], loss=line["loss"]))
     return result.summary_rows()
 
 
@@ -236,6 +278,42 @@ def train_command(
     run_steps(resolve(params, set_), [("train", lambda cfg: train_step(cfg, resume))])
 
 
+def warmup_step(cfg: PipelineConfig) -> Summary:
+    """Compile the configured shapes' GPU kernels into the kernel cache (nothing to do on a CPU)."""
+    from refine_tasks.pipeline.kernel_cache import activate
+    from refine_tasks.train.warmup import warm_up
+
+    training = model_device(cfg, "train.device").type == "cuda"
+    evaluation = model_device(cfg, "evaluate.device").type == "cuda"
+    Path(cfg.paths.kernel_cache).mkdir(parents=True, exist_ok=True)  # DVC's output, on any machine
+    cache = activate(cfg)
+    if cache is None or not (training or evaluation):
+        return [("kernel cache", "nothing to compile: train.device and evaluate.device are no CUDA device")]
+    console.print(
+        f"warmup: compiling GPU kernels for {escape(cache.gpu)} into {escape(str(cache.kept_in))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    before = cache.files()
+    report = warm_up(cfg, training=training, evaluation=evaluation)
+    return [
+        ("GPU", cache.gpu),
+        ("kernel cache", str(cache.kept_in)),
+        *report.summary_rows(),
+        ("files added to the cache", f"{cache.files() - before:,}"),
+        ("files in the cache", f"{cache.files():,}"),
+    ]
+
+
+@app.command("warmup")
+def warmup_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Compile and autotune the GPU kernels of the configured shapes ahead of time (one NTP and one
+    ReFINE micro-step at train.seq_len, generation at every prefill length up to
+    evaluate.max_prompt_tokens, on random tokens) into paths.kernel_cache, which later runs, and
+    other nodes after `dvc pull`, reuse. On a CPU there is nothing to compile."""
+    run_steps(resolve(params, set_), [("warmup", warmup_step)])
+
+
 # --- the lifecycle: one stage (what dvc.yaml runs), or all of them (`refine run`, `make run`) --------
 
 STEP_ERRORS += (LifecycleError,)
@@ -249,8 +327,19 @@ def stage_step(name: str, tracked: bool) -> StepFn:
     runner = run_tracked if tracked else run_stage
 
     def step(cfg: PipelineConfig) -> Summary:
-        with progress_bar(f"{name}: work") as advance:
-            result = runner(name, cfg, on_step=lambda line: advance(line.get("done", 1)))
+        stage, _ = split_stage(name)
+        training = stage in TRAIN_STAGES
+        if training or stage == "positions":
+            prepare_device(cfg, "train.device")
+        elif stage in EVAL_STAGES:
+            prepare_device(cfg, "evaluate.device")
+        counters, latest = (("tokens",), ("loss",)) if training else ((), ())
+
+        def on_step(line: dict) -> None:
+            advance(line.get("done", 1), **{k: line[k] for k in (*counters, *latest) if k in line})
+
+        with progress_bar(f"{name}: work", counters=counters, latest=latest) as advance:
+            result = runner(name, cfg, on_step=on_step)
         if result.notice:
             console.print(f"[yellow]{escape(result.notice)}[/yellow]", highlight=False, soft_wrap=True)
         return result.rows

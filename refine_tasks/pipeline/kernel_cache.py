@@ -1,0 +1,114 @@
+"""The GPU kernel cache: Triton's compiled kernels and autotuning results, and torch.compile's
+(Inductor's) artifacts, kept under `paths.kernel_cache` so they outlive the process and the node.
+
+A fresh H200 spent over 500 s compiling and autotuning before its first training step, and with
+the compiled kernels kept but not the tuning results, 104-107 s (fla's autotuned kernels re-ran
+their benchmarks, 8-14 s each). Everything a later process can reuse lives in one folder per GPU
+model and Triton version:
+
+    <paths.kernel_cache>/<gpu slug>-triton<version>/triton     TRITON_CACHE_DIR
+    <paths.kernel_cache>/<gpu slug>-triton<version>/inductor   TORCHINDUCTOR_CACHE_DIR
+
+e.g. data/cache/kernels/nvidia-h200-triton3.6.0. DVC tracks the folder (the `kernels` stage), so
+`dvc pull` brings a node everything another node of the same GPU compiled; `refine warmup`
+compiles the configured shapes ahead of time.
+
+Autotuning results (Triton 3.6, python/triton/runtime/autotuner.py `check_disk_cache`): an
+autotuner created with `cache_results`, or while TRITON_CACHE_AUTOTUNING=1 (knobs.autotuning.cache,
+read in Autotuner.__init__, i.e. when the decorated module is imported), writes
+`<kernel>.autotune.json` into TRITON_CACHE_DIR under a key of the Triton version, the backend and
+target, the kernel's source key, the autotune key's values and the candidate configs; a later
+process reads it instead of benchmarking. fla 0.6.0 passes cache_results=True itself (its
+FLA_CACHE_RESULTS, default on); the switch covers every other autotuned kernel. fla is imported on
+first use (refine_tasks.kernels), after `activate`.
+
+This module is the one place that sets these environment variables (they are orchestration: the
+command line and `run_stage` call `activate` before anything compiles). A variable the user set
+is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from refine_tasks.config import PipelineConfig
+
+TRITON_DIR = "triton"
+INDUCTOR_DIR = "inductor"
+
+
+@dataclass(frozen=True)
+class KernelCache:
+    """This machine's kernel cache: `root` (the GPU's folder), the directories in use and the GPU."""
+
+    gpu: str
+    root: Path
+    triton_dir: Path
+    inductor_dir: Path
+
+    def files(self) -> int:
+        """Files in the cache directories (what a compile or an autotuning run adds to)."""
+        return sum(1 for d in {self.triton_dir, self.inductor_dir} for f in d.rglob("*") if f.is_file())
+
+    def is_cold(self) -> bool:
+        """True when nothing was compiled for this GPU yet: the next run compiles and autotunes."""
+        return not any(f.is_file() for f in self.triton_dir.rglob("*")) if self.triton_dir.is_dir() else True
+
+    @property
+    def kept_in(self) -> Path:
+        """The GPU's folder, or Triton's own directory when the user's TRITON_CACHE_DIR moved it."""
+        default = self.triton_dir.resolve() == (self.root / TRITON_DIR).resolve()
+        return self.root if default else self.triton_dir
+
+    def cold_message(self) -> str:
+        return (
+            f"compiling GPU kernels for {self.gpu} (first run on this GPU; later runs reuse {self.kept_in})"
+        )
+
+
+def slug(name: str) -> str:
+    """'NVIDIA H200' -> 'nvidia-h200': a folder name from a device name."""
+    return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
+
+
+def triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def machine_folder(gpu: str, triton: str) -> str:
+    return f"{slug(gpu)}-triton{triton}"
+
+
+def kernel_cache(cfg: PipelineConfig) -> KernelCache | None:
+    """This machine's kernel cache, or None without a CUDA device or Triton (nothing to compile).
+
+    The GPU is the current CUDA device's (every rank of a node has the same model)."""
+    version = triton_version()
+    if not torch.cuda.is_available() or version is None:
+        return None
+    gpu = torch.cuda.get_device_name()
+    root = Path(cfg.paths.kernel_cache) / machine_folder(gpu, version)
+    triton_dir = Path(os.environ.get("TRITON_CACHE_DIR", root / TRITON_DIR))
+    inductor_dir = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", root / INDUCTOR_DIR))
+    return KernelCache(gpu, root, triton_dir, inductor_dir)
+
+
+def activate(cfg: PipelineConfig) -> KernelCache | None:
+    """Point Triton and Inductor at this machine's kernel cache and keep autotuning results there;
+    call before any kernel compiles. None (and nothing set) on a machine without a CUDA device."""
+    cache = kernel_cache(cfg)
+    if cache is None:
+        return None
+    os.environ.setdefault("TRITON_CACHE_DIR", str(cache.triton_dir.resolve()))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache.inductor_dir.resolve()))
+    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+    return cache

@@ -1,0 +1,181 @@
+"""The GPU kernel cache: one folder per GPU model and Triton version, the environment that points
+Triton and Inductor at it, the first-compile message, and the commands that activate it. A GPU is
+mocked (its name); nothing compiles here."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+import triton
+from rich.console import Console
+from typer.testing import CliRunner
+
+from refine_tasks.pipeline import cli, kernel_cache, lifecycle
+from refine_tasks.pipeline.kernel_cache import activate, machine_folder, slug
+from refine_tasks.train import warmup
+from refine_tasks.train.warmup import WarmupReport
+
+ENV = ("TRITON_CACHE_DIR", "TRITON_CACHE_AUTOTUNING", "TORCHINDUCTOR_CACHE_DIR")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The variables `activate` sets, unset now and restored after the test."""
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def h200(clean_env: pytest.MonkeyPatch) -> str:
+    """A machine whose CUDA device is an 'NVIDIA H200' (torch.cuda's answers mocked)."""
+    clean_env.setattr(torch.cuda, "is_available", lambda: True)
+    clean_env.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    return f"nvidia-h200-triton{triton.__version__}"
+
+
+def test_folder_names() -> None:
+    assert slug("NVIDIA H200") == "nvidia-h200"
+    assert slug("NVIDIA GeForce RTX 4090 ") == "nvidia-geforce-rtx-4090"
+    assert machine_folder("NVIDIA H100 80GB HBM3", "3.6.0") == "nvidia-h100-80gb-hbm3-triton3.6.0"
+
+
+def test_nothing_to_do_without_cuda(make_config, clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setattr(torch.cuda, "is_available", lambda: False)
+    assert activate(make_config()) is None
+    assert not any(name in kernel_cache.os.environ for name in ENV)
+
+
+def test_activate_points_triton_and_inductor_at_the_gpus_folder(
+    make_config, h200: str, tmp_path: Path
+) -> None:
+    cfg = make_config(f"paths.kernel_cache={tmp_path / 'kernels'}")
+    cache = activate(cfg)
+    root = tmp_path / "kernels" / h200
+    env = kernel_cache.os.environ
+    assert cache.root == root and cache.gpu == "NVIDIA H200"
+    assert env["TRITON_CACHE_DIR"] == str(root / "triton") and env["TORCHINDUCTOR_CACHE_DIR"] == str(
+        root / "inductor"
+    )
+    assert env["TRITON_CACHE_AUTOTUNING"] == "1"
+    assert cache.is_cold() and cache.files() == 0
+    assert cache.cold_message() == (
+        f"compiling GPU kernels for NVIDIA H200 (first run on this GPU; later runs reuse {root})"
+    )
+    (root / "triton" / "abc").mkdir(parents=True)
+    (root / "triton" / "abc" / "kernel.cubin").write_bytes(b"\0")
+    assert not cache.is_cold() and cache.files() == 1
+    assert activate(cfg) == cache  # idempotent
+
+
+def test_a_users_own_settings_stay(make_config, h200: str, tmp_path: Path) -> None:
+    h200_env = kernel_cache.os.environ
+    own = tmp_path / "mine"
+    for name, value in (("TRITON_CACHE_DIR", str(own)), ("TRITON_CACHE_AUTOTUNING", "0")):
+        h200_env[name] = value
+    cache = activate(make_config(f"paths.kernel_cache={tmp_path / 'kernels'}"))
+    assert h200_env["TRITON_CACHE_DIR"] == str(own) and h200_env["TRITON_CACHE_AUTOTUNING"] == "0"
+    assert cache.triton_dir == own and cache.kept_in == own
+
+
+def test_the_installed_triton_keeps_autotuning_results_when_asked(clean_env: pytest.MonkeyPatch) -> None:
+    """What TRITON_CACHE_AUTOTUNING does in this Triton: autotuners made while it is set write and
+    read their results in TRITON_CACHE_DIR (Autotuner.cache_results, read when the kernel is made)."""
+    clean_env.delenv("TRITON_INTERPRET", raising=False)
+
+    def make():
+        @triton.autotune(configs=[triton.Config({}, num_warps=w) for w in (2, 4)], key=["n"])
+        @triton.jit
+        def kernel(x, n):
+            pass
+
+        return kernel
+
+    assert not make().cache_results
+    clean_env.setenv("TRITON_CACHE_AUTOTUNING", "1")
+    assert make().cache_results
+
+
+def test_prepare_device_announces_a_first_compile(
+    make_config, h200: str, tmp_path: Path, monkeypatch
+) -> None:
+    out = Console(file=io.StringIO(), width=300)
+    monkeypatch.setattr(cli, "console", out)
+    cfg = make_config(f"paths.kernel_cache={tmp_path / 'kernels'}", "train.device=cuda")
+    cli.prepare_device(cfg, "train.device")
+    assert out.file.getvalue() == (
+        f"compiling GPU kernels for NVIDIA H200 (first run on this GPU; later runs reuse "
+        f"{tmp_path / 'kernels' / h200})\n"
+    )
+    (tmp_path / "kernels" / h200 / "triton").mkdir(parents=True)
+    (tmp_path / "kernels" / h200 / "triton" / "k.json").write_text("{}")
+    cli.prepare_device(cfg, "train.device")  # warm: nothing to say
+    cli.prepare_device(make_config("train.device=cpu"), "train.device")  # CPU: nothing compiles
+    assert out.file.getvalue().count("compiling") == 1
+
+
+def test_run_stage_activates_the_cache_before_a_model_stage(
+    make_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(lifecycle, "activate_kernel_cache", lambda cfg: calls.append("activated"))
+    with pytest.raises(lifecycle.LifecycleError, match="no checkpoint of model 'base'"):
+        lifecycle.run_stage("eval_qa@base", make_config())
+    assert calls == ["activated"]
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(
+        cli.app, [args[0], "-p", "/dev/null", *(a for s in args[1:] for a in ("--set", s))]
+    )
+
+
+def test_warmup_on_a_cpu_has_nothing_to_compile(
+    make_config, clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_env.setattr(torch.cuda, "is_available", lambda: False)
+    result = _invoke("warmup", f"paths.kernel_cache={tmp_path / 'kernels'}")
+    assert result.exit_code == 0, result.output
+    assert "nothing to compile: train.device and evaluate.device are no CUDA device" in " ".join(
+        result.output.split()
+    )
+    assert (tmp_path / "kernels").is_dir()  # DVC's output exists on any machine
+
+
+def test_warmup_reports_the_files_it_added(make_config, h200: str, tmp_path: Path, monkeypatch) -> None:
+    def fake_warm_up(cfg, training: bool, evaluation: bool) -> WarmupReport:
+        assert (training, evaluation) == (True, True)
+        compiled = Path(kernel_cache.os.environ["TRITON_CACHE_DIR"]) / "h"
+        compiled.mkdir(parents=True)
+        for name in ("k.cubin", "k.json", "k.autotune.json"):
+            (compiled / name).write_text("x")
+        return WarmupReport(prefill_lengths=[1, 2], decode_streams=2, seconds=1.5)
+
+    monkeypatch.setattr(warmup, "warm_up", fake_warm_up)
+    sets = [f"paths.kernel_cache={tmp_path / 'kernels'}", "train.device=cuda", "evaluate.device=cuda"]
+    result = _invoke("warmup", *sets)
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in result.output.splitlines()]
+    assert ["files", "added", "to", "the", "cache", "3"] in lines
+    assert ["prefill", "lengths", "1,", "2"] in lines
+    assert f"compiling GPU kernels for NVIDIA H200 into {tmp_path / 'kernels' / h200}" in result.output
+
+
+def test_device_errors_are_one_red_line(make_config, clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setattr(torch.cuda, "is_available", lambda: False)
+    tokenizer = f"paths.tokenizer_dir={make_config().paths.tokenizer_dir}"
+    for command, field in (
+        ("train", "train.device=cuda"),
+        ("evaluate", "evaluate.device=cuda"),
+        ("warmup", "train.device=cuda"),
+    ):
+        result = _invoke(command, tokenizer, f"paths.catalog={tmp_path / 'c.duckdb'}", field)
+        assert result.exit_code == 2, (command, result.output)
+        assert "no CUDA device here" in result.output and "Traceback" not in result.output, command
+    result = _invoke("train", "train.device=gpu")
+    assert result.exit_code == 2 and "train.device = 'gpu'" in result.output
+    result = CliRunner().invoke(cli.app, ["stage", "nope", "-p", "/dev/null"])
+    assert result.exit_code == 2 and "stage 'nope': unknown" in result.output
