@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from refine_tasks.config import EvalConfig, PipelineConfig
 from refine_tasks.corpus.tokenizer import load_tokenizer
-from refine_tasks.evaluate.generate import GenerationRequest, greedy_generate
+from refine_tasks.evaluate.generate import GenerationRequest, greedy_generate, prefill_pieces
 from refine_tasks.evaluate.longbench import available_tasks, read_longbench, truncate_middle
 from refine_tasks.evaluate.metrics import score_sample
 from refine_tasks.evaluate.niah import niah_records
@@ -181,6 +181,54 @@ def load_eval_model(cfg: PipelineConfig) -> tuple[FastWeightForCausalLM, PreTrai
             "use evaluate.dtype=auto (bfloat16 on CUDA)"
         )
     return model, tokenizer, label
+
+
+@dataclass
+class GenerationWarmup:
+    """What `warm_generation` ran: the prefill lengths (buckets), the streams of the decode batch."""
+
+    prefill_lengths: list[int]
+    decode_streams: int
+    generated_tokens: int
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        return [
+            ("prefill lengths", ", ".join(str(n) for n in self.prefill_lengths)),
+            ("decode streams", f"{self.decode_streams} down to 1"),
+        ]
+
+
+def warmup_prompt_lengths(max_prompt_tokens: int) -> list[int]:
+    """Two prompt lengths whose prefill pieces are every bucket up to max_prompt_tokens: the
+    largest power of two that fits, and one less (all the smaller powers)."""
+    top = 1 << (max_prompt_tokens.bit_length() - 1)
+    return [top, top - 1] if top > 1 else [1]
+
+
+def warm_generation(
+    cfg: PipelineConfig, model: FastWeightForCausalLM, tokenizer: Tokenizer
+) -> GenerationWarmup:
+    """Evaluation's part of `refine warmup`: greedy generation as `refine evaluate` runs it, on
+    evaluate.device/dtype, for evaluate.batch_size random prompts whose prefill pieces are every
+    sequence-length bucket up to evaluate.max_prompt_tokens; stream j stops after j + 1 tokens,
+    so the decode batch runs at each size it compacts to. `model` is moved and cast in place."""
+    ev = cfg.evaluate
+    device = eval_device(ev.device)
+    model = model.to(device=device, dtype=eval_dtype(ev.dtype, device)).eval()
+    lengths = warmup_prompt_lengths(ev.max_prompt_tokens)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    requests = [
+        GenerationRequest(
+            torch.randint(
+                0, model.config.vocab_size, (lengths[j % len(lengths)],), generator=generator
+            ).tolist(),
+            max_new_tokens=j + 1,
+        )
+        for j in range(ev.batch_size)
+    ]
+    outputs = greedy_generate(model, requests, tokenizer, batch_size=ev.batch_size)
+    buckets = sorted({p for n in lengths[: ev.batch_size] for p in prefill_pieces(n)})
+    return GenerationWarmup(buckets, len(requests), sum(len(o) for o in outputs))
 
 
 def _tokenizer_path(cfg: PipelineConfig) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated
@@ -279,11 +280,16 @@ def train_command(
 
 
 def warmup_step(cfg: PipelineConfig) -> Summary:
-    """Compile the configured shapes' GPU kernels into the kernel cache (nothing to do on a CPU)."""
+    """Compile the configured shapes' GPU kernels into the kernel cache (nothing to do on a CPU):
+    training's micro-steps on train.device, evaluation's generation on evaluate.device."""
+    from refine_tasks.corpus.tokenizer import load_tokenizer
+    from refine_tasks.evaluate.runner import warm_generation
     from refine_tasks.pipeline.kernel_cache import activate
-    from refine_tasks.train.warmup import warm_up
+    from refine_tasks.train.starting_model import make_model
+    from refine_tasks.train.warmup import warm_training
 
-    training = model_device(cfg, "train.device").type == "cuda"
+    train_device = model_device(cfg, "train.device")
+    training = train_device.type == "cuda"
     evaluation = model_device(cfg, "evaluate.device").type == "cuda"
     Path(cfg.paths.kernel_cache).mkdir(parents=True, exist_ok=True)  # DVC's output, on any machine
     cache = activate(cfg)
@@ -294,12 +300,16 @@ def warmup_step(cfg: PipelineConfig) -> Summary:
         highlight=False,
         soft_wrap=True,
     )
-    before = cache.files()
-    report = warm_up(cfg, training=training, evaluation=evaluation)
+    before, began = cache.files(), time.perf_counter()
+    model = make_model(cfg, train_device)
+    rows = warm_training(cfg, model).summary_rows() if training else []
+    if evaluation:
+        rows += warm_generation(cfg, model, load_tokenizer(cfg.paths.tokenizer_dir)).summary_rows()
     return [
         ("GPU", cache.gpu),
         ("kernel cache", str(cache.kept_in)),
-        *report.summary_rows(),
+        *rows,
+        ("seconds", f"{time.perf_counter() - began:.1f}"),
         ("files added to the cache", f"{cache.files() - before:,}"),
         ("files in the cache", f"{cache.files():,}"),
     ]

@@ -3,6 +3,7 @@ evaluate.checkpoint given as a training run, its checkpoints folder or its `late
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,14 @@ import torch
 
 from refine_tasks.corpus.tokenizer import save_tokenizer
 from refine_tasks.evaluate import EvalError
-from refine_tasks.evaluate.runner import eval_device, eval_dtype, load_eval_model, resolve_checkpoint
+from refine_tasks.evaluate.runner import (
+    eval_device,
+    eval_dtype,
+    load_eval_model,
+    resolve_checkpoint,
+    warm_generation,
+    warmup_prompt_lengths,
+)
 from refine_tasks.models import FastWeightForCausalLM
 from refine_tasks.models.checkpoint import LATEST
 
@@ -105,3 +113,15 @@ def test_no_checkpoint_is_an_error_naming_the_path(tmp_path: Path) -> None:
         EvalError, match="not a model directory, a training run directory or its checkpoints/latest"
     ):
         resolve_checkpoint(str(tmp_path / "nowhere"))
+
+
+def test_warm_generation_prefills_every_bucket(make_config, tiny_model, tokenizer) -> None:
+    """Evaluation's part of `refine warmup`: the real generation, every prefill length it reports."""
+    cfg = make_config("evaluate.max_prompt_tokens=100", "evaluate.batch_size=3", "evaluate.device=cpu")
+    report = warm_generation(cfg, copy.deepcopy(tiny_model), tokenizer)
+    assert report.prefill_lengths == [1, 2, 4, 8, 16, 32, 64]  # every bucket up to 100 tokens
+    assert report.decode_streams == 3 and report.generated_tokens == 1 + 2 + 3
+    assert dict(report.summary_rows())["prefill lengths"] == "1, 2, 4, 8, 16, 32, 64"
+    assert warmup_prompt_lengths(4096) == [4096, 4095]
+    assert warmup_prompt_lengths(3000) == [2048, 2047]
+    assert warmup_prompt_lengths(1) == [1]

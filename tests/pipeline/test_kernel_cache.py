@@ -13,10 +13,12 @@ import triton
 from rich.console import Console
 from typer.testing import CliRunner
 
+from refine_tasks.evaluate import runner
+from refine_tasks.evaluate.runner import GenerationWarmup
 from refine_tasks.pipeline import cli, kernel_cache, lifecycle
 from refine_tasks.pipeline.kernel_cache import activate, machine_folder, slug
-from refine_tasks.train import warmup
-from refine_tasks.train.warmup import WarmupReport
+from refine_tasks.train import starting_model, warmup
+from refine_tasks.train.warmup import TrainingWarmup
 
 ENV = ("TRITON_CACHE_DIR", "TRITON_CACHE_AUTOTUNING", "TORCHINDUCTOR_CACHE_DIR")
 
@@ -146,20 +148,24 @@ def test_warmup_on_a_cpu_has_nothing_to_compile(
 
 
 def test_warmup_reports_the_files_it_added(make_config, h200: str, tmp_path: Path, monkeypatch) -> None:
-    def fake_warm_up(cfg, training: bool, evaluation: bool) -> WarmupReport:
-        assert (training, evaluation) == (True, True)
+    """On a mocked H200: both parts run (faked: they write three files into Triton's cache)."""
+
+    def fake_training(cfg, model) -> TrainingWarmup:
         compiled = Path(kernel_cache.os.environ["TRITON_CACHE_DIR"]) / "h"
         compiled.mkdir(parents=True)
         for name in ("k.cubin", "k.json", "k.autotune.json"):
             (compiled / name).write_text("x")
-        return WarmupReport(prefill_lengths=[1, 2], decode_streams=2, seconds=1.5)
+        return TrainingWarmup((2, 4096), "fused", {"ntp": 8.3, "refine": 8.4})
 
-    monkeypatch.setattr(warmup, "warm_up", fake_warm_up)
+    monkeypatch.setattr(starting_model, "make_model", lambda cfg, device: "a model")
+    monkeypatch.setattr(warmup, "warm_training", fake_training)
+    monkeypatch.setattr(runner, "warm_generation", lambda cfg, model, tok: GenerationWarmup([1, 2], 2, 3))
     sets = [f"paths.kernel_cache={tmp_path / 'kernels'}", "train.device=cuda", "evaluate.device=cuda"]
-    result = _invoke("warmup", *sets)
+    result = _invoke("warmup", f"paths.tokenizer_dir={make_config().paths.tokenizer_dir}", *sets)
     assert result.exit_code == 0, result.output
     lines = [line.split() for line in result.output.splitlines()]
     assert ["files", "added", "to", "the", "cache", "3"] in lines
+    assert ["training", "micro-steps", "NTP,", "ReFINE", "(fused)", "on", "[2,", "4096]"] in lines
     assert ["prefill", "lengths", "1,", "2"] in lines
     assert f"compiling GPU kernels for NVIDIA H200 into {tmp_path / 'kernels' / h200}" in result.output
 
