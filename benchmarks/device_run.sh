@@ -13,7 +13,8 @@
 #   refine-torch, refine-small-torch  the same with --state-chain torch (the chain's torch path)
 #   profile      profile_refine_step.py                     (phases + top ops; $PROFILE_MODES, $PROFILE_SHAPE;
 #                                                             PROFILE_TRACE=1: Chrome traces with Python frames)
-#   lact         gpu_lact.py                               (LaCT kernels, layer, attention, paper-760m; $LACT_PHASES)
+#   lact         gpu_lact.py --phases $LACT_PHASES         (default all: LaCT's kernels, fast-weight layer, attention,
+#                                                           paper-760m; its paths are config fields, not variables)
 # Carry: .whl .whl_lead or .whl_min (wheels the image lacks; .whl_min without DuckDB, enough for the
 # GPU benchmarks) and the Triton cache tarball folders named in TC_DIRS (default .tc; git-ignored).
 set -u

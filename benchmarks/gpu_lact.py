@@ -3,32 +3,29 @@ whole paper-760m model's training throughput, in one run.
 
 Phases (--phases; the matmul rate always runs):
 1. The card's bf16 matmul rate (8192^3, random data), the yardstick of `lact_fastweight_util`.
-2. Sweep (`sweep`) of the SwiGLU token stage's block shapes, per mode and path (fused / split), on one
-   chunk; the fastest block shape of each is kept (sweep.txt, which also names the faster path per
-   mode; `mixed` keeps the code's choice, which counts launches too: the layer is host-bound).
-3. Every variant (`layer`) of the kernels (REFINE_LACT_GEMM x REFINE_LACT_SWIGLU x REFINE_LACT_LOOP):
-   checked (bf16 kernels vs the float32 torch reference on the same bf16-rounded inputs: the
-   fast-weight layer at the 760M shapes, D = H = 384, 4 batch x 4 heads, L = 16K, chunk 2048,
-   momentum on; outputs, final fast weights and every input's gradient), timed fwd+bwd (median,
-   CUDA events; `lact_fastweight_util_<variant>`) and profiled (profile_<variant>.txt). The
-   default variant, the code's choice with no switch set, also gives the plain names: Triton vs
-   the torch reference under bf16 autocast (`lact_triton_speedup`) and the share of the bf16
-   matmul rate it reaches (`lact_fastweight_util`): 3 x the forward's FLOPs, 18*D*H*C*B per
-   updating chunk and 6*D*H*C*B for the apply-only last chunk (LaCT's own count), over the time
-   and the rate.
+2. Sweep (`sweep`) of the SwiGLU token stage's element-wise block shapes, per mode, on one chunk;
+   the fastest block shape of each is kept (sweep.txt).
+3. Our Triton fast-weight layer (`layer`; one path per operation: cuBLAS products, the split
+   SwiGLU stage, the whole-sequence Function): checked (bf16 kernels vs the float32 torch
+   reference on the same bf16-rounded inputs: the fast-weight layer at the 760M shapes,
+   D = H = 384, 4 batch x 4 heads, L = 16K, chunk 2048, momentum on; outputs, final fast weights
+   and every input's gradient), timed fwd+bwd (median, CUDA events) and profiled
+   (profile_layer.txt, host_layer.txt): Triton vs the torch reference under bf16 autocast
+   (`lact_triton_speedup`) and the share of the bf16 matmul rate it reaches
+   (`lact_fastweight_util`): 3 x the forward's FLOPs, 18*D*H*C*B per updating chunk and
+   6*D*H*C*B for the apply-only last chunk (LaCT's own count), over the time and the rate.
 3b. The torch reference compiled whole by TorchInductor (`inductor`), checked, and timed against our
-   default kernels, launched eagerly and from CUDA graphs (`lact_inductor_default_over_ours_graph`).
+   kernels, launched eagerly and from CUDA graphs (`lact_inductor_default_over_ours_graph`).
 4. The cuBLAS bound (`bound`): the pass's matmuls alone on cuBLAS, from a CUDA graph
    (`lact_fastweight_util_cublas_bound`: the most a pass built from cuBLAS products could reach).
 5. LaCT's sliding-window attention at paper-760m's shapes (`attention`), fwd+bwd, on the `band`
    (SDPA) and `flex` (FlexAttention) paths, each checked against the float32 band path.
-6. The same fwd+bwd replayed from a CUDA graph, every variant (`lact_fastweight_util_graph_<variant>`,
-   `lact_fastweight_util_graph` for the default, `lact_fastweight_util_graph_best`).
-7. paper-760m, bf16 weights, 1 x 16384 tokens (`model`), default kernels: forward with labels +
+6. The same fwd+bwd replayed from a CUDA graph (`lact_fastweight_util_graph`, the acceptance figure).
+7. paper-760m, bf16 weights, 1 x 16384 tokens (`model`), default options: forward with labels +
    backward (`lact_760m_tok_s`), its peak memory (`lact_760m_peak_gib`; no optimizer state) and
-   each kernel's GPU time (profile_760m.txt); then with eager features, band attention and the
-   `mixed` kernels.
-8. The model switches' exactness (`exact`) on paper-760m cut to 2 layers: each non-default path
+   each kernel's GPU time (profile_760m.txt); then with `lact_compile=False` (eager features) and
+   `lact_attention="band"`.
+8. The model options' exactness (`exact`) on paper-760m cut to 2 layers: each non-default path
    against the default in float32, and each path's bf16 gradients against the float32 default.
 9. ReFINE steps on the LaCT `small` model (`refine`): each fast mode against the naive one in
    float32, then step times over NTP's under bf16 autocast.
@@ -44,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import math
 import os
 import statistics
@@ -63,13 +59,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_refine_step import StepBench, grads_rel_err  # noqa: E402
 from benchmarks.record import FigureLog  # noqa: E402
-from refine_tasks.kernels.backend import ENV_VAR as BACKEND_ENV  # noqa: E402
-from refine_tasks.kernels.lact import FastWeights, lact_fast_weight  # noqa: E402
+from refine_tasks.kernels.lact import FastWeights, TorchOps, TritonOps, lact_fast_weight  # noqa: E402
 from refine_tasks.models import build_model  # noqa: E402
-from refine_tasks.models.lact.attention import ATTENTION_ENV, ATTENTION_PATHS, sliding_window_attention  # noqa: E402
-from refine_tasks.models.lact.layer import COMPILE_ENV  # noqa: E402
+from refine_tasks.models.lact.attention import ATTENTION_PATHS, sliding_window_attention  # noqa: E402
 
 COMMAND = "python benchmarks/gpu_lact.py"
+OPS = {"torch": TorchOps, "triton": TritonOps}
 ROWS: list[tuple[str, str, str]] = []
 
 
@@ -137,28 +132,17 @@ def matmul_rate(run: Run) -> float:
     return rate
 
 
-# Candidate (BLOCK_T, BLOCK_H, BLOCK_D, num_warps, num_stages) of the fused SwiGLU kernel per mode as
-# the fused path runs it (backward modes recomputing the projections). Large tiles may spill
-# registers or run out of shared memory (a failure skips the candidate).
-_FORWARD = [(128, 64, 64, 8, 3), (128, 64, 64, 8, 2), (128, 128, 32, 8, 4), (64, 128, 64, 4, 3)]
-SWEEP_FUSED = {
-    0: _FORWARD,
-    1: _FORWARD,
-    2: [(128, 64, 64, 8, 3), (128, 64, 64, 8, 2), (128, 128, 32, 8, 4), (64, 128, 64, 4, 3)],
-    3: [(64, 64, 64, 8, 3), (64, 64, 64, 8, 2), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3)],
-}
-# (BLOCK_T, BLOCK_H, num_warps) of the split path's element-wise kernel, the same for every mode
-SWEEP_SPLIT = [(32, 128, 4), (16, 128, 4), (64, 128, 8)]
+# (BLOCK_T, BLOCK_H, num_warps) of the SwiGLU stage's element-wise kernel, the same for every mode
+SWEEP = [(32, 128, 4), (16, 128, 4), (64, 128, 8)]
 MODE_UNITS = {0: 2, 1: 3, 2: 3, 3: 6}  # matmuls of T x D x H per mode
 MODE_NAMES = {0: "apply", 1: "step", 2: "apply_bwd", 3: "step_bwd"}
 
 
 def sweep_swiglu(run: Run) -> None:
-    """Time each candidate block shape of each mode of both SwiGLU paths on one chunk (760M shapes);
-    keep the fastest of each path. The split path's GEMMs run on the default GEMM path."""
+    """Time each candidate block shape of each mode of the SwiGLU stage on one chunk (760M shapes),
+    the backward modes reading the forward modes' projections back as the layer runs them; keep the
+    fastest of each (the rate is per nominal FLOPs of the mode, its cuBLAS projections included)."""
     from refine_tasks.kernels.lact import triton_swiglu as ts
-    from refine_tasks.kernels.lact.triton_swiglu_fused import CONFIGS
-    from refine_tasks.kernels.lact.triton_swiglu_split import SPLIT_CONFIGS
 
     batch, t, d = (2, 16, 16) if run.dry else (16, 2048, 384)
     g = torch.Generator(device="cpu").manual_seed(5)
@@ -172,71 +156,35 @@ def sweep_swiglu(run: Run) -> None:
     w02, w1 = randn(batch, 2 * d, d, scale=d**-0.5), randn(batch, d, d, scale=d**-0.5)
     g02, g1 = randn(batch, 2 * d, d), randn(batch, d, d)
     lrs = torch.rand(batch, 3, t, generator=g).to(run.device) * 0.01
-    # each path as the layer runs it (`fused`: recomputing; `split`: the backward modes reading the
-    # forward modes' projections back), and `fused-kept`: the fused kernel keeping them (as under
-    # `mixed`) and reading them back; rates below stay per nominal FLOPs of the mode
-    os.environ[ts.SWIGLU_ENV] = "split"
     saved_q = ts.swiglu_tokens(0, x, w02, w1).projections
     saved_kv = ts.swiglu_tokens(1, x, w02, w1, y=y, lrs=lrs).projections
-    args = {0: {}, 1: {"y": y, "lrs": lrs}, 2: {"y": y}, 3: {"y": y, "lrs": lrs, "g02": g02, "g1": g1}}
-    kept_args = {
-        0: {"keep": True},
-        1: {**args[1], "keep": True},
-        2: {**args[2], "saved": saved_q},
-        3: {**args[3], "saved": saved_kv},
+    args = {
+        0: {},
+        1: {"y": y, "lrs": lrs},
+        2: {"y": y, "saved": saved_q},
+        3: {"y": y, "lrs": lrs, "g02": g02, "g1": g1, "saved": saved_kv},
     }
-    fused_kept = {mode: [CONFIGS[mode, mode in (2, 3)]] for mode in MODE_UNITS}  # the tables' picks
     lines = []
-    # path: (the switch per mode, its config table, the table's key for a mode, candidates, args)
-    candidates = {
-        "fused": (lambda mode: "fused", CONFIGS, lambda mode: (mode, False), SWEEP_FUSED, args),
-        "split": (
-            lambda mode: "split",
-            SPLIT_CONFIGS,
-            lambda mode: mode,
-            {mode: SWEEP_SPLIT for mode in MODE_UNITS},
-            kept_args,
-        ),
-        "fused-kept": (
-            lambda mode: "mixed" if mode in (0, 1) else "fused",  # mixed: fused forward modes keep
-            CONFIGS,
-            lambda mode: (mode, mode in (2, 3)),
-            fused_kept,
-            kept_args,
-        ),
-    }
-    best: dict[int, dict[str, float]] = {mode: {} for mode in MODE_UNITS}
-    for path, (switch, table, key, sweep, path_args) in candidates.items():
-        for mode, configs in sweep.items():
-            os.environ[ts.SWIGLU_ENV] = switch(mode)
-            times = {}
-            for cfg in configs:
-                table[key(mode)] = cfg
-                try:
-                    times[cfg] = run.time_ms(
-                        lambda a=path_args[mode], m=mode: ts.swiglu_tokens(m, x, w02, w1, **a), rep=100
-                    )
-                except Exception as e:  # a candidate that fails to compile or launch is skipped
-                    lines.append(f"{path} mode {mode} {cfg}: {type(e).__name__}: {str(e)[:80]}")
-                    continue
-                rate = MODE_UNITS[mode] * 2 * batch * t * d * d / times[cfg] / 1e9
-                lines.append(f"{path} mode {mode} {cfg}: {times[cfg] * 1e3:.1f} us, {rate:.0f} TFLOP/s")
-            if times:  # else the table keeps its entry
-                table[key(mode)] = min(times, key=times.get)
-                best[mode][path] = times[table[key(mode)]]
-                run.emit(
-                    f"lact_swiglu_{MODE_NAMES[mode]}_us_{path.replace('-', '_')}",
-                    best[mode][path] * 1e3,
-                    "us",
-                    f"one chunk, 16 batch x heads x 2048 tokens, D=H=384; block {table[key(mode)]}",
-                )
-            lines.append(f"{path} mode {mode} chosen {table[key(mode)]}")
-    del os.environ[ts.SWIGLU_ENV]
-    for mode, by_path in best.items():
-        if by_path:
-            lines.append(
-                f"mode {mode} faster on {min(by_path, key=by_path.get)}; mixed runs {ts.MIXED[mode]}"
+    for mode in MODE_UNITS:
+        times = {}
+        for cfg in SWEEP:
+            ts.CONFIGS[mode] = cfg
+            try:
+                times[cfg] = run.time_ms(lambda m=mode: ts.swiglu_tokens(m, x, w02, w1, **args[m]), rep=100)
+            except Exception as e:  # a candidate that fails to compile or launch is skipped
+                lines.append(f"mode {mode} {cfg}: {type(e).__name__}: {str(e)[:80]}")
+                continue
+            rate = MODE_UNITS[mode] * 2 * batch * t * d * d / times[cfg] / 1e9
+            lines.append(f"mode {mode} {cfg}: {times[cfg] * 1e3:.1f} us, {rate:.0f} TFLOP/s")
+        if times:  # else the table keeps its entry
+            ts.CONFIGS[mode] = min(times, key=times.get)
+            run.emit(
+                f"lact_swiglu_{MODE_NAMES[mode]}_us",
+                times[ts.CONFIGS[mode]] * 1e3,
+                "us",
+                f"one chunk, 16 batch x heads x 2048 tokens, D=H=384; block {ts.CONFIGS[mode]}",
             )
+        lines.append(f"mode {mode} chosen {ts.CONFIGS[mode]}")
     (run.out / "sweep.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
@@ -281,7 +229,7 @@ def layer_forward(
             FastWeights(w0, w1, w2),
             chunk_size=chunk,
             momentum_gate=gate,
-            backend=backend,
+            ops=OPS[backend],
         )
     return o, trace.final.weights
 
@@ -291,35 +239,6 @@ def layer_pass(inputs: list[torch.Tensor], backend: str, chunk: int, grad_o: tor
     o, weights = layer_forward(inputs, backend, chunk, autocast)
     o.backward(grad_o)
     return o, weights, [x.grad for x in inputs]
-
-
-def switches() -> dict[str, tuple[str, ...]]:
-    """The environment switches between kernel paths, each with its choices."""
-    from refine_tasks.kernels.lact.triton_gemm import GEMM_ENV, GEMM_PATHS
-    from refine_tasks.kernels.lact.triton_sequence import LOOP_ENV, LOOP_PATHS
-    from refine_tasks.kernels.lact.triton_swiglu import SWIGLU_ENV, SWIGLU_PATHS
-
-    return {GEMM_ENV: GEMM_PATHS, SWIGLU_ENV: (*SWIGLU_PATHS, "mixed"), LOOP_ENV: LOOP_PATHS}
-
-
-def variants(device_tensor: torch.Tensor) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
-    """Every combination of the switches (GEMM path, SwiGLU path, chunk loop), and the one the code
-    picks with no switch set."""
-    from refine_tasks.kernels.lact.triton_gemm import gemm_path
-    from refine_tasks.kernels.lact.triton_sequence import loop_path
-    from refine_tasks.kernels.lact.triton_swiglu import swiglu_path
-
-    for name in switches():
-        os.environ.pop(name, None)
-    default = (gemm_path(device_tensor), swiglu_path(), loop_path())
-    return list(itertools.product(*switches().values())), default
-
-
-def use_variant(variant: tuple[str, ...]) -> str:
-    """Set the switches (read by the kernels at each call); returns the variant's metric suffix."""
-    for name, value in zip(switches(), variant, strict=True):
-        os.environ[name] = value
-    return "_".join(variant)
 
 
 class LayerCase:
@@ -369,74 +288,38 @@ class LayerCase:
 def check_and_time_layer(run: Run, rate: float) -> None:
     case = LayerCase(run, rate)
     chunk, shape, base, grad_o, goal = case.chunk, case.shape, case.base, case.grad_o, case.goal
-    all_variants, default = variants(base[0])
-    print("[check] Triton kernels vs float32 torch reference, every variant", flush=True)
-    tol = case.tol
+    print("[check] Triton kernels vs float32 torch reference", flush=True)
     fast_in = case.inputs()
 
-    def check(variant: tuple[str, ...]) -> None:
-        tag = use_variant(variant)
+    def check() -> None:
         o, w, grads = layer_pass(fast_in, "triton", chunk, grad_o, autocast=False)
         for x in fast_in:
             x.grad = None
         errs = case.errors(o, w, grads)
         worst = max(errs, key=errs.get)
-        verdict = "PASS" if errs[worst] < tol else "FAIL"
+        verdict = "PASS" if errs[worst] < case.tol else "FAIL"
         note = f"{shape}; max over output, final weights, 10 input grads: {worst}"
-        run.emit(f"lact_triton_vs_reference_max_rel_err_{tag}", errs[worst], "ratio", note, verdict)
-        if variant == default:
-            run.emit(
-                "lact_triton_vs_reference_output_rel_err",
-                errs["output"],
-                "ratio",
-                f"{shape}; {tag}",
-                "PASS" if errs["output"] < tol else "FAIL",
-            )
-            run.emit("lact_triton_vs_reference_max_rel_err", errs[worst], "ratio", f"{note}; {tag}", verdict)
-        print(f"   {tag}: " + ", ".join(f"{n} {e:.2e}" for n, e in errs.items()), flush=True)
+        run.emit(
+            "lact_triton_vs_reference_output_rel_err",
+            errs["output"],
+            "ratio",
+            shape,
+            "PASS" if errs["output"] < case.tol else "FAIL",
+        )
+        run.emit("lact_triton_vs_reference_max_rel_err", errs[worst], "ratio", note, verdict)
+        print("   " + ", ".join(f"{n} {e:.2e}" for n, e in errs.items()), flush=True)
 
-    # one phase per variant: a variant that fails (compile, launch, capture) leaves the others' figures
-    for variant in all_variants:
-        run.phase(f"check {'_'.join(variant)}", lambda v=variant: check(v))
+    run.phase("check", check)
     case.ref.clear()  # the reference's tensors go before the timings
 
-    print(
-        "[time] fast-weight layer fwd+bwd, every variant, and the torch reference (bf16 autocast)", flush=True
-    )
-    eager: dict[tuple[str, ...], float] = {}
-
-    def time_variant(variant: tuple[str, ...]) -> None:
-        tag = use_variant(variant)
-        ms = run.time_ms(lambda: layer_pass(fast_in, "triton", chunk, grad_o, False), grad_to_none=fast_in)
-        for x in fast_in:
-            x.grad = None
-        eager[variant] = ms
-        run.emit(f"lact_fastweight_fwdbwd_ms_{tag}", ms, "ms", f"{shape}")
-        run.emit(f"lact_fastweight_util_{tag}", case.util(ms), "ratio", f"fwd+bwd, {goal}")
-
-    for variant in all_variants:
-        run.phase(f"time {'_'.join(variant)}", lambda v=variant: time_variant(v))
+    print("[time] fast-weight layer fwd+bwd, ours and the torch reference (bf16 autocast)", flush=True)
+    t_fast = run.time_ms(lambda: layer_pass(fast_in, "triton", chunk, grad_o, False), grad_to_none=fast_in)
+    for x in fast_in:
+        x.grad = None
     if not run.dry:
-        for variant in eager:
-            run.phase(
-                f"profile {'_'.join(variant)}",
-                lambda v=variant: profile_layer(run, fast_in, chunk, grad_o, v),
-            )
-        for variant in {default, ("cublas", "mixed", "sequence"), ("cublas", "split", "sequence")} & set(
-            eager
-        ):
-            run.phase(
-                f"host profile {'_'.join(variant)}",
-                lambda v=variant: host_profile(run, fast_in, chunk, grad_o, v),
-            )
-        graph = GraphTimes(run, case, fast_in)
-        run.later.extend(lambda v=v: graph.time(v, v == default) for v in eager)
-        run.later.append(graph.summary)
-    tag = "_".join(default)
-    if default not in eager:
-        raise RuntimeError(f"the default variant {tag} failed (its phase above says why)")
-    use_variant(default)
-    t_fast = eager[default]
+        run.phase("profile", lambda: profile_layer(run, fast_in, chunk, grad_o))
+        run.phase("host profile", lambda: host_profile(run, fast_in, chunk, grad_o))
+        run.later.append(lambda: graph_time(run, case, fast_in))
     ref_bf16 = [x.detach().clone().requires_grad_(True) for x in base]
     t_ref = run.time_ms(
         lambda: layer_pass(ref_bf16, "torch", chunk, grad_o, not run.dry), grad_to_none=ref_bf16
@@ -444,33 +327,26 @@ def check_and_time_layer(run: Run, rate: float) -> None:
     with torch.no_grad():
         t_fwd = run.time_ms(
             lambda: lact_fast_weight(
-                *base[:6], FastWeights(*base[7:]), chunk_size=chunk, momentum_gate=base[6], backend="triton"
+                *base[:6], FastWeights(*base[7:]), chunk_size=chunk, momentum_gate=base[6], ops=TritonOps
             )
         )
-    run.emit("lact_fastweight_fwd_ms", t_fwd, "ms", f"Triton {tag}, {shape}")
-    run.emit("lact_fastweight_fwdbwd_ms", t_fast, "ms", f"Triton {tag}, {shape}")
+    run.emit("lact_fastweight_fwd_ms", t_fwd, "ms", f"Triton, {shape}")
+    run.emit("lact_fastweight_fwdbwd_ms", t_fast, "ms", f"Triton, {shape}")
     run.emit("lact_reference_fwdbwd_ms", t_ref, "ms", f"torch reference under bf16 autocast, {shape}")
-    run.emit("lact_triton_speedup", t_ref / t_fast, "x", f"fwd+bwd, reference / Triton {tag}, {shape}")
+    run.emit("lact_triton_speedup", t_ref / t_fast, "x", f"fwd+bwd, reference / Triton, {shape}")
     util = case.util(t_fast)
     run.emit(
         "lact_fastweight_util",
         util,
         "ratio",
-        f"fwd+bwd, Triton {tag}, {goal}",
+        f"fwd+bwd, Triton, {goal}",
         "PASS" if util >= 0.5 else "below goal",
     )
     run.emit(
         "lact_fastweight_fwd_util",
         case.flops_fwd / (t_fwd * 1e-3) / (rate * 1e12),
         "ratio",
-        f"forward only, Triton {tag}, {shape}",
-    )
-    best = min(eager, key=eager.get)
-    run.emit(
-        "lact_fastweight_util_best",
-        case.util(eager[best]),
-        "ratio",
-        f"fwd+bwd, fastest variant eager: {'_'.join(best)}",
+        f"forward only, Triton, {shape}",
     )
 
 
@@ -490,13 +366,10 @@ def inductor_layer(run: Run, rate: float) -> None:
         return layer_forward(list(xs), "torch", chunk, autocast=not run.dry)
 
     fast_in = case.inputs()
-    _, default = variants(case.base[0])
-    use_variant(default)
     t_ours = run.time_ms(
         lambda: layer_pass(fast_in, "triton", chunk, case.grad_o, False), grad_to_none=fast_in
     )
-    tag = "_".join(default)
-    run.emit(f"lact_fastweight_fwdbwd_ms_{tag}", t_ours, "ms", f"{case.shape}; beside the inductor timings")
+    run.emit("lact_fastweight_fwdbwd_ms_beside_inductor", t_ours, "ms", f"ours, {case.shape}")
     torch._dynamo.reset()
     compiled = torch.compile(fwd, fullgraph=True)
 
@@ -525,7 +398,7 @@ def inductor_layer(run: Run, rate: float) -> None:
     ms = run.time_ms(step, grad_to_none=fast_in)
     run.emit("lact_fastweight_fwdbwd_ms_inductor_default", ms, "ms", case.shape)
     run.emit("lact_fastweight_util_inductor_default", case.util(ms), "ratio", f"fwd+bwd, {case.goal}")
-    run.emit("lact_inductor_default_over_ours", ms / t_ours, "x", f"inductor / our {tag}, launched eagerly")
+    run.emit("lact_inductor_default_over_ours", ms / t_ours, "x", "inductor / ours, launched eagerly")
     for x in fast_in:
         x.grad = None
     profile_to(run, step, "profile_inductor.txt", "inductor default")
@@ -536,35 +409,29 @@ def inductor_layer(run: Run, rate: float) -> None:
     note = f"fwd+bwd from a CUDA graph, {case.shape}"
     run.emit("lact_fastweight_fwdbwd_graph_ms_inductor_default", theirs, "ms", note)
     run.emit("lact_fastweight_util_graph_inductor_default", case.util(theirs), "ratio", note)
-    run.emit(f"lact_fastweight_fwdbwd_graph_ms_{tag}", ours, "ms", f"{note}; beside inductor's")
-    run.emit(f"lact_fastweight_util_graph_{tag}", case.util(ours), "ratio", f"{note}; beside inductor's")
-    run.emit("lact_inductor_default_over_ours_graph", theirs / ours, "x", f"inductor / our {tag}, {note}")
+    run.emit("lact_fastweight_fwdbwd_graph_ms_beside_inductor", ours, "ms", f"ours, {note}")
+    run.emit("lact_fastweight_util_graph_beside_inductor", case.util(ours), "ratio", f"ours, {note}")
+    run.emit("lact_inductor_default_over_ours_graph", theirs / ours, "x", f"inductor / ours, {note}")
 
 
-def profile_layer(
-    run: Run, inputs: list[torch.Tensor], chunk: int, grad_o: torch.Tensor, variant: tuple[str, ...]
-) -> None:
-    """GPU time per kernel of one fwd+bwd, to OUT/profile_<variant>.txt (where the time goes)."""
-    tag = use_variant(variant)
+def profile_layer(run: Run, inputs: list[torch.Tensor], chunk: int, grad_o: torch.Tensor) -> None:
+    """GPU time per kernel of one fwd+bwd, to OUT/profile_layer.txt (where the time goes)."""
     layer_pass(inputs, "triton", chunk, grad_o, False)  # compiled and warm before profiling
     for x in inputs:  # else the profiled pass adds its gradients onto these: kernels of its own
         x.grad = None
-    profile_to(run, lambda: layer_pass(inputs, "triton", chunk, grad_o, False), f"profile_{tag}.txt", tag)
+    profile_to(run, lambda: layer_pass(inputs, "triton", chunk, grad_o, False), "profile_layer.txt", "layer")
     for x in inputs:
         x.grad = None
 
 
-def host_profile(
-    run: Run, inputs: list[torch.Tensor], chunk: int, grad_o: torch.Tensor, variant: tuple[str, ...]
-) -> None:
+def host_profile(run: Run, inputs: list[torch.Tensor], chunk: int, grad_o: torch.Tensor) -> None:
     """Where the host's time goes in eager fwd+bwd (cProfile over 5 passes, to
-    OUT/host_<variant>.txt), and how long launching takes against the GPU's finishing: launching
+    OUT/host_layer.txt), and how long launching takes against the GPU's finishing: launching
     close to the whole pass means the pass is host-bound."""
     import cProfile
     import io
     import pstats
 
-    tag = use_variant(variant)
     layer_pass(inputs, "triton", chunk, grad_o, False)
     torch.cuda.synchronize()
     launch, total = [], []
@@ -591,8 +458,8 @@ def host_profile(
     stats.sort_stats("tottime").print_stats(35)
     stats.sort_stats("cumulative").print_stats(35)
     host, wall = statistics.median(launch) * 1e3, statistics.median(total) * 1e3
-    head = f"{tag}: launching {host:.2f} ms of a {wall:.2f} ms pass (medians of 5, no profiler)\n"
-    (run.out / f"host_{tag}.txt").write_text(head + text.getvalue())
+    head = f"launching {host:.2f} ms of a {wall:.2f} ms pass (medians of 5, no profiler)\n"
+    (run.out / "host_layer.txt").write_text(head + text.getvalue())
     print(f"[host] {head}", flush=True)
 
 
@@ -620,41 +487,20 @@ def replay_ms(run: Run, fn: Callable[[], object], leaves: list[torch.Tensor]) ->
     return ms
 
 
-class GraphTimes:
-    """The same fwd+bwd replayed from a CUDA graph, per variant: the kernels' own speed, without
-    launch overhead. Run last (a failed capture can spoil the context)."""
-
-    def __init__(self, run: Run, case: LayerCase, inputs: list[torch.Tensor]) -> None:
-        self.run, self.case, self.inputs = run, case, inputs
-        self.ms: dict[tuple[str, ...], float] = {}
-
-    def time(self, variant: tuple[str, ...], default: bool) -> None:
-        tag = use_variant(variant)
-        print(f"[time] fast-weight layer fwd+bwd from a CUDA graph, {tag}", flush=True)
-        case = self.case
-        ms = self.ms[variant] = replay_ms(
-            self.run, lambda: layer_pass(self.inputs, "triton", case.chunk, case.grad_o, False), self.inputs
-        )
-        util = case.util(ms)
-        note = f"fwd+bwd from a CUDA graph, {case.shape}"
-        self.run.emit(f"lact_fastweight_fwdbwd_graph_ms_{tag}", ms, "ms", note)
-        self.run.emit(f"lact_fastweight_util_graph_{tag}", util, "ratio", note)
-        if default:
-            self.run.emit(
-                "lact_fastweight_fwdbwd_graph_ms", ms, "ms", f"Triton {tag}, CUDA graph replay, {case.shape}"
-            )
-            self.run.emit("lact_fastweight_util_graph", util, "ratio", f"Triton {tag}, {note}")
-
-    def summary(self) -> None:
-        best = min(self.ms, key=self.ms.get)
-        util = self.case.util(self.ms[best])
-        self.run.emit(
-            "lact_fastweight_util_graph_best",
-            util,
-            "ratio",
-            f"fwd+bwd from a CUDA graph, fastest variant: {'_'.join(best)}",
-            "PASS" if util >= 0.5 else "below goal",
-        )
+def graph_time(run: Run, case: LayerCase, inputs: list[torch.Tensor]) -> None:
+    """The same fwd+bwd replayed from a CUDA graph: the kernels' own speed, without launch
+    overhead. Run last (a failed capture can spoil the context)."""
+    print("[time] fast-weight layer fwd+bwd from a CUDA graph", flush=True)
+    ms = replay_ms(run, lambda: layer_pass(inputs, "triton", case.chunk, case.grad_o, False), inputs)
+    util = case.util(ms)
+    run.emit("lact_fastweight_fwdbwd_graph_ms", ms, "ms", f"Triton, CUDA graph replay, {case.shape}")
+    run.emit(
+        "lact_fastweight_util_graph",
+        util,
+        "ratio",
+        f"Triton, fwd+bwd from a CUDA graph, {case.shape}; {case.goal}",
+        "PASS" if util >= 0.5 else "below goal",
+    )
 
 
 def time_window_attention(run: Run) -> None:
@@ -670,8 +516,7 @@ def time_window_attention(run: Run) -> None:
     backward = not run.dry  # FlexAttention has no CPU backward
 
     def attend(path: str, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        os.environ[ATTENTION_ENV] = path
-        o = sliding_window_attention(*xs, window)
+        o = sliding_window_attention(*xs, window, path=path)
         if not backward:
             return [o]
         return [o, *torch.autograd.grad(o, xs, grad_o.to(o.dtype))]
@@ -698,7 +543,6 @@ def time_window_attention(run: Run) -> None:
             "ms",
             f"{shape}, {'fwd+bwd' if backward else 'fwd'}",
         )
-    os.environ.pop(ATTENTION_ENV)
     run.emit("lact_window_attn_flex_speedup", ms["band"] / ms["flex"], "x", f"band / flex, {shape}")
 
 
@@ -769,22 +613,9 @@ def cublas_bound(run: Run, rate: float) -> None:
     )
 
 
-# the model-level switches (beyond the kernels'), each with the metric suffix of its value, and
-# each one's non-default path
-MODEL_SWITCHES = {ATTENTION_ENV: "{}_attention", COMPILE_ENV: "compile{}", BACKEND_ENV: "{}_kernels"}
-OTHER_PATHS = ((COMPILE_ENV, "0"), (ATTENTION_ENV, "band"))
-
-
-def set_switches(variant: tuple[str, ...] | None, switch: tuple[str, str] | None) -> str:
-    """Clear every switch (the code's defaults), then set `variant`'s kernel switches and one model
-    switch (env, value); returns the metric suffix naming them ("" for the defaults)."""
-    for name in (*switches(), *MODEL_SWITCHES):
-        os.environ.pop(name, None)
-    suffix = "" if variant is None else "_" + use_variant(variant)
-    if switch is not None:
-        os.environ[switch[0]] = switch[1]
-        suffix += "_" + MODEL_SWITCHES[switch[0]].format(switch[1])
-    return suffix
+# the model options' other paths (config fields), each with the metric suffix naming it
+OTHER_PATHS = {"compile0": {"lact_compile": False}, "band_attention": {"lact_attention": "band"}}
+TORCH_KERNELS = {"torch_kernels": {"kernel_backend": "torch"}}
 
 
 def model_step(run: Run, dtype: torch.dtype, seq: int, **overrides: object):
@@ -807,19 +638,15 @@ def model_step(run: Run, dtype: torch.dtype, seq: int, **overrides: object):
     return model, step
 
 
-def time_model(
-    run: Run,
-    variant: tuple[str, ...] | None = None,
-    switch: tuple[str, str] | None = None,
-    profile: bool = False,
-) -> None:
-    """The training step with what the code picks by default (plain metric names), or with
-    `variant`'s kernel switches or one model switch (env, value) (names suffixed with them).
-    `profile`: also each kernel's GPU time in one step, to OUT/profile_760m.txt."""
+def time_model(run: Run, path: str = "", profile: bool = False) -> None:
+    """The training step with the default options (plain metric names), or on one of OTHER_PATHS
+    (names suffixed with it). `profile`: also each kernel's GPU time in one step, to
+    OUT/profile_760m.txt."""
     preset, seq = ("tiny", 64) if run.dry else ("paper-760m", 16384)
-    suffix = set_switches(variant, switch)
+    suffix = f"_{path}" if path else ""
     print(f"[time] {preset} training step, 1 x {seq}{suffix}", flush=True)
-    model, train_step = model_step(run, torch.float32 if run.dry else torch.bfloat16, seq)
+    overrides = OTHER_PATHS[path] if path else {}
+    model, train_step = model_step(run, torch.float32 if run.dry else torch.bfloat16, seq, **overrides)
     losses = []
 
     def step() -> None:
@@ -852,30 +679,28 @@ def time_model(
         run.emit(f"lact_760m_peak_gib{suffix}", torch.cuda.max_memory_allocated() / 2**30, "GiB", note)
     if profile:
         profile_to(run, step, "profile_760m.txt", f"{preset}{suffix}, one training step")
-    set_switches(None, None)
 
 
 def path_exactness(run: Run) -> None:
-    """Each model switch's other path against the default, on paper-760m cut to 2 layers (1 x 16384
-    tokens). In float32 the switched paths must agree with the default
+    """Each model option's other path against the default, on paper-760m cut to 2 layers (1 x 16384
+    tokens). In float32 the other paths must agree with the default
     (`lact_760m_2layer_fp32_grad_rel_err_<path>`), and the default (whose LaCT kernels multiply in
     TF32) with the torch reference kernels (`..._torch_kernels`); in bf16 each path's distance
     from the float32 default is its rounding error (`..._bf16_...`; `default` for the default)."""
     seq = 64 if run.dry else 16384
-    paths = {"default": None, **{MODEL_SWITCHES[e].format(v): (e, v) for e, v in OTHER_PATHS}}
-    reference = MODEL_SWITCHES[BACKEND_ENV].format("torch")
+    paths = {"default": {}, **OTHER_PATHS}
+    (reference,) = TORCH_KERNELS
     runs = [(torch.float32, name) for name in (*paths, reference)] + [
         (torch.bfloat16, name) for name in paths
     ]
     grads: dict[tuple[torch.dtype, str], dict[str, torch.Tensor]] = {}
     for dtype, name in runs:
-        set_switches(None, (BACKEND_ENV, "torch") if name == reference else paths[name])
         print(f"[check] 2-layer model, {dtype}, {name}", flush=True)
-        model, step = model_step(run, dtype, seq, num_hidden_layers=2)
+        overrides = {**paths, **TORCH_KERNELS}[name]
+        model, step = model_step(run, dtype, seq, num_hidden_layers=2, **overrides)
         step()
         grads[dtype, name] = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
         del model, step
-    set_switches(None, None)
     want = grads[torch.float32, "default"]
     for dtype, name in runs:
         if (dtype, name) == (torch.float32, "default"):
@@ -953,15 +778,10 @@ def profile_to(run: Run, fn: Callable[[], object], name: str, title: str) -> Non
 
 
 def model_phase(run: Run) -> None:
-    """paper-760m's step as the code runs it (profiled), with each model switch turned to its other
-    path, and with the `mixed` kernels."""
+    """paper-760m's step with the default options (profiled), then on each option's other path."""
     run.phase("paper-760m training step", lambda: time_model(run, profile=True))
-    for env, value in OTHER_PATHS:
-        run.phase(
-            f"paper-760m training step, {env}={value}", lambda e=env, v=value: time_model(run, switch=(e, v))
-        )
-    variant = ("cublas", "mixed", "sequence")
-    run.phase(f"paper-760m training step {'_'.join(variant)}", lambda: time_model(run, variant))
+    for path, overrides in OTHER_PATHS.items():
+        run.phase(f"paper-760m training step, {overrides}", lambda p=path: time_model(run, p))
 
 
 PHASES = ("sweep", "layer", "inductor", "attention", "bound", "model", "exact", "refine")

@@ -15,11 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_dry_run_of_inductor_bound_attention_model_exactness_and_refine(tmp_path: Path) -> None:
+def test_dry_run_of_layer_inductor_bound_attention_model_exactness_and_refine(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFINE_")}
     done = subprocess.run(
         [sys.executable, "benchmarks/gpu_lact.py", "--out", str(tmp_path), "--dry-run"]
-        + ["--phases", "inductor,bound,attention,model,exact,refine"],
+        + ["--phases", "layer,inductor,bound,attention,model,exact,refine"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -31,6 +31,8 @@ def test_dry_run_of_inductor_bound_attention_model_exactness_and_refine(tmp_path
     assert "FAIL" not in table and "skipped" not in table, table
     metrics = {json.loads(line)["metric"] for line in (tmp_path / "results.jsonl").read_text().splitlines()}
     expected = {
+        "lact_triton_vs_reference_max_rel_err",
+        "lact_fastweight_util",
         "lact_fastweight_util_cublas_bound",
         "lact_fastweight_util_inductor_default",
         "lact_inductor_vs_reference_max_rel_err_default",

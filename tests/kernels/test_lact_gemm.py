@@ -1,13 +1,13 @@
-"""The cuBLAS path of the LaCT kernels' batched matmul (`triton_gemm.bmm`), run on the CPU through
-torch's own matmul with same-dtype operands, and the environment switches between kernel paths."""
+"""The LaCT kernels' batched matmul (`gemm.bmm`) on the CPU through torch's own matmul, against
+float64 products: strided views, a second product and accumulation, and half operands into a
+float32 out (widened on the CPU; CUDA's `out_dtype` overload checked on meta tensors)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from refine_tasks.kernels.lact.triton_gemm import GEMM_ENV, bmm, gemm_path
-from refine_tasks.kernels.lact.triton_swiglu import SWIGLU_ENV, swiglu_path
+from refine_tasks.kernels.lact.gemm import bmm
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -15,8 +15,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cublas_path_sums_products_of_strided_views_into_a_strided_out(dtype, monkeypatch):
-    monkeypatch.setenv(GEMM_ENV, "cublas")
+def test_bmm_sums_products_of_strided_views_into_a_strided_out(dtype):
     gen = torch.Generator().manual_seed(1)
 
     def randn(*shape: int) -> torch.Tensor:
@@ -38,11 +37,22 @@ def test_cublas_path_sums_products_of_strided_views_into_a_strided_out(dtype, mo
     assert rel(out, before.double() + a1.double() @ b1.double()) < 1e-6
 
 
-def test_cublas_path_takes_half_operands_with_a_float32_out(monkeypatch):
-    """The CUDA-only `bmm.dtype_out` overload, called as the GPU calls it, checked on meta tensors
-    (schema and shape rules; the CPU has no kernel for it, and torch's meta decomposition of
-    `baddbmm.dtype_out` misreads its arguments, so the adding call is left to the GPU check)."""
-    monkeypatch.setenv(GEMM_ENV, "cublas")
+def test_half_operands_into_a_float32_out_on_the_cpu():
+    """Widened before the product: the float64 product of the half values, to float32 rounding."""
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(2, 17, 40, generator=gen).half()
+    b = torch.randn(2, 23, 40, generator=gen).half().transpose(1, 2)
+    out = torch.full((2, 17, 23), float("nan"))
+    want = a.double() @ b.double()
+    assert rel(bmm(a, b, out), want) < 1e-6
+    bmm(a, b, out, a, b, accumulate=True)
+    assert rel(out, 3 * want) < 1e-6
+
+
+def test_half_operands_take_the_out_dtype_overload_off_the_cpu():
+    """The CUDA `bmm.dtype_out` overload, called as the GPU calls it, checked on meta tensors
+    (schema and shape rules; torch's meta decomposition of `baddbmm.dtype_out` misreads its
+    arguments, so the adding call is left to the GPU check)."""
     a = torch.empty(4, 64, 32, device="meta", dtype=torch.bfloat16)
     b = torch.empty(4, 48, 32, device="meta", dtype=torch.bfloat16).transpose(1, 2)
     out = torch.empty(4, 64, 48, device="meta", dtype=torch.float32)
@@ -50,23 +60,9 @@ def test_cublas_path_takes_half_operands_with_a_float32_out(monkeypatch):
     assert out.dtype == torch.float32 and out.shape == (4, 64, 48)
 
 
-def test_default_paths_follow_the_device(monkeypatch):
-    monkeypatch.delenv(GEMM_ENV, raising=False)
-    monkeypatch.delenv(SWIGLU_ENV, raising=False)
-    assert gemm_path(torch.empty(1)) == "triton"
-    assert gemm_path(torch.empty(1, device="meta")) == "triton"
-    assert swiglu_path() == "fused"
-    monkeypatch.setenv(GEMM_ENV, "triton")
-    monkeypatch.setenv(SWIGLU_ENV, "split")
-    assert gemm_path(torch.empty(1)) == "triton" and swiglu_path() == "split"
-    monkeypatch.setenv(SWIGLU_ENV, "mixed")
-    assert swiglu_path() == "mixed"
-
-
-@pytest.mark.parametrize(
-    "env, read", [(GEMM_ENV, lambda: gemm_path(torch.empty(1))), (SWIGLU_ENV, swiglu_path)]
-)
-def test_unknown_path_names_the_variable_and_the_choices(env, read, monkeypatch):
-    monkeypatch.setenv(env, "cuBLAS ")
-    with pytest.raises(ValueError, match=rf"{env}='cuBLAS ': expected one of"):
-        read()
+def test_shapes_that_do_not_chain_are_named():
+    a = torch.empty(2, 3, 4)
+    with pytest.raises(ValueError, match="do not chain"):
+        bmm(a, torch.empty(2, 5, 6), torch.empty(2, 3, 6))
+    with pytest.raises(ValueError, match="second product"):
+        bmm(a, torch.empty(2, 4, 6), torch.empty(2, 3, 6), torch.empty(2, 3, 7), torch.empty(2, 8, 6))

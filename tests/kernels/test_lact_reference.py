@@ -142,5 +142,3 @@ def test_bad_shapes_are_named():
         lact_fast_weight(q, k, v, lrs[0], lrs[1][:, :3], lrs[2], w, chunk_size=4)
     with pytest.raises(ValueError, match="w1"):
         lact_fast_weight(q, k, v, *lrs, w._replace(w1=w.w0), chunk_size=4)
-    with pytest.raises(ValueError, match="backend"):
-        lact_fast_weight(q, k, v, *lrs, w, chunk_size=4, backend="cuda")

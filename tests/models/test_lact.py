@@ -3,6 +3,8 @@ lengths just before, at and after chunk edges, against running each sequence on 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from models_helpers import VOCAB, randomized, rel_err
@@ -164,22 +166,41 @@ def test_bad_lact_options_are_named():
         build_model("tiny", VOCAB, mixer="lact", window_size=1)
     with pytest.raises(ValueError, match="num_attn_heads"):
         build_model("tiny", VOCAB, mixer="lact", num_attn_heads=3)
+    with pytest.raises(ValueError, match="lact_attention='fast'"):
+        build_model("tiny", VOCAB, mixer="lact", lact_attention="fast")
+    with pytest.raises(ValueError, match="lact_compile='1'"):
+        build_model("tiny", VOCAB, mixer="lact", lact_compile="1")
+
+
+def test_run_options_are_read_from_the_config_and_saved_with_it():
+    model = build_model("tiny", VOCAB, mixer="lact", lact_attention="band", lact_compile=False)
+    opts = model.model.layers[0].attn.opts
+    assert (opts.lact_attention, opts.lact_compile) == ("band", False)
+    saved = model.config.to_dict()
+    assert (saved["lact_attention"], saved["lact_compile"]) == ("band", False)
+    defaults = build_model("tiny", VOCAB, mixer="lact").model.layers[0].attn.opts
+    assert (defaults.lact_attention, defaults.lact_compile) == ("auto", "auto")
 
 
 @pytest.mark.slow
-def test_compiled_features_equal_eager(lact64, ids, monkeypatch):
-    """REFINE_LACT_COMPILE=1 (torch.compile of the per-token features, the CUDA default) gives the
-    eager loss and gradients, with the prefill's captured states."""
+def test_compiled_features_equal_eager(lact64, ids):
+    """lact_compile=True (torch.compile of the per-token features, the CUDA default) gives the
+    eager loss and gradients."""
     from refine_tasks.models.lact import layer as lact
 
+    mixers = [layer.attn for layer in lact64.model.layers]
+    before = [m.opts for m in mixers]
     results = []
-    for flag in ("0", "1"):
-        monkeypatch.setenv(lact.COMPILE_ENV, flag)
+    for flag in (False, True):
+        for m in mixers:
+            m.opts = replace(m.opts, lact_compile=flag)
         lact64.zero_grad(set_to_none=True)
         out = lact64(input_ids=ids, labels=ids)
         out.loss.backward()
         grads = {n: p.grad.clone() for n, p in lact64.named_parameters() if p.grad is not None}
         results.append((out.loss.detach(), grads))
+    for m, opts in zip(mixers, before, strict=True):
+        m.opts = opts
     assert lact._compiled_features.cache_info().currsize == 1  # the compiled path ran
     (loss0, grads0), (loss1, grads1) = results
     assert torch.isfinite(loss0) and abs(loss1 - loss0) <= 1e-12 * abs(loss0)

@@ -6,12 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refine_tasks.models.lact.attention import (
-    ATTENTION_ENV,
-    attention_path,
-    flex_window_attention,
-    sliding_window_attention,
-)
+from refine_tasks.models.lact.attention import attention_path, flex_window_attention, sliding_window_attention
 
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
@@ -42,10 +37,9 @@ SHAPES = [(8, 8, 16), (37, 37, 8), (40, 47, 8), (130, 130, 33), (5, 12, 8)]
 
 
 @pytest.mark.parametrize(("t", "s", "window"), SHAPES)
-def test_band_path_equals_full_mask_with_gradients(t, s, window, monkeypatch):
-    monkeypatch.setenv(ATTENTION_ENV, "band")
+def test_band_path_equals_full_mask_with_gradients(t, s, window):
     q, k, v = (x.requires_grad_(True) for x in inputs(t, s))
-    got = sliding_window_attention(q, k, v, window)
+    got = sliding_window_attention(q, k, v, window, path="band")
     want = full_mask_reference(q, k, v, window)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     grad = torch.randn_like(got)
@@ -72,14 +66,12 @@ def test_flex_path_equals_full_mask(t, s, window):
     torch.testing.assert_close(got, full_mask_reference(q, k, v, window), rtol=1e-10, atol=1e-12)
 
 
-def test_path_choice(monkeypatch):
+def test_path_choice():
     q = torch.zeros(1, 2, 1, 2)
     valid = torch.ones(1, 2, dtype=torch.bool)
-    monkeypatch.delenv(ATTENTION_ENV, raising=False)
-    assert attention_path(q, None) == "band"  # CPU default
-    monkeypatch.setenv(ATTENTION_ENV, "flex")
-    assert attention_path(q, None) == "flex"
-    assert attention_path(q, valid) == "band"  # flex takes no key validity
-    monkeypatch.setenv(ATTENTION_ENV, "fast")
-    with pytest.raises(ValueError, match=f"{ATTENTION_ENV}='fast'"):
-        attention_path(q, None)
+    assert attention_path(q, None) == attention_path(q, None, "auto") == "band"  # auto on a CPU
+    assert attention_path(torch.zeros(1, 2, 1, 2, device="meta"), None) == "band"
+    assert attention_path(q, None, "flex") == "flex"
+    assert attention_path(q, valid, "flex") == "band"  # flex takes no key validity
+    with pytest.raises(ValueError, match="lact_attention='fast'"):
+        attention_path(q, None, "fast")

@@ -1,11 +1,12 @@
 """LaCT's SwiGLU fast-weight layer: torch reference (`reference.py`, the CPU path) beside our
-Triton kernels (`triton_*.py`), and the large-chunk schedule over both (`chunked.py`)."""
+Triton kernels (`triton_*.py`, one path per operation), and the large-chunk schedule over either
+(`chunked.py`; the caller names the steps: `TorchOps` or `TritonOps`)."""
 
 from refine_tasks.kernels.lact.chunked import (
+    ChunkOps,
     FastWeightState,
-    LaCTBackend,
     LaCTTrace,
-    chunk_ops,
+    TorchOps,
     fast_weight_update,
     lact_fast_weight,
 )
@@ -18,13 +19,15 @@ from refine_tasks.kernels.lact.reference import (
     swiglu_apply,
     swiglu_fast_weight_grad,
 )
+from refine_tasks.kernels.lact.triton_ops import TritonOps
 
 __all__ = [
+    "ChunkOps",
     "FastWeightState",
     "FastWeights",
-    "LaCTBackend",
     "LaCTTrace",
-    "chunk_ops",
+    "TorchOps",
+    "TritonOps",
     "fast_weight_update",
     "lact_fast_weight",
     "momentum_step",

@@ -1,25 +1,24 @@
-"""LaCT's large-chunk schedule over a sequence, for both backends: apply, then update, per chunk.
+"""LaCT's large-chunk schedule over a sequence, for any backend's steps: apply, then update, per chunk.
 
 Token t of chunk c = t // chunk_size reads the weights after c updates; each full chunk then
 updates them with its own keys, values and learning rates, so the last chunk of a sequence only
-applies. `backend="torch"` runs `reference.py` (any device, any float dtype), `"triton"` our
-Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1); the two compute the same function and are
-both differentiable end to end.
+applies. The caller names the steps (`ChunkOps`): `TorchOps` here runs `reference.py` (any device,
+any float dtype), `triton_ops.TritonOps` our Triton kernels (CUDA, or CPU under
+TRITON_INTERPRET=1); the two compute the same function and are both differentiable end to end.
+This module knows nothing of the Triton one (which imports it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
 from refine_tasks.kernels.lact import reference as ref
 from refine_tasks.kernels.lact.reference import FastWeights
-
-LaCTBackend = Literal["torch", "triton"]
 
 
 @dataclass(frozen=True)
@@ -137,16 +136,6 @@ class TorchOps:
         return s
 
 
-def chunk_ops(backend: LaCTBackend) -> ChunkOps:
-    if backend == "torch":
-        return TorchOps()
-    if backend == "triton":
-        from refine_tasks.kernels.lact.triton_ops import TritonOps  # Triton only where it is asked for
-
-        return TritonOps()
-    raise ValueError(f"LaCT kernel backend {backend!r}: expected 'torch' or 'triton'")
-
-
 @dataclass(frozen=True)
 class LaCTTrace:
     """States at chunk edges: `at[c]` after c updates (for each c asked in `keep`), `final` after all."""
@@ -191,7 +180,7 @@ def lact_fast_weight(
     momentum: FastWeights | None = None,
     update_last_full_chunk: bool = False,
     keep: Collection[int] = (),
-    backend: LaCTBackend = "torch",
+    ops: Callable[[], ChunkOps] = TorchOps,
 ) -> tuple[Tensor, LaCTTrace]:
     """The fast-weight layer over a sequence that starts at a chunk edge.
 
@@ -199,12 +188,13 @@ def lact_fast_weight(
     [B, T] in (0, 1) or None (momentum off); weights: the state at the start (w0, w2 [B, H, D],
     w1 [B, D, H]); norms: row norms to renormalise to (default: those of `weights`); momentum:
     the carried momentum (default zeros). A trailing full chunk updates only with
-    `update_last_full_chunk` (a state for later tokens needs it; the outputs do not).
+    `update_last_full_chunk` (a state for later tokens needs it; the outputs do not). ops: the
+    backend's `ChunkOps` class (`TorchOps`, or `triton_ops.TritonOps`), made once for this call.
     Returns o [B, T, D] in q's dtype and the trace of states.
     """
     lrs = (lr0, lr1, lr2)
     _check(q, k, v, lrs, weights, chunk_size)
-    ops = chunk_ops(backend)
+    steps = ops()
     t = q.shape[1]
     updates = t // chunk_size if update_last_full_chunk else max(t - 1, 0) // chunk_size
     norms = ref.row_norms(weights) if norms is None else norms
@@ -213,19 +203,19 @@ def lact_fast_weight(
     state = FastWeightState(weights, momentum if momentum_gate is not None else None)
     inputs = SequenceInputs(q, k, v, lrs, momentum_gate, state, norms, chunk_size, updates)
     if t and not keep and not use_muon:
-        whole = ops.whole(inputs)
+        whole = steps.whole(inputs)
         if whole is not None:
             return whole[0], LaCTTrace(at={}, final=whole[1], updates=updates)
     kept = {0: state} if 0 in keep else {}
-    chunks, s = ops.start(inputs) if t else ([], state)
+    chunks, s = steps.start(inputs) if t else ([], state)
     outputs = []
     for c, x in enumerate(chunks):
         if c >= updates:
-            outputs.append(ops.apply(s, x))
+            outputs.append(steps.apply(s, x))
             continue
-        o, s = ops.apply_and_update(s, x, use_muon)
+        o, s = steps.apply_and_update(s, x, use_muon)
         outputs.append(o)
         if c + 1 in keep:
-            kept[c + 1] = ops.public(s)
+            kept[c + 1] = steps.public(s)
     o = torch.cat(outputs, dim=1) if outputs else q.new_empty(q.shape)
-    return o, LaCTTrace(at=kept, final=ops.public(s) if t else state, updates=updates)
+    return o, LaCTTrace(at=kept, final=steps.public(s) if t else state, updates=updates)

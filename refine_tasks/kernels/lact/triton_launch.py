@@ -1,5 +1,4 @@
-"""Launch helpers shared by the LaCT Triton kernels: interpreter detection, block sizes, grid sides,
-and the environment switches between kernel variants.
+"""Launch helpers shared by the LaCT Triton kernels: interpreter detection, block sizes, grid sides.
 
 Plain integer arithmetic here, not `triton.cdiv` / `triton.next_power_of_2`: called from Python
 those go through Triton's constexpr-function wrapper, a cost paid on every launch of every chunk.
@@ -7,7 +6,6 @@ those go through Triton's constexpr-function wrapper, a cost paid on every launc
 
 from __future__ import annotations
 
-import os
 from functools import cache
 
 from triton import knobs
@@ -31,13 +29,3 @@ def next_pow2(n: int) -> int:
 def pow2_block(n: int, cap: int) -> int:
     """The power of two covering n, between 16 (tl.dot's smallest tile side) and cap."""
     return max(16, min(cap, next_pow2(n)))
-
-
-def variant(env: str, choices: tuple[str, ...], default: str) -> str:
-    """The kernel variant named by environment variable `env` (default when unset). Read on every
-    call, not cached, so a benchmark can switch variants within one process; a lookup costs well
-    under a microsecond against the tens of microseconds of each launch it selects."""
-    value = os.environ.get(env, default)
-    if value not in choices:
-        raise ValueError(f"environment variable {env}={value!r}: expected one of {', '.join(choices)}")
-    return value

@@ -5,8 +5,10 @@ with float32 accumulation; fast weights, steps, momentum and all weight gradient
 the packed layout of `triton_state` ([W0; W2; W1] per row). An updating chunk without Muon is ONE
 Function (apply, step, update); its backward adds the apply's and step's weight gradients onto the
 update's in the matmul that makes them. Each chunk's inputs, weights and step are saved, and the
-projections of its tokens where the backward reads them back (`triton_passes`). Gradients that
+projections of its tokens, which the backward reads back (`triton_passes`). Gradients that
 autograd does not deliver (None) switch kernel paths off instead of being filled with zeros.
+Without Muon and kept states, `TritonOps.whole` runs the sequence as one Function instead
+(`triton_sequence`); the per-chunk Functions take the rest.
 """
 
 from __future__ import annotations
@@ -20,15 +22,14 @@ from refine_tasks.kernels.lact.chunked import Chunk, FastWeightState, SequenceIn
 from refine_tasks.kernels.lact.reference import newton_schulz
 from refine_tasks.kernels.lact.triton_passes import (
     apply_forward,
-    as_projections,
     chunk_backward,
     dense,
-    flat_projections,
     step_forward,
     unit_stride,
 )
-from refine_tasks.kernels.lact.triton_sequence import loop_path, run_sequence
+from refine_tasks.kernels.lact.triton_sequence import run_sequence
 from refine_tasks.kernels.lact.triton_state import Layout, PackedState
+from refine_tasks.kernels.lact.triton_swiglu import Projections
 from refine_tasks.kernels.lact.triton_update import UpdatePlan, update_backward, update_forward
 
 
@@ -39,8 +40,8 @@ class _Apply(Function):
     def forward(ctx, q: Tensor, weights: Tensor, operand: Tensor, lay: Layout) -> Tensor:
         ctx.set_materialize_grads(False)
         ctx.lay = lay
-        o, saved_q = apply_forward(q, *lay.split(operand), keep=any(ctx.needs_input_grad))
-        ctx.save_for_backward(q, operand, *flat_projections(saved_q))
+        o, saved_q = apply_forward(q, *lay.split(operand))
+        ctx.save_for_backward(q, operand, *saved_q)
         return o
 
     @staticmethod
@@ -48,7 +49,7 @@ class _Apply(Function):
     def backward(ctx, grad_o: Tensor | None):
         q, operand, *saved_q = ctx.saved_tensors
         dq, _, _, _, dw = chunk_backward(
-            ctx.lay, q, None, None, None, operand, grad_o, None, None, saved_q=as_projections(*saved_q)
+            ctx.lay, q, None, None, None, operand, grad_o, None, None, saved_q=Projections(*saved_q)
         )
         return dq, dw, None, None
 
@@ -61,12 +62,9 @@ class _ApplyStep(Function):
         ctx.set_materialize_grads(False)
         ctx.lay = lay
         w02, w1 = lay.split(operand)
-        keep = any(ctx.needs_input_grad)
-        o, saved_q = apply_forward(q, w02, w1, keep=keep)
-        step, saved_kv = step_forward(lay, k, v, rates, w02, w1, keep)
-        ctx.save_for_backward(
-            q, k, v, rates, operand, *flat_projections(saved_q), *flat_projections(saved_kv)
-        )
+        o, saved_q = apply_forward(q, w02, w1)
+        step, saved_kv = step_forward(lay, k, v, rates, w02, w1)
+        ctx.save_for_backward(q, k, v, rates, operand, *saved_q, *saved_kv)
         return o, step
 
     @staticmethod
@@ -76,7 +74,7 @@ class _ApplyStep(Function):
         grad_step = None if grad_step is None else dense(grad_step.to(q.dtype))
         dq, dk, dv, dlr, dw = chunk_backward(
             ctx.lay, q, k, v, rates, operand, grad_o, grad_step, None, None,
-            as_projections(*projections[:2]), as_projections(*projections[2:]),
+            Projections(*projections[:2]), Projections(*projections[2:]),
         )  # fmt: skip
         return dq, dk, dv, dlr, dw, None, None
 
@@ -116,9 +114,8 @@ class _Chunk(Function):
         ctx.set_materialize_grads(False)
         ctx.lay, ctx.plan = lay, plan
         w02, w1 = lay.split(operand)
-        keep = any(ctx.needs_input_grad)
-        o, saved_q = apply_forward(q, w02, w1, keep=keep)
-        step, saved_kv = step_forward(lay, k, v, rates, w02, w1, keep)
+        o, saved_q = apply_forward(q, w02, w1)
+        step, saved_kv = step_forward(lay, k, v, rates, w02, w1)
         new, new_momentum, new_operand = update_forward(plan, weights, step, norms, momentum, gate, q.dtype)
         ctx.save_for_backward(
             q,
@@ -131,8 +128,8 @@ class _Chunk(Function):
             norms,
             momentum,
             gate,
-            *flat_projections(saved_q),
-            *flat_projections(saved_kv),
+            *saved_q,
+            *saved_kv,
         )
         if new_operand is not None:
             ctx.mark_non_differentiable(new_operand)
@@ -147,7 +144,7 @@ class _Chunk(Function):
         )
         dq, dk, dv, dlr, gw = chunk_backward(
             ctx.lay, q, k, v, rates, operand, grad_o, gstep, gw, None,
-            as_projections(*projections[:2]), as_projections(*projections[2:]),
+            Projections(*projections[:2]), Projections(*projections[2:]),
         )  # fmt: skip
         return dq, dk, dv, dlr, ggate, gw, None, gprev, gnorm, None, None
 
@@ -190,7 +187,7 @@ class TritonOps:
         return split_chunks(*inputs, x.chunk_size, x.updates), packed
 
     def whole(self, x: SequenceInputs) -> tuple[Tensor, FastWeightState] | None:
-        if not x.updates or loop_path() == "chunks":
+        if not x.updates:
             return None
         (q, k, v, rates, gate), s = self._prepare(x)
         gates = gate_means(gate, x.chunk_size, x.updates)

@@ -2,10 +2,10 @@
 Functions (`triton_ops`) and the whole-sequence one (`triton_sequence`).
 
 Matmul operands run in the activations' dtype with float32 accumulation; weights, steps and
-weight gradients are float32 in the packed layout of `triton_state`. When a gradient will be
-asked for (`keep`), the forward hands back the projections of its tokens onto the hidden layer
-where the backward reads them (`triton_swiglu.Projections`: 5H values a token, in the
-activations' dtype), and the Functions save them beside the chunk's inputs. Outputs and input
+weight gradients are float32 in the packed layout of `triton_state`. The forward hands back the
+projections of its tokens onto the hidden layer, which the backward reads back
+(`triton_swiglu.Projections`: 5H values a token, in the activations' dtype); the Functions save
+them beside the chunk's inputs. Outputs and input
 gradients can be written into given tensors (views of whole-sequence buffers), so no
 concatenation joins the chunks.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from refine_tasks.kernels.lact.triton_gemm import bmm
+from refine_tasks.kernels.lact.gemm import bmm
 from refine_tasks.kernels.lact.triton_state import Layout
 from refine_tasks.kernels.lact.triton_swiglu import (
     APPLY,
@@ -35,29 +35,20 @@ def dense(grad: Tensor | None) -> Tensor | None:
     return grad if grad is None or grad.is_contiguous() else grad.contiguous()
 
 
-def as_projections(p: Tensor | None, e: Tensor | None) -> Projections | None:
-    """Projections from the flat pair the Functions save (None, None: the forward kept none)."""
-    return None if p is None else Projections(p, e)
-
-
-def flat_projections(projections: Projections | None) -> tuple[Tensor | None, Tensor | None]:
-    return (None, None) if projections is None else tuple(projections)
-
-
 def apply_forward(
-    q: Tensor, w02: Tensor, w1: Tensor, out: Tensor | None = None, keep: bool = False
-) -> tuple[Tensor, Projections | None]:
+    q: Tensor, w02: Tensor, w1: Tensor, out: Tensor | None = None
+) -> tuple[Tensor, Projections]:
     """f(q) [B, C, D] with the operand's views w02 [B, 2H, D], w1 [B, D, H], into out if given;
-    and the projections for the backward to reuse (kept, or made anyway by the split path) or None."""
-    hidden, _, _, projections = swiglu_tokens(APPLY, q, w02, w1, keep=keep)
+    and the projections for the backward to reuse."""
+    hidden, _, _, projections = swiglu_tokens(APPLY, q, w02, w1)
     return bmm(hidden, w1.transpose(1, 2), torch.empty_like(q) if out is None else out), projections
 
 
 def step_forward(
-    lay: Layout, k: Tensor, v: Tensor, rates: Tensor, w02: Tensor, w1: Tensor, keep: bool = False
-) -> tuple[Tensor, Projections | None]:
-    """The update step, packed [B, 3HD] float32, and the projections for the backward or None."""
-    left02, left1, _, projections = swiglu_tokens(STEP, k, w02, w1, y=v, lrs=rates, keep=keep)
+    lay: Layout, k: Tensor, v: Tensor, rates: Tensor, w02: Tensor, w1: Tensor
+) -> tuple[Tensor, Projections]:
+    """The update step, packed [B, 3HD] float32, and the projections for the backward to reuse."""
+    left02, left1, _, projections = swiglu_tokens(STEP, k, w02, w1, y=v, lrs=rates)
     step = lay.empty(k, k.shape[0])
     step02, step1 = lay.split(step)
     bmm(left02.transpose(1, 2), k, step02)

@@ -5,8 +5,9 @@ per chunk, so autograd joins the chunks with a concatenation of the outputs forw
 input's gradient backward (about a tenth of the layer's GPU time at the 760M shapes). Here the
 forward writes each chunk's output into its slice of one [B, T, D] buffer, and the backward walks
 the chunks in reverse, writing each chunk's input gradients into slices of whole-sequence
-buffers. Selected per call by the environment variable REFINE_LACT_LOOP: `sequence` (default)
-or `chunks` (the per-chunk Functions).
+buffers. `triton_ops.TritonOps` runs it wherever it can (no Muon, no states kept mid-sequence):
+on an H100 the layer's fwd+bwd from a CUDA graph reached 0.319 of the bf16 matmul rate this way
+against 0.299 with the per-chunk Functions (benchmarks/RESULTS.md, 2026-11-26).
 """
 
 from __future__ import annotations
@@ -17,17 +18,9 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
 from refine_tasks.kernels.lact import triton_passes as passes
-from refine_tasks.kernels.lact.triton_launch import variant
 from refine_tasks.kernels.lact.triton_state import Layout
+from refine_tasks.kernels.lact.triton_swiglu import Projections
 from refine_tasks.kernels.lact.triton_update import UpdatePlan, update_backward, update_forward
-
-LOOP_ENV = "REFINE_LACT_LOOP"
-LOOP_PATHS = ("sequence", "chunks")
-
-
-def loop_path() -> str:
-    """`sequence` or `chunks`: REFINE_LACT_LOOP, else `sequence`."""
-    return variant(LOOP_ENV, LOOP_PATHS, "sequence")
 
 
 class Sequence(Function):
@@ -41,35 +34,30 @@ class Sequence(Function):
         ctx.set_materialize_grads(False)
         ctx.lay, ctx.plan, ctx.chunk, ctx.updates = lay, plan, chunk, updates
         o = torch.empty_like(q)
-        keep = any(ctx.needs_input_grad)
         # per updating chunk: the weights, operand and momentum it starts from, its step, and the
-        # projections of q, k and v handed back for the backward (else None)
+        # projections of q, k and v handed back for the backward
         saved = []
         for c, start in enumerate(range(0, q.shape[1], chunk)):
             part = slice(start, start + chunk)
             w02, w1 = lay.split(operand)
-            _, saved_q = passes.apply_forward(q[:, part], w02, w1, o[:, part], keep)
+            _, saved_q = passes.apply_forward(q[:, part], w02, w1, o[:, part])
             if c == updates:
                 break
-            step, saved_kv = passes.step_forward(
-                lay, k[:, part], v[:, part], rates[:, :, part], w02, w1, keep
-            )
+            step, saved_kv = passes.step_forward(lay, k[:, part], v[:, part], rates[:, :, part], w02, w1)
             gate = None if momentum is None else gates[:, c]
             saved += [
                 weights,
                 operand,
                 momentum,
                 step,
-                passes.flat_projections(saved_q)[0],
-                *passes.flat_projections(saved_kv),
+                saved_q.p,
+                *saved_kv,
             ]
             weights, momentum, new_operand = update_forward(
                 plan, weights, step, norms, momentum, gate, q.dtype
             )
             operand = weights if new_operand is None else new_operand
-        ctx.save_for_backward(
-            q, k, v, rates, gates, norms, operand, passes.flat_projections(saved_q)[0], *saved
-        )
+        ctx.save_for_backward(q, k, v, rates, gates, norms, operand, saved_q.p, *saved)
         return o, weights, momentum
 
     @staticmethod
@@ -97,7 +85,7 @@ class Sequence(Function):
                 None,
                 gw,
                 (dq[:, tail], dk, dv, drates),
-                passes.as_projections(last_q, None),
+                Projections(last_q, None),
             )
         gnorms = torch.zeros_like(norms)
         ggates = None if gates is None else torch.empty_like(gates)
@@ -115,7 +103,7 @@ class Sequence(Function):
                 lay, q[:, part], k[:, part], v[:, part], rates[:, :, part], operand,
                 None if grad_o is None else grad_o[:, part], gstep, gw,
                 (None if dq is None else dq[:, part], dk[:, part], dv[:, part], drates[:, :, part]),
-                passes.as_projections(q_p, None), passes.as_projections(k_p, v_e),
+                Projections(q_p, None), Projections(k_p, v_e),
             )  # fmt: skip
         return dq, dk, dv, drates, ggates, gw, None, gm, gnorms, None, None, None, None
 

@@ -7,14 +7,13 @@ RoPE'd; per-token rates softplus(lr_proj x + softplus^-1(base_lr)) and momentum 
 sigmoid(momentum_proj x); `refine_tasks.kernels.lact` applies then updates the weights chunk by
 chunk; the output is RMS-normed per head and scaled by silu(ttt_scale_proj x). The two halves
 are summed and projected by o_proj. Unlike LaCT's own cache, decoding is truly recurrent: the
-state (`lact_state.py`) carries the fast weights, the momentum, the current chunk's pending
+state (`state.py`) carries the fast weights, the momentum, the current chunk's pending
 tokens and the attention window, so prefill / decode / forward_branched are exact.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from functools import cache
 from typing import NamedTuple
 
@@ -26,6 +25,8 @@ from refine_tasks.kernels import Backend, rms_norm
 from refine_tasks.kernels.lact import (
     FastWeights,
     FastWeightState,
+    TorchOps,
+    TritonOps,
     fast_weight_update,
     lact_fast_weight,
     row_norms,
@@ -50,20 +51,16 @@ from refine_tasks.models.mixer import MixerOutput, TokenMixer
 from refine_tasks.models.state import LayerState
 
 L2_EPS = 1e-5  # LaCT's l2_norm: x / (||x|| + eps)
-COMPILE_ENV = "REFINE_LACT_COMPILE"
 
 
-def compiled_features(x: Tensor) -> bool:
+def compiled_features(setting: str | bool, x: Tensor) -> bool:
     """Whether `forward` computes its per-token features compiled (torch.compile fuses their dozens
-    of element-wise ops, RoPE's above all, into a few kernels each way). REFINE_LACT_COMPILE=1 or 0;
-    default on for CUDA tensors outside CUDA-graph capture (a first call compiles). Only `forward`
-    without a state asks; with one, and in `step` (one token), they run eagerly."""
-    value = os.environ.get(COMPILE_ENV)
-    if value is None:
+    of element-wise ops, RoPE's above all, into a few kernels each way): `LaCTOptions.lact_compile`,
+    True, False or "auto" (on for CUDA tensors outside CUDA-graph capture; a first call compiles).
+    Only `forward` without a state asks; with one, and in `step` (one token), they run eagerly."""
+    if setting == "auto":
         return x.is_cuda and not torch.cuda.is_current_stream_capturing()
-    if value not in ("0", "1"):
-        raise ValueError(f"environment variable {COMPILE_ENV}={value!r}: expected 0 or 1")
-    return value == "1"
+    return bool(setting)
 
 
 class InitialFastWeight(nn.Module):
@@ -226,7 +223,8 @@ class LaCTMixer(TokenMixer):
         start = state["position"] if state is not None else torch.zeros(B, dtype=torch.long, device=x.device)
         # compiled only from a fresh start (training, prefill): calls that continue a state are
         # short (rollouts, in CUDA-graph warm-ups too) and would each cost a compilation
-        features = _compiled_features() if state is None and compiled_features(x) else LaCTMixer._features
+        compiled = state is None and compiled_features(self.opts.lact_compile, x)
+        features = _compiled_features() if compiled else LaCTMixer._features
         f = features(self, x, start[:, None] + torch.arange(T, device=x.device))
         window = self.opts.window_size
         keys, values, valid, history = f.ak, f.av, None, 0
@@ -235,7 +233,7 @@ class LaCTMixer(TokenMixer):
             hv, _ = unroll_ring(state["window_v"], start, window)
             keys, values, history = torch.cat([hk, f.ak], 1), torch.cat([hv, f.av], 1), window - 1
             valid = torch.cat([valid, valid.new_ones(B, T)], 1)
-        attn = sliding_window_attention(f.aq, keys, values, window, valid)
+        attn = sliding_window_attention(f.aq, keys, values, window, valid, self.opts.lact_attention)
         fw, captured, final = self._fast_weight_pass(f, state, start, capture, output_final_state, backend)
         ends = {
             "captured": capture,
@@ -269,6 +267,7 @@ class LaCTMixer(TokenMixer):
             torch.cat([state["window_v"], f.av], 1),
             window,
             torch.cat([ring_valid, ring_valid.new_ones(n, 1)], 1),
+            self.opts.lact_attention,
         )
         new: LayerState = {}
         write = (ring[None] == torch.remainder(pos, window - 1)[:, None])[:, :, None, None]
@@ -432,7 +431,7 @@ class LaCTMixer(TokenMixer):
             momentum=momentum,
             update_last_full_chunk=last_edge,
             keep=keep,
-            backend="triton" if backend == "fla" else "torch",
+            ops=TritonOps if backend == "fla" else TorchOps,
         )
         out = o.view(G, h, E, -1)[:, :, n:].transpose(1, 2).to(f.fq.dtype)
 
