@@ -11,13 +11,14 @@ from refine_tasks.kernels.delta_rule.naive import delta_rule_chunked, delta_rule
 from refine_tasks.kernels.delta_rule.ops import delta_rule
 from refine_tasks.kernels.mlp import swiglu_mlp
 from refine_tasks.kernels.norms import add_rms_norm, l2_normalize, rms_norm, rms_norm_gated
-from refine_tasks.kernels.short_conv import conv_states, short_conv, short_conv_step
+from refine_tasks.kernels.short_conv import conv_states, conv_windows, short_conv, short_conv_step
 
 __all__ = [
     "IGNORE_INDEX",
     "Backend",
     "add_rms_norm",
     "conv_states",
+    "conv_windows",
     "cross_entropy",
     "delta_rule",
     "delta_rule_chunked",

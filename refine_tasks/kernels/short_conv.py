@@ -33,17 +33,24 @@ def short_conv(x: Tensor, weight: Tensor, backend: Backend, initial_state: Tenso
     return F.silu(F.conv1d(window, weight[:, None, :].to(x.dtype), groups=x.shape[-1])).transpose(1, 2)
 
 
-def conv_states(x: Tensor, positions: Tensor, width: int, initial_state: Tensor | None = None) -> Tensor:
+def conv_states(
+    x: Tensor,
+    positions: Tensor,
+    width: int,
+    initial_state: Tensor | None = None,
+    windows: ConvWindows | None = None,
+) -> Tensor:
     """The conv state after each prefix length: [B, P, D, W] for x: [B, T, D], positions: [B, P] in 0..T.
 
     The state after p tokens holds the inputs p-W..p-1; those before the sequence come from
     `initial_state` ([B, D, W]), else zeros. Gathers straight from x (no padded copy of the
     whole sequence, which would cost a full read and write of x per call), so gradients flow
-    back into x (and into initial_state).
+    back into x (and into initial_state). windows: `conv_windows(positions, width)`, made by the
+    caller once for every call with the same positions (each of its index ops is a launch).
     """
     B, P = positions.shape
     D = x.shape[-1]
-    w = _windows(positions, width)
+    w = windows if windows is not None else conv_windows(positions, width)
     if initial_state is None:
         return _WindowGather.apply(x, w.index, w.before if w.early else None, width)
     windows = x.gather(1, w.index[..., None].expand(-1, -1, D)).view(B, P, width, D)
@@ -86,7 +93,7 @@ class _WindowGather(torch.autograd.Function):
 
 
 @dataclass
-class _Windows:
+class ConvWindows:
     """Where the conv state after each prefix reads: index [B, P*W] into the sequence (clamped),
     before [B, P, W] (slots that predate it), slots [B, P*W] into the initial state's layout, and
     early: whether any slot predates the sequence (else no masking at all)."""
@@ -97,28 +104,19 @@ class _Windows:
     early: bool
 
 
-_windows_cache: list[tuple[Tensor, int, int, _Windows]] = []
-
-
-def _windows(positions: Tensor, width: int) -> _Windows:
-    """Built once per positions tensor (and in-place version): a capturing pass calls conv_states
-    for three projections in every layer with the same positions, and each index op is a launch."""
-    for cached, version, w, windows in _windows_cache:
-        if cached is positions and version == positions._version and w == width:
-            return windows
+def conv_windows(positions: Tensor, width: int) -> ConvWindows:
+    """The windows of `conv_states` for positions [B, P] (one host sync, for `early`)."""
     B, P = positions.shape
     index = (
         positions[:, :, None] - width + torch.arange(width, device=positions.device)
     )  # [B, P, W]: p-W..p-1
     before = index < 0
-    windows = _Windows(
+    return ConvWindows(
         index.clamp(min=0).reshape(B, P * width),
         before,
         (index + width).clamp(max=width - 1).reshape(B, P * width),
         bool(before.any()),
     )
-    _windows_cache[:] = [(positions, positions._version, width, windows)]
-    return windows
 
 
 def short_conv_step(x: Tensor, state: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:

@@ -10,7 +10,7 @@ a dict of tensors with the stream as dim 0 (`LayerState`). To add one:
    other submodule with parameters defines `init_weights(std: float)`.
 
 The state API follows from `forward` alone: `prefill` passes `capture`, `forward_branched`
-runs each layer on the main sequence with `capture=positions` and then on the branches with
+runs each layer on the main sequence with `capture=Capture(positions)` and then on the branches with
 `state=captured`, so a mixer's captured states must be differentiable functions of its input
 (gradients reach the prefix through them). `decode` calls `step`, which on CUDA is captured
 in a CUDA graph: no host syncs and no data-dependent Python control flow in `step`.
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from refine_tasks.kernels import Backend
-from refine_tasks.models.state import LayerState
+from refine_tasks.models.state import Capture, LayerState
 
 MIXERS: dict[str, str] = {
     "deltanet": "refine_tasks.models.deltanet.layer:DeltaNetMixer",
@@ -36,7 +36,7 @@ MIXERS: dict[str, str] = {
 
 @dataclass
 class MixerOutput:
-    """hidden [B, T, D]; captured: B*P streams (row b*P+j after x[b, :capture[b, j]]) or None;
+    """hidden [B, T, D]; captured: B*P streams (row b*P+j after x[b, :positions[b, j]]) or None;
     final: B streams after all T tokens, or None when not asked for."""
 
     hidden: Tensor
@@ -64,13 +64,15 @@ class TokenMixer(nn.Module, ABC):
         *,
         backend: Backend,
         state: LayerState | None = None,
-        capture: Tensor | None = None,
+        capture: Capture | None = None,
         output_final_state: bool = False,
     ) -> MixerOutput:
         """Mix x [B, T, D] causally, starting from `state` (None: empty).
 
-        capture: LongTensor [B, P], prefix lengths 0..T in any order; the captured state of
-        row b*P+j has consumed x[b, :capture[b, j]] (after `state`).
+        capture: the pass's Capture; capture.positions, LongTensor [B, P], prefix lengths 0..T in
+        any order; the captured state of row b*P+j has consumed x[b, :capture.positions[b, j]]
+        (after `state`). Index structures derived from the positions go in `capture.derive`, so
+        every layer of the pass shares them.
         """
 
     @abstractmethod

@@ -30,7 +30,14 @@ from refine_tasks.models.configuration import FastWeightConfig
 from refine_tasks.models.decoding import EagerDecodeStream, GraphDecoder
 from refine_tasks.models.layers import RMSNorm
 from refine_tasks.models.mixer import mixer_class
-from refine_tasks.models.state import BranchedOutput, DecodeOutput, LayerState, PrefillOutput, State
+from refine_tasks.models.state import (
+    BranchedOutput,
+    Capture,
+    DecodeOutput,
+    LayerState,
+    PrefillOutput,
+    State,
+)
 
 
 class SwiGLU(nn.Module):
@@ -63,7 +70,7 @@ class Block(nn.Module):
         h: Tensor,
         backend: Backend,
         state: LayerState | None = None,
-        capture: Tensor | None = None,
+        capture: Capture | None = None,
         output_final_state: bool = False,
     ) -> tuple[Tensor, LayerState | None, LayerState | None]:
         """h [B, T, D] -> (h, captured state or None, final state or None)."""
@@ -163,11 +170,10 @@ class FastWeightForCausalLM(PreTrainedModel, GenerationMixin):
         """Hidden [B, T, D] after the final norm, captured State, final State."""
         backend = self.backend
         h = self.model.embeddings(input_ids)
+        at = None if capture is None else Capture(capture)  # one per pass: every layer shares its plans
         captured, final = [], []
         for i, layer in enumerate(self.model.layers):
-            h, c, f = layer(
-                h, backend, None if state is None else state.layers[i], capture, output_final_state
-            )
+            h, c, f = layer(h, backend, None if state is None else state.layers[i], at, output_final_state)
             captured.append(c)
             final.append(f)
         h = rms_norm(h, self.model.norm.weight, self.model.norm.eps, backend)
@@ -303,8 +309,9 @@ class FastWeightForCausalLM(PreTrainedModel, GenerationMixin):
         backend = self.backend
         h = self.model.embeddings(input_ids)
         hb = self.model.embeddings(branch_tokens.reshape(B * P, L))
+        at = Capture(positions)  # one per pass: every layer shares its plans
         for layer in self.model.layers:
-            h, captured, _ = layer(h, backend, capture=positions)
+            h, captured, _ = layer(h, backend, capture=at)
             hb, _, _ = layer(hb, backend, state=captured)
         h = rms_norm(h, self.model.norm.weight, self.model.norm.eps, backend)
         hb = rms_norm(hb, self.model.norm.weight, self.model.norm.eps, backend).view(B, P, L, -1)

@@ -7,13 +7,34 @@ tails). Everything here works on any such dicts, so it serves every mixer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 LayerState = dict[str, Tensor]
+Derived = TypeVar("Derived")
+
+
+@dataclass
+class Capture:
+    """Where one forward pass captures states: positions [B, P], prefix lengths 0..T in any order.
+
+    The pass makes one Capture and hands it to every layer, so index structures derived from the
+    positions (DeltaNet's segment plan, the short convolutions' windows: host copies and small
+    launches) are built once per pass, on first use, and die with the pass (`derive`); nothing is
+    cached by tensor identity anywhere else."""
+
+    positions: Tensor
+    _derived: dict[Hashable, Any] = field(default_factory=dict, repr=False)
+
+    def derive(self, key: Hashable, build: Callable[[], Derived]) -> Derived:
+        """`build()`'s result, made on the first call with this key in this pass and reused after."""
+        if key not in self._derived:
+            self._derived[key] = build()
+        return self._derived[key]
 
 
 @dataclass

@@ -11,6 +11,7 @@ from models_helpers import VOCAB, randomized, rel_err
 
 from refine_tasks.models import FastWeightCache, State, build_model
 from refine_tasks.models.branched import forward_branched_naive
+from refine_tasks.models.state import Capture
 
 VARIANTS = {
     "momentum": {},
@@ -114,17 +115,17 @@ def test_mixer_continues_from_states_at_different_offsets(lact64):
     mixer = lact64.model.layers[0].attn
     x = torch.randn(2, 40, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     starts = torch.tensor([[5], [12]])
-    first = mixer(x, backend="torch", capture=starts, output_final_state=True)
+    first = mixer(x, backend="torch", capture=Capture(starts), output_final_state=True)
     rows = torch.arange(2)[:, None]
     cont = x[rows, starts + torch.arange(20)]
     later = torch.tensor([[9, 20], [3, 4]])
-    second = mixer(cont, backend="torch", state=first.captured, capture=later, output_final_state=True)
+    second = mixer(cont, backend="torch", state=first.captured, capture=Capture(later), output_final_state=True)
     assert rel_err(second.hidden, first.hidden[rows, starts + torch.arange(20)]) < 1e-12
     for b in range(2):
-        ref = mixer(x[b : b + 1], backend="torch", capture=starts[b : b + 1] + later[b : b + 1])
+        ref = mixer(x[b : b + 1], backend="torch", capture=Capture(starts[b : b + 1] + later[b : b + 1]))
         got = State([second.captured]).select(torch.tensor([2 * b, 2 * b + 1]))
         assert_states_close(got, State([ref.captured]), 1e-12)
-    final_ref = mixer(x, backend="torch", capture=starts + 20)
+    final_ref = mixer(x, backend="torch", capture=Capture(starts + 20))
     assert_states_close(State([second.final]), State([final_ref.captured]), 1e-12)
 
 

@@ -13,6 +13,7 @@ from triton_interpreter import run_interpreted
 from refine_tasks.kernels import delta_rule_recurrent, l2_normalize
 from refine_tasks.models.deltanet import segments
 from refine_tasks.models.deltanet.segments import SegmentBlocks, chained_delta_rule, segment_plan
+from refine_tasks.models.state import Capture
 
 B, T, H, K, V = 2, 23, 2, 4, 3
 
@@ -98,14 +99,31 @@ def test_segment_blocks_map_tokens_to_padded_slots_of_their_own_segment(monkeypa
     assert blocks.slot.tolist() == [0, 1, 2, 3, 4, 5, 6, 8]
 
 
-def test_segment_plan_is_built_once_per_positions_tensor_and_version():
+def test_segment_plan_is_built_once_per_pass_and_shared_by_its_layers():
     positions = torch.tensor([[4, 2, 4], [0, 9, 3]])
     plan = segment_plan(positions, 10, torch.device("cpu"))
     assert plan.sizes == [[2, 2, 0, 6], [0, 3, 6, 1]] and plan.order == [[1, 0, 2], [0, 2, 1]]
     assert plan.lengths == [2, 2, 6, 3, 6, 1] and plan.cu_seqlens_cpu.tolist() == [0, 2, 4, 10, 13, 19, 20]
-    assert segment_plan(positions, 10, torch.device("cpu")) is plan  # every layer: no new host copy
-    positions[0, 0] = 7  # an in-place change bumps the tensor's version: planned again
-    assert segment_plan(positions, 10, torch.device("cpu")).sizes[0] == [2, 2, 3, 3]
+    capture, built = Capture(positions), []
+
+    def build():
+        built.append(1)
+        return segment_plan(positions, 10, torch.device("cpu"))
+
+    first = capture.derive(("segments", 10), build)
+    assert capture.derive(("segments", 10), build) is first and built == [1]  # every layer: no new host copy
+    assert Capture(positions).derive(("segments", 10), build) is not first  # a new pass plans anew
+
+
+def test_a_capturing_pass_plans_once_for_all_layers(tiny64, ids, monkeypatch):
+    """The shell hands one Capture to every layer: the DeltaNet layers build one plan between them."""
+    from refine_tasks.models.deltanet import layer as deltanet_layer
+
+    calls = []
+    real = deltanet_layer.segment_plan
+    monkeypatch.setattr(deltanet_layer, "segment_plan", lambda *a: calls.append(1) or real(*a))
+    tiny64.prefill(ids, capture=torch.tensor([[5, 17], [30, 2]]))
+    assert len(tiny64.model.layers) > 1 and calls == [1]
 
 
 def test_positions_out_of_range_are_a_clear_error():

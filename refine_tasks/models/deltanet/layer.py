@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from refine_tasks.kernels import (
     Backend,
     conv_states,
+    conv_windows,
     delta_rule,
     rms_norm,
     rms_norm_gated,
@@ -21,10 +22,10 @@ from refine_tasks.kernels import (
     short_conv_step,
 )
 from refine_tasks.models.configuration import FastWeightConfig
-from refine_tasks.models.deltanet.segments import chained_delta_rule
+from refine_tasks.models.deltanet.segments import chained_delta_rule, segment_plan
 from refine_tasks.models.layers import RMSNorm
 from refine_tasks.models.mixer import MixerOutput, TokenMixer
-from refine_tasks.models.state import LayerState
+from refine_tasks.models.state import Capture, LayerState
 
 CONVS = ("q", "k", "v")
 
@@ -102,7 +103,7 @@ class DeltaNetMixer(TokenMixer):
         *,
         backend: Backend,
         state: LayerState | None = None,
-        capture: Tensor | None = None,
+        capture: Capture | None = None,
         output_final_state: bool = False,
     ) -> MixerOutput:
         B, T, _ = x.shape
@@ -122,12 +123,23 @@ class DeltaNetMixer(TokenMixer):
                 q, k, v, beta, backend=backend, initial_state=initial, output_final_state=output_final_state
             )
         else:
+            positions = capture.positions
+            plan = capture.derive(("segments", T), lambda: segment_plan(positions, T, x.device))
+            windows = capture.derive(("conv", self.width), lambda: conv_windows(positions, self.width))
             o, at_positions, last = chained_delta_rule(
-                q, k, v, beta, capture, backend=backend, chain=self.state_chain, initial_state=initial
+                q,
+                k,
+                v,
+                beta,
+                positions,
+                backend=backend,
+                chain=self.state_chain,
+                initial_state=initial,
+                plan=plan,
             )
             captured = {"recurrent": at_positions.flatten(0, 1)}
             for name in CONVS:
-                tails = conv_states(raw[name], capture, self.width, _get(state, f"conv_{name}"))
+                tails = conv_states(raw[name], positions, self.width, _get(state, f"conv_{name}"), windows)
                 captured[f"conv_{name}"] = tails.flatten(0, 1)
         if output_final_state:
             ends = torch.full((B, 1), T, dtype=torch.long, device=x.device)

@@ -185,18 +185,10 @@ class SegmentBlocks:
         return cls(size, *(t.to(device) for t in (segment, gather, padding, slot)))
 
 
-_plan_cache: list[tuple[Tensor, int, int, torch.device, SegmentPlan]] = []
-
-
 def segment_plan(positions: Tensor, T: int, device: torch.device) -> SegmentPlan:
-    """The plan for positions [B, P], built (one host copy of the positions) once per positions
-    tensor and in-place version: every layer of a pass receives the same tensor."""
-    for cached, version, length, dev, plan in _plan_cache:
-        if cached is positions and version == positions._version and length == T and dev == device:
-            return plan
-    plan = SegmentPlan.build(positions.tolist(), T, device)
-    _plan_cache[:] = [(positions, positions._version, T, device, plan)]
-    return plan
+    """The plan for positions [B, P] (one host copy of the positions); a pass builds it once, through
+    its `Capture`, and every layer reuses it."""
+    return SegmentPlan.build(positions.tolist(), T, device)
 
 
 def chained_delta_rule(
@@ -209,6 +201,7 @@ def chained_delta_rule(
     backend: Backend,
     chain: str = "auto",
     initial_state: Tensor | None = None,
+    plan: SegmentPlan | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """o [B, T, H, V], states at positions [B, P, H, K, V], final state [B, H, K, V].
 
@@ -216,10 +209,11 @@ def chained_delta_rule(
     prefix lengths 0..T in any order (repeats allowed); initial_state: [B, H, K, V] or None (zeros).
     States are float32 or wider; o is in v's dtype. chain: the config's `state_chain` (auto, torch
     or triton): how the chain and correction after the kernel call run on the Triton backend.
+    plan: `segment_plan(positions, T, device)`, made once per pass by the caller (None: made here).
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    plan = segment_plan(positions, T, q.device)
+    plan = plan if plan is not None else segment_plan(positions, T, q.device)
     state_dtype = torch.promote_types(q.dtype, torch.float32)
     widened = F.pad(v, (0, K))  # K value columns of zeros after V
     out, ends = delta_rule(

@@ -48,7 +48,7 @@ from refine_tasks.models.lact.state import (
 )
 from refine_tasks.models.layers import RMSNorm
 from refine_tasks.models.mixer import MixerOutput, TokenMixer
-from refine_tasks.models.state import LayerState
+from refine_tasks.models.state import Capture, LayerState
 
 L2_EPS = 1e-5  # LaCT's l2_norm: x / (||x|| + eps)
 
@@ -216,10 +216,11 @@ class LaCTMixer(TokenMixer):
         return {key: parts[key] for key in state_keys(self.opts.use_momentum)}
 
     def forward(  # TokenMixer.forward
-        self, x: Tensor, *, backend: Backend, state: LayerState | None = None, capture: Tensor | None = None,
+        self, x: Tensor, *, backend: Backend, state: LayerState | None = None, capture: Capture | None = None,
         output_final_state: bool = False,
     ) -> MixerOutput:  # fmt: skip
         B, T, _ = x.shape
+        positions = None if capture is None else capture.positions  # [B, P]
         start = state["position"] if state is not None else torch.zeros(B, dtype=torch.long, device=x.device)
         # compiled only from a fresh start (training, prefill): calls that continue a state are
         # short (rollouts, in CUDA-graph warm-ups too) and would each cost a compilation
@@ -234,9 +235,9 @@ class LaCTMixer(TokenMixer):
             keys, values, history = torch.cat([hk, f.ak], 1), torch.cat([hv, f.av], 1), window - 1
             valid = torch.cat([valid, valid.new_ones(B, T)], 1)
         attn = sliding_window_attention(f.aq, keys, values, window, valid, self.opts.lact_attention)
-        fw, captured, final = self._fast_weight_pass(f, state, start, capture, output_final_state, backend)
+        fw, captured, final = self._fast_weight_pass(f, state, start, positions, output_final_state, backend)
         ends = {
-            "captured": capture,
+            "captured": positions,
             "final": torch.full((B, 1), T, device=x.device) if output_final_state else None,
         }
         for name, parts in (("captured", captured), ("final", final)):
