@@ -11,8 +11,9 @@ from models_helpers import rel_err
 from triton_interpreter import run_interpreted
 
 from refine_tasks.kernels import delta_rule_recurrent, l2_normalize
-from refine_tasks.models.deltanet import segments
-from refine_tasks.models.deltanet.segments import SegmentBlocks, chained_delta_rule, segment_plan
+from refine_tasks.kernels.state_chain import naive as chain_naive
+from refine_tasks.kernels.state_chain.naive import SegmentBlocks
+from refine_tasks.models.deltanet.segments import chained_delta_rule, segment_plan
 from refine_tasks.models.state import Capture
 
 B, T, H, K, V = 2, 23, 2, 4, 3
@@ -35,7 +36,7 @@ def recurrence(q, k, v, beta, h0, p: int) -> tuple[torch.Tensor, torch.Tensor]:
 def block(request, monkeypatch) -> int:
     """The correction's block size: the default (every segment here fits one block) and 4
     (segments span several blocks, last ones padded)."""
-    monkeypatch.setattr(segments, "BLOCK", request.param)
+    monkeypatch.setattr(chain_naive, "BLOCK", request.param)
     return request.param
 
 
@@ -91,7 +92,7 @@ def test_chained_without_initial_state_and_without_positions():
 
 def test_segment_blocks_map_tokens_to_padded_slots_of_their_own_segment(monkeypatch):
     assert SegmentBlocks.build([2, 5, 1], torch.device("cpu")).size == 5  # the longest, under BLOCK
-    monkeypatch.setattr(segments, "BLOCK", 2)
+    monkeypatch.setattr(chain_naive, "BLOCK", 2)
     blocks = SegmentBlocks.build([2, 5, 1], torch.device("cpu"))
     assert blocks.size == 2 and blocks.segment.tolist() == [0, 1, 1, 1, 2]
     assert blocks.gather.tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 7, 0]  # padding slots read token 0

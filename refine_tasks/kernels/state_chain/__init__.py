@@ -1,1 +1,2 @@
-"""The chained delta rule's state chain and output correction: Triton kernels (`triton`)."""
+"""The chained delta rule's state chain and output correction: Triton kernels (`triton`) beside
+their torch reference (`naive`, the CPU path)."""

@@ -31,7 +31,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from refine_tasks.kernels import Backend, delta_rule
+from refine_tasks.kernels.state_chain import naive
 from refine_tasks.kernels.state_chain import triton as state_chain
+from refine_tasks.kernels.state_chain.naive import SegmentBlocks
 from refine_tasks.kernels.state_chain.triton import BLOCK_T, MAX_KEY_DIM
 
 
@@ -149,42 +151,6 @@ class KernelMaps:
         )
 
 
-BLOCK = 256  # tokens per block of the batched correction: padding waste <= BLOCK - 1 per segment
-
-
-@dataclass
-class SegmentBlocks:
-    """The flattened tokens of the non-empty segments (lengths, in order) regrouped into blocks of
-    `size` slots, each block within one segment, the last block of a segment padded.
-
-    segment [nb]: the segment of each block; gather [nb * size]: the token each slot reads
-    (padding slots read token 0; their results are never read back); padding [nb * size]: the
-    slots that hold no token; slot [N]: the slot of each token (N = sum of lengths).
-    """
-
-    size: int
-    segment: Tensor
-    gather: Tensor
-    padding: Tensor
-    slot: Tensor
-
-    @classmethod
-    def build(cls, lengths: list[int], device: torch.device) -> SegmentBlocks:
-        size = min(BLOCK, max(lengths, default=1))
-        n = torch.tensor(lengths, dtype=torch.long)  # tensor ops, not Python lists: ~16K tokens a step
-        blocks = (n + size - 1) // size  # per segment
-        first_slot = (blocks.cumsum(0) - blocks) * size
-        first_token = n.cumsum(0) - n
-        segment_of_token = torch.repeat_interleave(torch.arange(len(lengths)), n)
-        token = torch.arange(int(n.sum()))
-        slot = first_slot[segment_of_token] + token - first_token[segment_of_token]
-        slots = int(blocks.sum()) * size
-        gather = torch.zeros(slots, dtype=torch.long).index_copy_(0, slot, token)
-        padding = torch.ones(slots, dtype=torch.bool).index_fill_(0, slot, False)
-        segment = torch.repeat_interleave(torch.arange(len(lengths)), blocks)
-        return cls(size, *(t.to(device) for t in (segment, gather, padding, slot)))
-
-
 def segment_plan(positions: Tensor, T: int, device: torch.device) -> SegmentPlan:
     """The plan for positions [B, P] (one host copy of the positions); a pass builds it once, through
     its `Capture`, and every layer reuses it."""
@@ -240,18 +206,6 @@ def chained_delta_rule(
     return o.view(B, T, H, V), captured.view(B, P, H, K, V), final
 
 
-def _blocked(x: Tensor, blocks: SegmentBlocks) -> Tensor:
-    """Token rows [N, H, C] regrouped into blocks [nb, H, size, C] (padding slots read token 0)."""
-    _, H, C = x.shape
-    return x.index_select(0, blocks.gather).view(-1, blocks.size, H, C).transpose(1, 2)
-
-
-def _unblocked(x: Tensor, blocks: SegmentBlocks) -> Tensor:
-    """Blocks [nb, H, size, C] back to token rows [N, H, C] (padding slots dropped)."""
-    H, C = x.shape[1], x.shape[-1]
-    return x.transpose(1, 2).reshape(-1, H, C).index_select(0, blocks.slot)
-
-
 class _Chained(torch.autograd.Function):
     """From the kernel's pass over all segments (each from [0 | I]) to the chained results, as ONE
     autograd node with a hand-written backward (a node per step of it cost more host time than
@@ -263,7 +217,7 @@ class _Chained(torch.autograd.Function):
     of one segment's tokens in the kernel's dtype. Returns o [N, H, V] in `dtype`, the states at
     the positions [B*P, H, K, V] and the final states [B, H, K, V]. With `triton`, the chain and
     the correction run as the kernels of `refine_tasks.kernels.state_chain.triton` (one launch each);
-    else as torch ops (the CPU path, and the reference the kernels are tested against).
+    else as their torch reference, `refine_tasks.kernels.state_chain.naive` (the CPU path).
     """
 
     @staticmethod
@@ -282,7 +236,8 @@ class _Chained(torch.autograd.Function):
                 o = torch.empty(*o_free.shape, dtype=dtype, device=out.device)
                 state_chain.correction_forward(o_free, response, chains, o, maps.blocks)
             else:
-                o = _chain_and_correct(chains, initial, free, transition, o_free, response, plan, dtype)
+                naive.chain_forward(chains, initial, free, transition, plan.base_rows, plan.base, plan.steps)
+                o = naive.correction_forward(chains, o_free, response, plan.start_rows, plan.blocks, dtype)
         ctx.plan, ctx.triton = plan, triton
         ctx.save_for_backward(chains, transition, response)
         return o, chains.index_select(0, plan.capture_rows), chains.index_select(0, plan.final_rows)
@@ -304,7 +259,7 @@ class _Chained(torch.autograd.Function):
                     grad_o, response, chains, grad_out, d, maps.blocks, maps.segments, maps.max_blocks
                 )
             else:
-                _correction_backward(grad_o, response, chains, grad_out, d, plan)
+                naive.correction_backward(grad_o, response, chains, grad_out, d, plan.start_rows, plan.blocks)
             if grad_captured is not None:
                 d.index_add_(0, plan.capture_rows, grad_captured)
             if grad_final is not None:
@@ -313,53 +268,9 @@ class _Chained(torch.autograd.Function):
                 maps = plan.maps()
                 state_chain.chain_backward(d, transition, maps.rows, maps.max_steps)
             else:
-                rows = d.unbind(0)
-                steps = reversed(list(zip(transition.transpose(-1, -2).unbind(0), plan.starts, strict=True)))
-                for a_t, row in steps:  # d_j += A_j^T d_{j+1}, latest segment first
-                    rows[row].baddbmm_(a_t, rows[row + 1])
+                naive.chain_backward(d, transition, plan.starts)
             later = d.index_select(0, plan.start_rows + 1)  # d_{j+1} per segment
             grad_transition = torch.matmul(later, chains.index_select(0, plan.start_rows).transpose(-1, -2))
         grad_ends = torch.cat([later, grad_transition], dim=-1)
         grad_initial = d.index_select(0, plan.base_rows) if ctx.needs_input_grad[2] else None
         return grad_out, grad_ends, grad_initial, None, None, None
-
-
-def _chain_and_correct(
-    chains: Tensor,
-    initial: Tensor,
-    free: Tensor,
-    transition: Tensor,
-    o_free: Tensor,
-    response: Tensor,
-    plan: SegmentPlan,
-    dtype: torch.dtype,
-) -> Tensor:
-    """The torch path of `_Chained.forward`: fills chains, returns o [N, H, V] in dtype."""
-    chains.index_copy_(0, plan.base_rows, initial)
-    rows = chains.unbind(0)
-    pairs = zip(free.unbind(0), transition.unbind(0), strict=True)
-    for base, steps in zip(plan.base, plan.steps, strict=True):
-        for j in range(steps):
-            f, a = next(pairs)
-            torch.baddbmm(f, a, rows[base + j], out=rows[base + j + 1])
-    per_block = chains.index_select(0, plan.start_rows).index_select(0, plan.blocks.segment)
-    r = _blocked(response, plan.blocks)  # [nb, H, size, K]
-    correction = _unblocked(torch.matmul(r, per_block.to(r.dtype)), plan.blocks)
-    # o = o0 + S^T r at the kernel's output precision (fla's own output kernel reads the states
-    # in the input dtype too); the chain itself stays in float32 or wider.
-    return (o_free.to(chains.dtype) + correction.to(chains.dtype)).to(dtype)
-
-
-def _correction_backward(
-    grad_o: Tensor, response: Tensor, chains: Tensor, grad_out: Tensor, d: Tensor, plan: SegmentPlan
-) -> None:
-    """The torch path of the correction's backward: grad_out = [d o0 | d r], d[start rows] = d S."""
-    blocks, V = plan.blocks, chains.shape[-1]
-    grad_out[..., :V] = grad_o
-    g = _blocked(grad_o.to(response.dtype), blocks)  # [nb, H, size, V]
-    g = g.masked_fill(blocks.padding.view(-1, 1, blocks.size, 1), 0)  # padding reads token 0
-    per_block = chains.index_select(0, plan.start_rows).index_select(0, blocks.segment)
-    grad_out[..., V:] = _unblocked(torch.matmul(g, per_block.to(g.dtype).transpose(-1, -2)), blocks)
-    grad_blocks = torch.matmul(_blocked(response, blocks).transpose(-1, -2), g)  # [nb, H, K, V]
-    starts = torch.zeros_like(d[: len(plan.lengths)]).index_add_(0, blocks.segment, grad_blocks.to(d.dtype))
-    d.index_copy_(0, plan.start_rows, starts)
