@@ -22,6 +22,9 @@ process reads it instead of benchmarking. fla 0.6.0 passes cache_results=True it
 FLA_CACHE_RESULTS, default on); the switch covers every other autotuned kernel. fla is imported on
 first use (refine_tasks.kernels), after `activate`.
 
+Triton's group files name a kernel's files by absolute path; `RelocatableCacheManager` (set as
+TRITON_CACHE_MANAGER) finds them in the group's folder instead, so the folder can move.
+
 This module is the one place that sets these environment variables (they are orchestration: the
 command line and `run_stage` call `activate` before anything compiles). A variable the user set
 is left alone.
@@ -29,17 +32,38 @@ is left alone.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from triton.runtime.cache import FileCacheManager
 
 from refine_tasks.config import PipelineConfig
 
 TRITON_DIR = "triton"
 INDUCTOR_DIR = "inductor"
+MANAGER = "refine_tasks.pipeline.kernel_cache:RelocatableCacheManager"  # TRITON_CACHE_MANAGER
+
+
+class RelocatableCacheManager(FileCacheManager):
+    """Triton's file cache, readable wherever its folder was moved. Triton lists a compiled kernel's
+    files (cubin, metadata) in a group file by absolute path, so a cache restored at another path
+    (`dvc pull` in another checkout, a copy on a new node) would miss every kernel and compile
+    them all again. A group's files live in the group's own folder, so they are found there by name."""
+
+    def get_group(self, filename: str) -> dict[str, str] | None:
+        grp = self.get_file(f"__grp__{filename}")
+        if grp is None:
+            return None
+        with open(grp) as f:
+            children = json.load(f).get("child_paths")
+        if children is None:
+            return None
+        here = {name: os.path.join(self.cache_dir, os.path.basename(path)) for name, path in children.items()}
+        return {name: path for name, path in here.items() if os.path.exists(path)}
 
 
 @dataclass(frozen=True)
@@ -111,4 +135,5 @@ def activate(cfg: PipelineConfig) -> KernelCache | None:
     os.environ.setdefault("TRITON_CACHE_DIR", str(cache.triton_dir.resolve()))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache.inductor_dir.resolve()))
     os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+    os.environ.setdefault("TRITON_CACHE_MANAGER", MANAGER)
     return cache

@@ -20,7 +20,7 @@ from refine_tasks.pipeline.kernel_cache import activate, machine_folder, slug
 from refine_tasks.train import starting_model, warmup
 from refine_tasks.train.warmup import TrainingWarmup
 
-ENV = ("TRITON_CACHE_DIR", "TRITON_CACHE_AUTOTUNING", "TORCHINDUCTOR_CACHE_DIR")
+ENV = ("TRITON_CACHE_DIR", "TRITON_CACHE_AUTOTUNING", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_MANAGER")
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_activate_points_triton_and_inductor_at_the_gpus_folder(
     assert env["TRITON_CACHE_DIR"] == str(root / "triton") and env["TORCHINDUCTOR_CACHE_DIR"] == str(
         root / "inductor"
     )
-    assert env["TRITON_CACHE_AUTOTUNING"] == "1"
+    assert env["TRITON_CACHE_AUTOTUNING"] == "1" and env["TRITON_CACHE_MANAGER"] == kernel_cache.MANAGER
     assert cache.is_cold() and cache.files() == 0
     assert cache.cold_message() == (
         f"compiling GPU kernels for NVIDIA H200 (first run on this GPU; later runs reuse {root})"
@@ -99,6 +99,26 @@ def test_the_installed_triton_keeps_autotuning_results_when_asked(clean_env: pyt
     assert not make().cache_results
     clean_env.setenv("TRITON_CACHE_AUTOTUNING", "1")
     assert make().cache_results
+
+
+def test_a_moved_cache_still_finds_its_compiled_kernels(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Triton's own manager loses a kernel's files once the folder moves (its group file holds
+    absolute paths: every kernel would compile again after `dvc pull` elsewhere); ours finds them."""
+    from triton.runtime.cache import FileCacheManager
+
+    clean_env.setenv("TRITON_CACHE_DIR", str(tmp_path / "node-a"))
+    made = kernel_cache.RelocatableCacheManager("k1")
+    paths = {name: made.put(b"data " + name.encode(), name) for name in ("kernel.cubin", "kernel.json")}
+    made.put_group("kernel.json", paths)
+    assert made.get_group("kernel.json") == paths
+    (tmp_path / "node-a").rename(tmp_path / "node-b")
+    clean_env.setenv("TRITON_CACHE_DIR", str(tmp_path / "node-b"))
+    assert FileCacheManager("k1").get_group("kernel.json") == {}  # the problem
+    moved = kernel_cache.RelocatableCacheManager("k1").get_group("kernel.json")
+    assert moved == {name: str(tmp_path / "node-b" / "k1" / name) for name in paths}
+    assert Path(moved["kernel.cubin"]).read_bytes() == b"data kernel.cubin"
 
 
 def test_prepare_device_announces_a_first_compile(
