@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Device work longer than one call: `start` runs device_run.sh in a session of its own (it outlives
+# the call while the machine stays warm), then every call waits up to WAIT seconds and returns the
+# log and an archive of what the steps wrote so far (out.tgz; at the end also kernels.txz, the
+# product's kernel cache, data/cache/kernels).
+#
+#   bash benchmarks/device_bg.sh start STEP[:SECONDS] ...     # the first call (on the device, OUT set)
+#   bash benchmarks/device_bg.sh wait                         # each later call, right after the last
+set -u
+OUT=${OUT:?OUT must name the folder whose files come back}
+WORK=/tmp/device_bg
+WAIT=${WAIT:-570}
+if [ "${1:-}" = start ]; then
+    shift
+    rm -rf "$WORK" && mkdir -p "$WORK/out"
+    OUT=$WORK/out setsid nohup bash benchmarks/device_run.sh "$@" >"$WORK/log" 2>&1 </dev/null &
+    echo $! >"$WORK/pid"
+fi
+began=$(date +%s)
+while kill -0 "$(cat "$WORK/pid")" 2>/dev/null && [ $(($(date +%s) - began)) -lt "$WAIT" ]; do sleep 5; done
+if kill -0 "$(cat "$WORK/pid")" 2>/dev/null; then
+    echo "device_bg: still running after ${WAIT}s of this call"
+else
+    echo "device_bg: finished"
+    [ -d data/cache/kernels ] && tar -cJf "$WORK/out/kernels.txz" data/cache/kernels
+fi
+tail -n 40 "$WORK/log"
+cp "$WORK/log" "$OUT/log.txt"
+tar -czf "$OUT/out.tgz" -C "$WORK/out" .
