@@ -14,7 +14,8 @@
 #   profile      profile_refine_step.py                     (phases + top ops; $PROFILE_MODES, $PROFILE_SHAPE;
 #                                                             PROFILE_TRACE=1: Chrome traces with Python frames)
 #   train-loop   gpu_train_loop.py: `refine train` at params-gpu-small.yaml on .gpu_data (carried: tokenizer,
-#                corpus, catalog), its own kernel cache (data/cache/kernels; $TRAIN_RUNS, default cold,warm,ntp)
+#                corpus, catalog), its own kernel cache (data/cache/kernels; $TRAIN_RUNS, default cold,warm,ntp;
+#                $TRAIN_RESTORE: a kernel cache archive the warm runs restore, e.g. benchmarks/kernel_cache/*.txz)
 #   lact         gpu_lact.py --phases $LACT_PHASES         (default all: LaCT's kernels, fast-weight layer, attention,
 #                                                           paper-760m; its paths are config fields, not variables)
 # Carry: .whl .whl_lead or .whl_min (wheels the image lacks; .whl_min without DuckDB, enough for the
@@ -50,7 +51,8 @@ run_step() {
         profile) timeout "$limit" python3 benchmarks/profile_refine_step.py --out "$dir" --shape "${PROFILE_SHAPE:-paper-1.3b}" \
             --modes "${PROFILE_MODES:-ntp,fused_precomputed,fused-eager_precomputed}" --warmup 1 ${PROFILE_TRACE:+--trace} ;;
         train-loop) env -u TRITON_CACHE_DIR timeout "$limit" python3 benchmarks/gpu_train_loop.py --out "$dir" \
-            --data .gpu_data --params params-gpu-small.yaml --limit-s $(((limit - 30) / 3)) ${TRAIN_RUNS:+--runs $TRAIN_RUNS} ;;
+            --data .gpu_data --params params-gpu-small.yaml ${TRAIN_RUNS:+--runs $TRAIN_RUNS} \
+            ${TRAIN_RESTORE:+--restore $TRAIN_RESTORE} ;;
         lact) timeout "$limit" python3 benchmarks/gpu_lact.py --out "$dir" --budget-s $((limit - 60)) ${LACT_PHASES:+--phases $LACT_PHASES} ;;
         *) echo "unknown step $step" ;;
     esac
