@@ -1,8 +1,10 @@
 """Ingest: source -> clean-up -> dedup -> tokens -> Arrow shards + manifest -> catalog `documents`.
 
 Safe to interrupt: shards and the manifest are renamed into place only when complete, the
-manifest is written last, and shards it no longer lists are deleted only after it is, so a
-crash or Ctrl-C at any point leaves the previous complete corpus readable. A rerun finds the
+manifest and the catalog's rows are written last, and shards they no longer list are deleted
+only after both are, so a crash or Ctrl-C at any point leaves the previous complete corpus
+readable. Both locks it needs (the corpus folder's and the catalog's writer lock) are taken
+before it changes anything, so a command holding either refuses this one with nothing changed. A rerun finds the
 shards it already wrote (same name = same contents) and skips their tokenisation.
 """
 
@@ -36,7 +38,7 @@ from refine_tasks.corpus.shards import (
 )
 from refine_tasks.corpus.sources import DropLog, read_source
 from refine_tasks.corpus.tokenizer import load_tokenizer, tokenizer_id
-from refine_tasks.store.catalog import replace_documents, writer_lock
+from refine_tasks.store.catalog import lock_catalog, write_documents, writer_lock
 
 ProgressFn = Callable[[int, int], None]  # (documents, tokens) finished since the last call
 
@@ -164,8 +166,11 @@ def ingest(
     documents = corpus_documents(cfg, report.drops)  # a source that cannot be read fails here, first
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.paths.tokenizer_dir)
     tok_id = tokenizer_id(tokenizer)
-    out.mkdir(parents=True, exist_ok=True)
-    with writer_lock(out.with_name(out.name + ".lock"), f"corpus directory {out}"):
+    with (
+        writer_lock(out.with_name(out.name + ".lock"), f"corpus directory {out}"),
+        lock_catalog(cfg.paths.catalog) as catalog,
+    ):
+        out.mkdir(parents=True, exist_ok=True)
         remove_temporaries(out)
         shards: list[ShardInfo] = []
         for index, batch in enumerate(_batched(documents, cfg.corpus.shard_docs)):
@@ -185,10 +190,11 @@ def ingest(
             if on_progress is not None:
                 on_progress(info.rows, info.tokens)
         write_manifest(out, _manifest(cfg, tokenizer, report, shards))
+        with catalog.connect() as con:
+            write_documents(con, _documents_table(out, shards))
         listed = {s.file for s in shards} | {MANIFEST}
         for stale in out.glob("shard-*.arrow"):
             if stale.name not in listed:
                 stale.unlink()
-    replace_documents(cfg.paths.catalog, _documents_table(out, shards))
     report.seconds = time.perf_counter() - start
     return report

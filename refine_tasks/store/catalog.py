@@ -19,7 +19,9 @@ by a dead process is stale and simply taken over) and writes the holder's PID an
 into it, so a second writer fails at once with "catalog <path> is locked by PID <n>
 (<command>)". DuckDB lets no other process open the file while a read-write connection is
 open, so writers keep their connection short (one `with` block) and `open_reader` (read-only)
-retries for a few seconds while a writer is inside its block.
+retries for a few seconds while a writer is inside its block. A command that must know it may
+write the catalog before it changes anything else (ingest: its corpus folder) takes the lock
+first with `lock_catalog` and opens the connection only for its final write.
 """
 
 from __future__ import annotations
@@ -195,17 +197,37 @@ def lock_path_for(catalog: Path) -> Path:
     return catalog.with_name(catalog.name + ".lock")
 
 
-@contextmanager
-def open_writer(catalog: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-write connection with the schema migrated; the writer lock is held until the block ends."""
-    catalog = Path(catalog)
-    with writer_lock(lock_path_for(catalog), f"catalog {catalog}"):
-        con = duckdb.connect(str(catalog))
+class HeldCatalog:
+    """The catalog while this process holds its writer lock (see `lock_catalog`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection with the schema migrated, closed when the block ends."""
+        con = duckdb.connect(str(self.path))
         try:
             migrate(con)
             yield con
         finally:
             con.close()
+
+
+@contextmanager
+def lock_catalog(catalog: Path) -> Iterator[HeldCatalog]:
+    """Hold the catalog's writer lock for the block (or raise CatalogLocked at once) without opening
+    the file, so readers keep working until the holder connects."""
+    catalog = Path(catalog)
+    with writer_lock(lock_path_for(catalog), f"catalog {catalog}"):
+        yield HeldCatalog(catalog)
+
+
+@contextmanager
+def open_writer(catalog: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection with the schema migrated; the writer lock is held until the block ends."""
+    with lock_catalog(catalog) as held, held.connect() as con:
+        yield con
 
 
 def open_reader(catalog: Path, wait_s: float = 10.0) -> duckdb.DuckDBPyConnection:
@@ -226,16 +248,21 @@ def open_reader(catalog: Path, wait_s: float = 10.0) -> duckdb.DuckDBPyConnectio
             time.sleep(0.1)
 
 
-def replace_documents(catalog: Path, documents: pa.Table) -> int:
+def write_documents(con: duckdb.DuckDBPyConnection, documents: pa.Table) -> int:
     """Make the `documents` table hold exactly `documents` (doc_id, source, shard, row, n_tokens)."""
+    con.register("new_documents", documents)
+    con.execute("BEGIN TRANSACTION")
+    con.execute("DELETE FROM documents")
+    con.execute(
+        'INSERT INTO documents (doc_id, source, shard, "row", n_tokens) '
+        'SELECT doc_id, source, shard, "row", n_tokens FROM new_documents'
+    )
+    con.execute("COMMIT")
+    con.unregister("new_documents")
+    return con.execute("SELECT count(*) FROM documents").fetchall()[0][0]
+
+
+def replace_documents(catalog: Path, documents: pa.Table) -> int:
+    """`write_documents` in its own writer block."""
     with open_writer(catalog) as con:
-        con.register("new_documents", documents)
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DELETE FROM documents")
-        con.execute(
-            'INSERT INTO documents (doc_id, source, shard, "row", n_tokens) '
-            'SELECT doc_id, source, shard, "row", n_tokens FROM new_documents'
-        )
-        con.execute("COMMIT")
-        con.unregister("new_documents")
-        return con.execute("SELECT count(*) FROM documents").fetchall()[0][0]
+        return write_documents(con, documents)

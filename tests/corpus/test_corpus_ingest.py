@@ -280,3 +280,18 @@ def test_second_ingest_into_the_same_directory_is_refused(make_config) -> None:
     with writer_lock(out.with_name(out.name + ".lock"), f"corpus directory {out}"):
         with pytest.raises(CatalogLocked, match=f"corpus directory {out} is locked by PID"):
             ingest(cfg)
+
+
+def test_ingest_against_a_locked_catalog_changes_nothing(messy, make_config) -> None:
+    root, _ = messy
+    cfg = make_config(f"corpus.source={root}", "corpus.shard_docs=3")
+    ingest(cfg)
+    before = {p.name: p.read_bytes() for p in cfg.paths.corpus_dir.iterdir()}
+    catalog_before = _catalog_rows(cfg.paths.catalog)
+    (root / "00-good.txt").write_text("A different first document. " * 40)  # a new shard 0 and 2
+    db = cfg.paths.catalog
+    with writer_lock(catalog.lock_path_for(db), f"catalog {db}"):
+        with pytest.raises(CatalogLocked, match=f"catalog {db} is locked by PID"):
+            ingest(cfg)
+    assert {p.name: p.read_bytes() for p in cfg.paths.corpus_dir.iterdir()} == before
+    assert _catalog_rows(cfg.paths.catalog) == catalog_before
