@@ -79,9 +79,24 @@ class ModelConfig(Section):
         "<= 64, where they were measured faster) or as torch ops",
     )
 
-    def kernel_fields(self) -> dict[str, str]:
-        """The kernel choices a model built or loaded for this run takes (FastWeightConfig fields)."""
-        return {"kernel_backend": self.kernel_backend, "state_chain": self.state_chain}
+    lact_attention: Literal["auto", "band", "flex"] = Field(
+        "auto", description="LaCT's window attention: auto (FlexAttention on CUDA, band on CPU), band or flex"
+    )
+    lact_compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="LaCT: torch.compile its per-token features (auto: on CUDA)"
+    )
+
+    def kernel_fields(self, mixer: str | None = None) -> dict[str, str | bool]:
+        """The kernel choices a model built or loaded for this run takes (its config's fields) for
+        `mixer` (default: model.mixer; a loaded checkpoint's own): execution choices, not weights,
+        so a run sets them on a loaded checkpoint too."""
+        fields: dict[str, str | bool] = {"kernel_backend": self.kernel_backend}
+        if (mixer or self.mixer) == "deltanet":
+            fields["state_chain"] = self.state_chain
+        else:
+            compile_ = {"auto": "auto", "on": True, "off": False}[self.lact_compile]
+            fields.update(lact_attention=self.lact_attention, lact_compile=compile_)
+        return fields
 
 
 class PositionsConfig(Section):

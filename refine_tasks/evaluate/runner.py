@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from refine_tasks.config import EvalConfig, PipelineConfig
 from refine_tasks.corpus.tokenizer import load_tokenizer
@@ -28,7 +28,7 @@ from refine_tasks.evaluate.qa import read_ruler_qa
 from refine_tasks.evaluate.records import EvalError, EvalRecord
 from refine_tasks.evaluate.results import SampleResult, cell_rows, store_eval_results, write_outputs
 from refine_tasks.evaluate.sizing import Tokenizer
-from refine_tasks.models import FastWeightForCausalLM, build_model
+from refine_tasks.models import FastWeightForCausalLM, build_model, load_model
 from refine_tasks.models.checkpoint import LATEST, latest_checkpoint
 from refine_tasks.store.catalog import open_writer
 
@@ -166,13 +166,15 @@ def load_eval_model(cfg: PipelineConfig) -> tuple[FastWeightForCausalLM, PreTrai
     checkpoint = ev.checkpoint or cfg.model.init_from
     if checkpoint is not None:
         path = resolve_checkpoint(checkpoint)
-        model = AutoModelForCausalLM.from_pretrained(str(path))
+        model = load_model(path, cfg.model)
         tokenizer = load_tokenizer(path if (path / "tokenizer.json").is_file() else _tokenizer_path(cfg))
         label = str(path)
     else:
         tokenizer = load_tokenizer(_tokenizer_path(cfg))
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model.preset, vocab_size=len(tokenizer), mixer=cfg.model.mixer)
+        model = build_model(
+            cfg.model.preset, vocab_size=len(tokenizer), mixer=cfg.model.mixer, **cfg.model.kernel_fields()
+        )
         label = f"random:{cfg.model.preset}:{cfg.model.mixer}:seed{cfg.seed}"
     model = model.to(device=device, dtype=dtype).eval()
     if dtype == torch.float32 and model.backend == "triton" and model.config.mixer == "deltanet":

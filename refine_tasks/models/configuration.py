@@ -16,8 +16,6 @@ from refine_tasks.kernels.backend import CHOICES as BACKEND_CHOICES
 from refine_tasks.models.mixer import MIXERS
 
 STATE_CHAIN_CHOICES = ("auto", "torch", "triton")
-# Execution choices, not weights: a run's configuration sets them on a loaded model too.
-KERNEL_FIELDS = ("kernel_backend", "state_chain")
 
 
 class FastWeightConfig(PretrainedConfig):

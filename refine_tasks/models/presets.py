@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from refine_tasks.config import ModelConfig
 from refine_tasks.models.checkpoint import load_config
 from refine_tasks.models.configuration import FastWeightConfig
 from refine_tasks.models.lact.config import LACT_PRESETS
@@ -41,11 +42,12 @@ def build_model(
     return FastWeightForCausalLM(preset_config(preset, vocab_size, mixer, **overrides))
 
 
-def load_model(path: str | Path, kernel_fields: dict[str, Any]) -> FastWeightForCausalLM:
-    """A model directory's weights with the run's kernel choices (`kernel_fields`: FastWeightConfig
-    fields such as kernel_backend) set on its config before the model is built."""
+def load_model(path: str | Path, options: ModelConfig | None = None) -> FastWeightForCausalLM:
+    """A model directory's weights, with the run's kernel choices (`options.kernel_fields`, for the
+    checkpoint's own mixer) set on its config before the model is built."""
     config = load_config(path)
-    for name, value in kernel_fields.items():
-        setattr(config, name, value)
-    config._validate()
+    if options is not None:
+        for name, value in options.kernel_fields(config.mixer).items():
+            setattr(config, name, value)
+        config._validate()
     return FastWeightForCausalLM.from_pretrained(path, config=config)

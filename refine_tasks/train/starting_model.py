@@ -23,11 +23,13 @@ def resolve_device(name: str) -> torch.device:
 def make_model(cfg: PipelineConfig, device: torch.device) -> FastWeightForCausalLM:
     """The starting weights: model.init_from, else a fresh `model.preset` seeded by `seed`."""
     if cfg.model.init_from is not None:
-        model = load_model(cfg.model.init_from, cfg.model.kernel_fields())
+        model = load_model(cfg.model.init_from, cfg.model)
     else:
         vocab = len(load_tokenizer(cfg.paths.tokenizer_dir))
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model.preset, vocab_size=vocab, mixer=cfg.model.mixer, **cfg.model.kernel_fields())
+        model = build_model(
+            cfg.model.preset, vocab_size=vocab, mixer=cfg.model.mixer, **cfg.model.kernel_fields()
+        )
     if cfg.train.dtype == "float64":
         model = model.double()
     return model.to(device)
