@@ -63,8 +63,14 @@ class TokenizerConfig(Section):
     min_frequency: int = Field(2, ge=1)
 
 
+# The names of refine_tasks.models.presets.PRESETS: this layer cannot import the models, and an
+# unknown preset must fail with the configuration, before a stage touches its outputs
+# (tests/test_config.py checks that the two lists agree).
+ModelPreset = Literal["tiny", "small", "paper-1.3b", "paper-760m"]
+
+
 class ModelConfig(Section):
-    preset: str = Field("tiny", description="tiny | small | paper-1.3b | paper-760m")
+    preset: ModelPreset = Field("tiny", description="a named model size (refine_tasks.models.presets)")
     mixer: Literal["deltanet", "lact"] = "deltanet"
     init_from: str | None = Field(None, description="checkpoint directory to start from")
     kernel_backend: Literal["auto", "torch", "triton"] = Field(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from refine_tasks.config import ConfigError, PipelineConfig, load_config
+from refine_tasks.config import ConfigError, ModelPreset, PipelineConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,3 +67,12 @@ def test_malformed_files_and_overrides(tmp_path: Path) -> None:
         load_config(None, ["corpus.limit"])
     with pytest.raises(ConfigError, match="seed is not a section"):
         load_config(None, ["seed=1", "seed.x=2"])
+
+
+def test_model_presets_are_the_models_presets() -> None:
+    """config.py (the foundation layer) cannot import the models, so it names the presets itself."""
+    from refine_tasks.models.presets import PRESETS
+
+    assert get_args(ModelPreset) == tuple(PRESETS)
+    with pytest.raises(ConfigError, match=r"model.preset = 'huge'"):
+        load_config(None, ["model.preset=huge"])

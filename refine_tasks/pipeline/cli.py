@@ -407,5 +407,5 @@ def stage_command(
     set_: SetOpt = None,
 ) -> None:
     """Run one lifecycle stage on fresh outputs (each dvc.yaml stage runs this; `dvc repro` records
-    it). A stage that fails leaves none of its outputs behind."""
+    it). A stage that fails leaves its previous outputs as they were."""
     run_steps(resolve(params, set_), [(name, stage_step(name, tracked=False))])

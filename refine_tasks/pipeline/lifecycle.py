@@ -10,14 +10,19 @@ stage NAME` runs one, `refine run` and the refine-lifecycle flow run them all):
   eval_niah@M, eval_qa@M, eval_longbench@M   one benchmark family on model M (base, sft, refine)
   report                             the comparison across models, from the evaluation outputs
 
-A stage writes only its own outputs (`stage_outputs`); if it fails, `run_stage` removes what it
-had written, so no half-written output is left for DVC (or the next stage) to take.
+A stage writes only its own outputs (`stage_outputs`). `run_stage` validates the stage's
+configuration, then moves its previous outputs aside (`<output>.aside-<pid>`) and runs it on
+fresh ones; if it fails, it removes what the stage had written and puts the previous outputs
+back, so no half-written output is left for DVC (or the next stage) to take and the last good
+one stays. A stage killed midway leaves its copy aside: the next `run_stage` puts it back first.
 Post-training and test-time training join this list with their own stages.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,10 +30,12 @@ from pathlib import Path
 
 from refine_tasks.config import PipelineConfig
 from refine_tasks.pipeline.kernel_cache import activate as activate_kernel_cache
+from refine_tasks.store.catalog import process_alive
 
 MODELS = ("base", "sft", "refine")
 EVAL_STAGES = {"eval_niah": "niah", "eval_qa": "ruler_qa", "eval_longbench": "longbench"}
 TRAIN_STAGES = {"base": "base", "midtrain_sft": "sft", "midtrain_refine": "refine"}
+ASIDE_MARK = ".aside-"  # `<output>.aside-<pid>`: a stage's previous output while it runs
 SUMMARY_FILE = "summary.json"  # a training run's final figures (DVC metrics)
 CURVE_FILE = "curve.json"  # a training run's per-step losses (DVC plots)
 REPORT_METRICS = "metrics.json"  # family averages per model (DVC metrics)
@@ -127,7 +134,7 @@ def stage_config(name: str, cfg: PipelineConfig) -> PipelineConfig:
 
 
 def stage_outputs(name: str, cfg: PipelineConfig) -> list[Path]:
-    """What stage `name` writes (its DVC outs): removed before it runs and when it fails."""
+    """What stage `name` writes (its DVC outs): moved aside while it runs, put back if it fails."""
     stage, model = split_stage(name)
     if stage == "tokenizer":
         return [Path(cfg.paths.tokenizer_dir)]
@@ -148,6 +155,32 @@ def remove_outputs(paths: Iterable[Path]) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+
+
+def recover_outputs(paths: Iterable[Path]) -> None:
+    """Put back the previous outputs that a killed stage left aside (dropping its half-written
+    ones); refuse while the process that moved them is still running."""
+    for path in paths:
+        for aside in path.parent.glob(f"{glob.escape(path.name)}{ASIDE_MARK}*"):
+            pid = aside.name.rpartition(ASIDE_MARK)[2]
+            if pid.isdigit() and process_alive(int(pid)):
+                raise LifecycleError(
+                    f"{path}: PID {pid} is running a stage that writes it (its previous contents are in "
+                    f"{aside}); wait for it to finish, or stop that process"
+                )
+            remove_outputs([path])
+            os.replace(aside, path)
+
+
+def set_aside(paths: Iterable[Path]) -> list[tuple[Path, Path]]:
+    """Move each existing output to `<output>.aside-<pid>` beside it; returns (output, aside) pairs."""
+    moved = []
+    for path in paths:
+        if path.exists() or path.is_symlink():
+            aside = path.with_name(f"{path.name}{ASIDE_MARK}{os.getpid()}")
+            os.replace(path, aside)
+            moved.append((path, aside))
+    return moved
 
 
 def missing_eval_data(family: str, cfg: PipelineConfig) -> str | None:
@@ -331,29 +364,41 @@ def _report(cfg: PipelineConfig) -> StageResult:
     return StageResult("report", rows, notice=notice, files=[*files, out / REPORT_METRICS])
 
 
-def run_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> StageResult:
-    """Run stage `name` on fresh outputs; on any failure remove what it wrote, then re-raise. A
-    stage that runs a model first points the GPU kernel caches at paths.kernel_cache."""
+def _run(name: str, cfg: PipelineConfig, on_step: OnStep | None) -> StageResult:
     stage, _ = split_stage(name)
+    if stage == "tokenizer":
+        return _tokenizer(cfg, on_step)
+    if stage == "corpus":
+        return _corpus(cfg, on_step)
+    if stage in TRAIN_STAGES:
+        return train_stage(stage, cfg, on_step)
+    if stage == "positions":
+        return _positions(cfg, on_step)
+    if stage in EVAL_STAGES:
+        return _evaluate(name, cfg, on_step)
+    return _report(cfg)
+
+
+def run_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> StageResult:
+    """Run stage `name` on fresh outputs, its previous ones set aside: deleted when it succeeds,
+    put back when it fails (after removing what it wrote). A stage that runs a model first points
+    the GPU kernel caches at paths.kernel_cache."""
+    stage, _ = split_stage(name)
+    stage_config(name, cfg)  # a configuration the stage cannot run fails here, before any output moves
     outputs = stage_outputs(name, cfg)
-    remove_outputs(outputs)
+    recover_outputs(outputs)
     if stage in TRAIN_STAGES or stage in EVAL_STAGES or stage == "positions":
         activate_kernel_cache(cfg)  # before any kernel compiles (the flows call run_stage directly)
+    moved = set_aside(outputs)
     try:
-        if stage == "tokenizer":
-            return _tokenizer(cfg, on_step)
-        if stage == "corpus":
-            return _corpus(cfg, on_step)
-        if stage in TRAIN_STAGES:
-            return train_stage(stage, cfg, on_step)
-        if stage == "positions":
-            return _positions(cfg, on_step)
-        if stage in EVAL_STAGES:
-            return _evaluate(name, cfg, on_step)
-        return _report(cfg)
+        result = _run(name, cfg, on_step)
     except BaseException:
         remove_outputs(outputs)
+        for path, aside in moved:
+            os.replace(aside, path)
         raise
+    remove_outputs(aside for _, aside in moved)
+    return result
 
 
 def run_tracked(

@@ -159,6 +159,19 @@ def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[int, str]] = 
     return latest
 
 
+def process_alive(pid: int) -> bool:
+    """Whether `pid` names a running process (the owner of a lock, or of a file named after its PID)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _lock_holder(lock_path: Path) -> tuple[str, str]:
     try:
         info = json.loads(lock_path.read_text())

@@ -96,6 +96,17 @@ def test_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "corpus.min_chars = -1" in result.output
 
 
+def test_a_stage_with_an_unknown_preset_is_refused_before_it_touches_its_outputs(tmp_path: Path) -> None:
+    runs = tmp_path / "data" / "runs"
+    params = write_params(tmp_path, lifecycle={"runs_dir": str(runs)})
+    (runs / "base").mkdir(parents=True)
+    (runs / "base" / "summary.json").write_text("{}")
+    result = runner.invoke(cli.app, ["stage", "base", "-p", str(params), "--set", "model.preset=huge"])
+    assert result.exit_code == 2 and "model.preset = 'huge'" in result.output, result.output
+    assert "Traceback" not in result.output
+    assert [p.name for p in (runs / "base").iterdir()] == ["summary.json"]
+
+
 def test_run_steps_are_a_list_others_can_extend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls: list[str] = []
 

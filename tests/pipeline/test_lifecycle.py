@@ -4,6 +4,7 @@ report from scores.json files, no half-written outputs after a failure, when DVC
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from refine_tasks.corpus import CorpusError
 from refine_tasks.errors import TrainingDiverged
 from refine_tasks.pipeline import lifecycle
 from refine_tasks.pipeline.dvc_state import DvcStages
@@ -136,7 +138,36 @@ def test_a_failing_stage_leaves_none_of_its_outputs(make_config, tmp_path: Path)
     (runs / "base" / "stale.txt").write_text("from an earlier run")
     with pytest.raises(TrainingDiverged, match="non-finite"):
         run_tracked("base", cfg)  # outside a DVC repository: just the stage
-    assert not (runs / "base").exists()
+    # None of the failed run's files: the earlier output is back as it was, and no copy is left aside.
+    assert [p.name for p in (runs / "base").iterdir()] == ["stale.txt"]
+    assert sorted(p.name for p in runs.iterdir()) == ["base"]
+
+
+def test_a_failing_stage_keeps_its_last_outputs(make_config, tmp_path: Path, tokenizer_dir: Path) -> None:
+    tokenizer = tmp_path / "tokenizer"
+    shutil.copytree(tokenizer_dir, tokenizer)
+    before = {p.name: p.read_bytes() for p in tokenizer.iterdir()}
+    cfg = make_config(f"paths.tokenizer_dir={tokenizer}", f"corpus.source={tmp_path / 'no' / 'such'}")
+    with pytest.raises(CorpusError, match="no such"):
+        run_stage("tokenizer", cfg)
+    assert {p.name: p.read_bytes() for p in tokenizer.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tokenizer")) == ["tokenizer"]
+
+
+def test_a_stage_killed_midway_gets_its_last_outputs_back(make_config, tmp_path: Path) -> None:
+    """A killed stage leaves its half-written outputs and the aside copy; the next run starts from the copy."""
+    runs = tmp_path / "runs"
+    cfg = make_config(f"lifecycle.runs_dir={runs}", "lifecycle.base_checkpoint=/no/such/model")
+    (runs / "base").mkdir(parents=True)
+    (runs / "base" / "half-written.txt").write_text("by the killed stage")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    aside = runs / f"base.aside-{int(dead.stdout)}"
+    aside.mkdir()
+    (aside / "stale.txt").write_text("from an earlier run")
+    with pytest.raises(LifecycleError, match="not a model directory"):
+        run_stage("base", cfg)
+    assert [p.name for p in (runs / "base").iterdir()] == ["stale.txt"]
+    assert sorted(p.name for p in runs.iterdir()) == ["base"]
 
 
 def test_dvc_bookkeeping_only_for_the_repositorys_own_params(
