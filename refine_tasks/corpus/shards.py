@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refine_tasks.corpus.sources import CorpusError
+from refine_tasks.errors import writing_to
 
 if TYPE_CHECKING:
     import datasets
@@ -73,11 +74,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Run `write` on a temporary file beside `path`, flush it to disk, then rename it to `path`."""
     tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
     try:
-        with tmp.open("wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with writing_to(path.parent, "paths.corpus_dir"):
+            with tmp.open("wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -10,6 +10,7 @@ needle depth, QA and LongBench tasks with depth NULL. Runs compare with one SQL 
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,18 +108,26 @@ def task_summary(results: list[SampleResult]) -> dict[str, dict[str, Any]]:
 
 
 def write_outputs(results: list[SampleResult], out_dir: Path, run: str, checkpoint: str) -> dict[str, Path]:
-    """Write `samples.parquet` and `scores.json` under out_dir; returns their paths."""
+    """Write `samples.parquet` and `scores.json` under out_dir; returns their paths. Both are written
+    under temporary names first and renamed together, so a write that fails (a full disk) leaves the
+    previous pair, never a new samples file beside old scores."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    samples = out_dir / "samples.parquet"
-    pq.write_table(samples_table(results, run, checkpoint), samples)
-    scores = out_dir / "scores.json"
+    samples, scores = out_dir / "samples.parquet", out_dir / "scores.json"
+    tmp = {path: path.with_name(f"{path.name}.tmp-{os.getpid()}") for path in (samples, scores)}
     summary = {
         "run": run,
         "checkpoint": checkpoint,
         "tasks": task_summary(results),
         "cells": cell_rows(results, run, checkpoint),
     }
-    scores.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    try:
+        pq.write_table(samples_table(results, run, checkpoint), tmp[samples])
+        tmp[scores].write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        for path, written in tmp.items():
+            os.replace(written, path)
+    finally:
+        for written in tmp.values():
+            written.unlink(missing_ok=True)
     return {"samples": samples, "scores": scores}
 
 

@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerFast
 
 from refine_tasks.config import EvalConfig, PipelineConfig
 from refine_tasks.corpus.tokenizer import load_tokenizer
+from refine_tasks.errors import writing_to
 from refine_tasks.evaluate.generate import GenerationRequest, greedy_generate, prefill_pieces
 from refine_tasks.evaluate.longbench import available_tasks, read_longbench, truncate_middle
 from refine_tasks.evaluate.metrics import score_sample
@@ -29,7 +30,7 @@ from refine_tasks.evaluate.records import EvalError, EvalRecord
 from refine_tasks.evaluate.results import SampleResult, cell_rows, store_eval_results, write_outputs
 from refine_tasks.evaluate.sizing import Tokenizer
 from refine_tasks.models import FastWeightForCausalLM, build_model, load_model
-from refine_tasks.models.checkpoint import LATEST, latest_checkpoint
+from refine_tasks.models.checkpoint import LATEST, damaged_weights, latest_checkpoint
 from refine_tasks.store.catalog import open_writer
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -166,6 +167,12 @@ def load_eval_model(cfg: PipelineConfig) -> tuple[FastWeightForCausalLM, PreTrai
     checkpoint = ev.checkpoint or cfg.model.init_from
     if checkpoint is not None:
         path = resolve_checkpoint(checkpoint)
+        damage = damaged_weights(path)
+        if damage is not None:
+            raise EvalError(
+                f"evaluate.checkpoint = {checkpoint!r}: {damage}; copy or save the checkpoint again, or "
+                "evaluate another one"
+            )
         model = load_model(path, cfg.model)
         tokenizer = load_tokenizer(path if (path / "tokenizer.json").is_file() else _tokenizer_path(cfg))
         label = str(path)
@@ -263,7 +270,9 @@ def run_evaluation(
         on_batch=on_batch,
     )
     seconds = time.perf_counter() - start
-    paths = write_outputs(results, ev.output_dir / ev.run, ev.run, checkpoint)
+    out = ev.output_dir / ev.run
+    with writing_to(out, "evaluate.output_dir", "run `refine evaluate` again"):
+        paths = write_outputs(results, out, ev.run, checkpoint)
     with open_writer(cfg.paths.catalog) as con:
         store_eval_results(con, cell_rows(results, ev.run, checkpoint))
     return EvalRun(ev.run, checkpoint, results, paths, seconds)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from refine_tasks.errors import TrainCheckpointError
 from refine_tasks.models.configuration import FastWeightConfig
@@ -104,6 +104,18 @@ def stored_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
             for name in f.keys():
                 found[name] = (tuple(f.get_slice(name).get_shape()), file.name)
     return found
+
+
+def damaged_weights(path: str | Path) -> str | None:
+    """What is wrong with the first *.safetensors file of `path` whose header does not open or
+    does not cover the file (a copy cut short, a disk that filled up), or None."""
+    for file in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except SafetensorError as e:
+            return f"{file} is truncated or corrupt ({e})"
+    return None
 
 
 def check_checkpoint(path: str | Path, model: torch.nn.Module, config: FastWeightConfig) -> None:

@@ -15,7 +15,7 @@ from rich.markup import escape
 from refine_tasks.config import ConfigError, PipelineConfig, load_config
 from refine_tasks.corpus import CorpusError, DropLog, corpus_texts, ingest
 from refine_tasks.corpus.tokenizer import TokenizerError, build_tokenizer
-from refine_tasks.errors import TRAINING_ERRORS
+from refine_tasks.errors import TRAINING_ERRORS, storage_errno, storage_message
 from refine_tasks.evaluate import EvalError
 from refine_tasks.pipeline.lifecycle import (
     EVAL_STAGES,
@@ -66,6 +66,8 @@ def model_device(cfg: PipelineConfig, field: str):
         return eval_device(cfg.evaluate.device)
     try:
         return resolve_device(cfg.train.device)
+    except ConfigError:
+        raise
     except (ValueError, RuntimeError) as e:  # torch.device's own error for a malformed name
         raise ConfigError(f"train.device = {cfg.train.device!r}: {e}") from None
 
@@ -130,6 +132,13 @@ def run_steps(cfg: PipelineConfig, steps: list[tuple[str, StepFn]]) -> None:
                 f"[yellow]{name}: interrupted; the last complete outputs are kept, run again to resume[/]"
             )
             raise typer.Exit(130) from None
+        except Exception as e:  # a full disk or read-only folder that no layer below translated
+            code = storage_errno(e)
+            if code is None:
+                raise
+            message = storage_message(code, getattr(e, "filename", None) or "an output", None, "run again")
+            console.print(f"[red]{name}: {escape(message)}[/red]", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         print_summary(name, rows)
 
 

@@ -6,7 +6,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from refine_tasks.config import PipelineConfig
+from refine_tasks.config import ConfigError, PipelineConfig
 from refine_tasks.corpus.tokenizer import load_tokenizer
 from refine_tasks.models import FastWeightForCausalLM, build_model, load_model
 
@@ -16,7 +16,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r}: no CUDA device here; use 'auto' or 'cpu'")
+        raise ConfigError(f"train.device = {name!r}: no CUDA device here; use train.device=cpu (or auto)")
     return device
 
 

@@ -28,7 +28,7 @@ from torch.utils.tensorboard import SummaryWriter
 from refine_tasks.config import PipelineConfig
 from refine_tasks.corpus import CorpusError
 from refine_tasks.corpus.loader import LongDocumentLoader
-from refine_tasks.errors import RunDirError, TrainingDiverged
+from refine_tasks.errors import OutputError, RunDirError, TrainingDiverged, writing_to
 from refine_tasks.models.checkpoint import latest_checkpoint
 from refine_tasks.models.continuation import ContinuationGraphs
 from refine_tasks.rl.positions import check_sequence_length, sequence_entropy
@@ -155,7 +155,8 @@ class MidTrainer:
         self.out_dir = Path(t.out_dir)
         self.loader = LongDocumentLoader(cfg.paths.corpus_dir, t.seq_len, t.batch_size, t.packing, cfg.seed)
         self.total = t.max_steps or max(1, self.loader.batches_per_epoch() // t.grad_accum)
-        self.run_id, ckpt = _read_run(self.out_dir, resume)
+        with writing_to(self.out_dir, "train.out_dir", "run `refine train` again"):
+            self.run_id, ckpt = _read_run(self.out_dir, resume)
         self.model = make_model(cfg, self.device)
         self.base_id = weights_fingerprint(self.model)
         # KL reference: the starting weights, frozen (rebuilt identically on resume).
@@ -237,15 +238,21 @@ class MidTrainer:
             "run_id": self.run_id,
             "last_loss": self.last_loss,
         }
-        self.last_ckpt = save_checkpoint(
-            self.out_dir / "checkpoints",
-            step,
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            state,
-            self.cfg.paths.tokenizer_dir,
+        then = (
+            f"`refine train --resume` continues from {self.last_ckpt.name}"
+            if self.last_ckpt
+            else "run `refine train` again (no checkpoint was completed)"
         )
+        with writing_to(self.out_dir / "checkpoints", "train.out_dir", then):
+            self.last_ckpt = save_checkpoint(
+                self.out_dir / "checkpoints",
+                step,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                state,
+                self.cfg.paths.tokenizer_dir,
+            )
         update_run(self.cfg.paths.catalog, self.run_id, "running", step, self.last_loss)
 
     def run(self, on_step: Callable[[dict], None] | None = None) -> TrainResult:
@@ -261,8 +268,9 @@ class MidTrainer:
             for step in range(self.step + 1, self.total + 1):
                 line = self.optimizer_step(step)
                 self.step = step
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(line) + "\n")
+                with writing_to(self.out_dir, "train.out_dir", "run `refine train --resume`"):
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(line) + "\n")
                 for key, value in line.items():
                     if isinstance(value, float | int) and not isinstance(value, bool) and key != "step":
                         writer.add_scalar(key, value, step)
@@ -277,7 +285,7 @@ class MidTrainer:
                     )
                 if step % self.t.checkpoint_every == 0 or step == self.total:
                     self.checkpoint(step)
-        except TrainingDiverged as e:
+        except (TrainingDiverged, OutputError) as e:
             update_run(catalog, self.run_id, "failed", self.step, self.last_loss, str(e))
             raise
         except KeyboardInterrupt:
