@@ -18,6 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from refine_tasks.errors import OutputError, RunDirError, TrainingDiverged, writ
 from refine_tasks.models.checkpoint import latest_checkpoint
 from refine_tasks.models.continuation import ContinuationGraphs
 from refine_tasks.rl.positions import check_sequence_length, sequence_entropy
+from refine_tasks.store.catalog import CatalogLocked, writer_lock
 from refine_tasks.store.position_cache import PositionCache, weights_fingerprint
 from refine_tasks.store.runs import register_run, update_run
 from refine_tasks.train.checkpoint import load_checkpoint, save_checkpoint
@@ -91,6 +93,18 @@ def step_seed(seed: int, step: int, micro: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def lock_run_dir(out_dir: Path) -> ExitStack:
+    """Hold `<out_dir>.lock` (beside the folder, as ingest locks the corpus folder) until the returned
+    stack closes; while another process (or trainer) holds it, fail at once naming its PID."""
+    stack = ExitStack()
+    try:
+        lock = out_dir.with_name(out_dir.name + ".lock")
+        stack.enter_context(writer_lock(lock, f"run directory {out_dir}"))
+    except CatalogLocked as e:
+        raise RunDirError(f"{e}; or set train.out_dir to another folder") from None
+    return stack
+
+
 def _read_run(out_dir: Path, resume: bool) -> tuple[str, Path | None]:
     """The run id (kept in out_dir/run.json across resumes) and the checkpoint to resume from."""
     run_file = out_dir / RUN_FILE
@@ -141,9 +155,19 @@ def _metrics_line(step: int, micro: list[StepStats], extra: dict) -> dict:
 
 
 class MidTrainer:
-    """Holds a run's model, optimizer, data cursor and position selector; `run` trains it."""
+    """Holds a run's model, optimizer, data cursor and position selector; `run` trains it. From
+    construction until `run` ends it holds the run folder's lock: a second trainer into the same
+    folder would interleave its metrics and checkpoints with this one's."""
 
     def __init__(self, cfg: PipelineConfig, resume: bool = False) -> None:
+        self.run_lock = lock_run_dir(Path(cfg.train.out_dir))
+        try:
+            self._prepare(cfg, resume)
+        except BaseException:
+            self.run_lock.close()
+            raise
+
+    def _prepare(self, cfg: PipelineConfig, resume: bool) -> None:
         t = self.t = cfg.train
         self.cfg = cfg
         self.device = resolve_device(t.device)
@@ -295,6 +319,7 @@ class MidTrainer:
             raise
         finally:
             writer.close()
+            self.run_lock.close()
             if self.step_options.graphs is not None:
                 self.step_options.graphs.clear()  # their gradient buffers: ~5 GiB at 1.3B
         update_run(catalog, self.run_id, "finished", self.step, self.last_loss)

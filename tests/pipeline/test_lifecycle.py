@@ -140,7 +140,7 @@ def test_a_failing_stage_leaves_none_of_its_outputs(make_config, tmp_path: Path)
         run_tracked("base", cfg)  # outside a DVC repository: just the stage
     # None of the failed run's files: the earlier output is back as it was, and no copy is left aside.
     assert [p.name for p in (runs / "base").iterdir()] == ["stale.txt"]
-    assert sorted(p.name for p in runs.iterdir()) == ["base"]
+    assert sorted(p.name for p in runs.iterdir()) == ["base", "base.lock"]  # the run folder's lock
 
 
 def test_a_failing_stage_keeps_its_last_outputs(make_config, tmp_path: Path, tokenizer_dir: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -253,3 +254,19 @@ def test_learning_rate_schedule():
     assert lr_lambda(20, 4, 20, "cosine", 0.1) == pytest.approx(0.1)  # ends at lr * min_lr_ratio
     assert lr_lambda(12, 4, 20, "cosine", 0.1) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way
     assert [lr_lambda(s, 2, 20, "constant", 0.1) for s in (0, 1, 2, 19)] == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_a_second_run_into_the_same_folder_is_refused(config):
+    cfg = config("train.max_steps=2")
+    out = cfg.train.out_dir
+    first = MidTrainer(cfg)
+    with pytest.raises(
+        RunDirError, match=rf"run directory {re.escape(str(out))} is locked by PID {os.getpid()}"
+    ):
+        MidTrainer(cfg)
+    first.run()
+    assert [line["step"] for line in metrics(out)] == [1, 2]  # one run's lines, not two interleaved
+    with pytest.raises(RunDirError, match="no checkpoint to resume from"):
+        MidTrainer(config(f"train.out_dir={out}-other"), resume=True)  # a failed start holds no lock...
+    MidTrainer(cfg, resume=True)  # ...and neither does a finished run
+    MidTrainer(config(f"train.out_dir={out}-other"))
