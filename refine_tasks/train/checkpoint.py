@@ -7,9 +7,11 @@ Layout of `<out_dir>/checkpoints/step-<N>/`:
   trainer/state.json              step, optimizer groups, scheduler, data cursor, counters,
                                   and the SHA-256 of every other file (checked on load)
 (The trainer's files sit in a subfolder: model loaders read every top-level *.safetensors.)
-Nothing is pickled. A checkpoint is written under a temporary name and renamed into place,
-then `<out_dir>/checkpoints/latest` (one line: the directory name) is replaced atomically, so
-a kill at any moment leaves the previous checkpoint as `latest`.
+Nothing is pickled. A checkpoint is written under a temporary name (`step-<N>.tmp-<pid>`) and
+renamed into place, then `<out_dir>/checkpoints/latest` (one line: the directory name) is
+replaced atomically, so a kill at any moment leaves the previous checkpoint as `latest`. A write
+that fails removes its temporary folder; one that was killed leaves it for `remove_temporaries`,
+which the trainer calls when it starts.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from transformers.utils import logging as hf_logging
 from refine_tasks.corpus.shards import file_sha256
 from refine_tasks.errors import TrainCheckpointError
 from refine_tasks.models.checkpoint import LATEST
+from refine_tasks.store.catalog import process_alive
 
 STATE_FILE = "trainer/state.json"
 TENSOR_FILE = "trainer/optimizer.safetensors"
@@ -70,6 +73,31 @@ def save_checkpoint(
     name = f"step-{step:07d}"
     final = root / name
     tmp = root / f"{name}{TMP_MARK}{os.getpid()}"
+    latest_tmp = root / f"{LATEST}{TMP_MARK}{os.getpid()}"
+    try:
+        _write_files(tmp, step, model, optimizer, scheduler, trainer, tokenizer_dir)
+        if final.exists():  # a rerun of the same step after a resume: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        latest_tmp.write_text(name + "\n")
+        os.replace(latest_tmp, root / LATEST)
+    except BaseException:  # a full disk, a Ctrl-C: the half-written model must not keep the space
+        shutil.rmtree(tmp, ignore_errors=True)
+        latest_tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def _write_files(
+    tmp: Path,
+    step: int,
+    model,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    trainer: dict[str, Any],
+    tokenizer_dir: Path | None,
+) -> None:
+    """Write the checkpoint's files into the folder `tmp` (replaced if it exists) and fsync them."""
     shutil.rmtree(tmp, ignore_errors=True)
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a shard-writing bar per checkpoint would bury the trainer's own
@@ -92,13 +120,24 @@ def save_checkpoint(
     state = {"step": step, "optimizer": optim_meta, "scheduler": scheduler.state_dict(), "trainer": trainer}
     (tmp / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=1))
     _fsync_dir_files(tmp)
-    if final.exists():  # a rerun of the same step after a resume: replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    latest_tmp = root / f"{LATEST}{TMP_MARK}{os.getpid()}"
-    latest_tmp.write_text(name + "\n")
-    os.replace(latest_tmp, root / LATEST)
-    return final
+
+
+def remove_temporaries(root: Path) -> int:
+    """Delete what interrupted writes left in `root` (…/checkpoints): `step-N.tmp-PID` folders and
+    `latest.tmp-PID` files of processes that no longer run. Such a folder holds a whole model, so
+    on a full disk it kept the disk full. Returns how many were removed."""
+    stale = []
+    if root.is_dir():
+        for path in root.glob(f"*{TMP_MARK}*"):
+            pid = path.name.rpartition(TMP_MARK)[2]
+            if pid.isdigit() and not process_alive(int(pid)):
+                stale.append(path)
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return len(stale)
 
 
 def _fsync_dir_files(directory: Path) -> None:

@@ -36,7 +36,7 @@ from refine_tasks.rl.positions import check_sequence_length, sequence_entropy
 from refine_tasks.store.catalog import CatalogLocked, writer_lock
 from refine_tasks.store.position_cache import PositionCache, weights_fingerprint
 from refine_tasks.store.runs import register_run, update_run
-from refine_tasks.train.checkpoint import load_checkpoint, save_checkpoint
+from refine_tasks.train.checkpoint import load_checkpoint, remove_temporaries, save_checkpoint
 from refine_tasks.train.positions import PositionSelector
 from refine_tasks.train.starting_model import make_model, mixed_precision, resolve_device
 from refine_tasks.train.step import RolloutBatch, StepOptions, StepStats, refine_backward
@@ -179,6 +179,7 @@ class MidTrainer:
         self.out_dir = Path(t.out_dir)
         self.loader = LongDocumentLoader(cfg.paths.corpus_dir, t.seq_len, t.batch_size, t.packing, cfg.seed)
         self.total = t.max_steps or max(1, self.loader.batches_per_epoch() // t.grad_accum)
+        remove_temporaries(self.out_dir / "checkpoints")  # killed writes, fresh run or resume alike
         with writing_to(self.out_dir, "train.out_dir", "run `refine train` again"):
             self.run_id, ckpt = _read_run(self.out_dir, resume)
         self.model = make_model(cfg, self.device)

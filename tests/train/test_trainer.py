@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -17,8 +18,15 @@ import torch
 from corpus_helpers import write_corpus
 from transformers import AutoModelForCausalLM
 
+import refine_tasks.train.checkpoint as checkpoint_module
 import refine_tasks.train.trainer as train_module
-from refine_tasks.errors import RunDirError, SequenceTooShort, TrainCheckpointError, TrainingDiverged
+from refine_tasks.errors import (
+    OutputError,
+    RunDirError,
+    SequenceTooShort,
+    TrainCheckpointError,
+    TrainingDiverged,
+)
 from refine_tasks.train.positions import precompute_positions
 from refine_tasks.train.step import StepStats
 from refine_tasks.train.trainer import MidTrainer, lr_lambda, train
@@ -270,3 +278,41 @@ def test_a_second_run_into_the_same_folder_is_refused(config):
         MidTrainer(config(f"train.out_dir={out}-other"), resume=True)  # a failed start holds no lock...
     MidTrainer(cfg, resume=True)  # ...and neither does a finished run
     MidTrainer(config(f"train.out_dir={out}-other"))
+
+
+def dead_pid() -> int:
+    """The PID of a process that has exited."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(child.stdout)
+
+
+def test_temporary_checkpoints_of_dead_processes_are_removed_at_start(config):
+    """A killed write leaves `step-N.tmp-PID` (a whole model: on a full disk it keeps the disk full)."""
+    cfg = config("train.max_steps=2")
+    ckpts = cfg.train.out_dir / "checkpoints"
+    pid = dead_pid()
+    (ckpts / f"step-0000008.tmp-{pid}").mkdir(parents=True)
+    (ckpts / f"step-0000008.tmp-{pid}" / "model.safetensors").write_bytes(bytes(4096))
+    (ckpts / f"latest.tmp-{pid}").write_text("step-0000008\n")
+    running = ckpts / f"step-0000006.tmp-{os.getppid()}"  # a live process's write: not ours to delete
+    running.mkdir()
+    train(cfg)  # a fresh run
+    assert sorted(p.name for p in ckpts.iterdir()) == sorted(["latest", "step-0000002", running.name])
+    (ckpts / f"step-0000004.tmp-{pid}").mkdir()
+    train(config("train.max_steps=3"), resume=True)
+    assert sorted(p.name for p in ckpts.iterdir()) == sorted(
+        ["latest", "step-0000002", "step-0000003", running.name]
+    )
+
+
+def test_a_failed_checkpoint_write_leaves_no_temporary_files(config, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", disk_full)  # after the model's weights are written
+    cfg = config("train.max_steps=2")
+    with pytest.raises(OutputError, match="no space left on the device"):
+        train(cfg)
+    assert list((cfg.train.out_dir / "checkpoints").iterdir()) == []
