@@ -287,12 +287,17 @@ class PipelineConfig(Section):
     lifecycle: LifecycleConfig = LifecycleConfig()
 
 
-def _format_errors(err: ValidationError, origin: str) -> str:
-    lines = [f"{origin}: invalid configuration"]
+def _format_errors(err: ValidationError, origin: str, overrides: dict[tuple[str, ...], str]) -> str:
+    """One line per wrong field, under the names of where the values came from: the file, or the
+    `--set` override (by its field path) that set the field or a section above it."""
+    sources, lines = [], []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"])
-        lines.append(f"  {field} = {e.get('input')!r}: {e['msg']}")
-    return "\n".join(lines)
+        loc = tuple(str(p) for p in e["loc"])
+        item = next((item for path, item in overrides.items() if loc[: len(path)] == path), None)
+        source = origin if item is None else f"--set {item}"
+        sources += [source] if source not in sources else []
+        lines.append(f"  {'.'.join(loc)} = {e.get('input')!r}: {e['msg']}")
+    return "\n".join([f"{'; '.join(sources)}: invalid configuration", *lines])
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -314,8 +319,10 @@ def load_config(params: str | Path | None = "params.yaml", overrides: list[str] 
             raise ConfigError(f"{params}: not valid YAML: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{params}: expected a mapping of sections, got {type(data).__name__}")
+    set_by: dict[tuple[str, ...], str] = {}
     for item in overrides:
         path, value = _parse_override(item)
+        set_by[tuple(path)] = item
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -325,4 +332,4 @@ def load_config(params: str | Path | None = "params.yaml", overrides: list[str] 
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, origin)) from None
+        raise ConfigError(_format_errors(e, origin, set_by)) from None

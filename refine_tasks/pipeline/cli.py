@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -30,15 +31,26 @@ from refine_tasks.store.catalog import CatalogError
 app = typer.Typer(help="ReFINE pipeline for fast-weight language models.", no_args_is_help=True)
 console = Console()
 
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read (missing: defaults)")]
+ParamsOpt = Annotated[
+    Path | None,
+    typer.Option("--params", "-p", help="params file (default: ./params.yaml, else the embedded defaults)"),
+]
+DEFAULT_PARAMS = Path("params.yaml")
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="override a field: section.field=value (repeatable)")
 ]
 
 
-def resolve(params: Path, overrides: list[str] | None) -> PipelineConfig:
+def resolve(params: Path | None, overrides: list[str] | None) -> PipelineConfig:
+    """The configuration: --params (which must exist when given), else ./params.yaml where there is
+    one, else the embedded defaults; then the --set overrides."""
     try:
-        return load_config(params, overrides or [])
+        if params is not None and not params.exists():
+            raise ConfigError(
+                f"--params {params}: no such file; name an existing params file, or leave --params out to "
+                f"read ./{DEFAULT_PARAMS} (the embedded defaults where there is none)"
+            )
+        return load_config(params or DEFAULT_PARAMS, overrides or [])
     except ConfigError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
@@ -73,7 +85,7 @@ def model_device(cfg: PipelineConfig, field: str):
 
 
 @app.command("config")
-def show_config(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def show_config(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Print the resolved configuration (defaults + params.yaml + --set overrides) as YAML."""
     cfg = resolve(params, set_)
     console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -120,7 +132,17 @@ def ingest_step(cfg: PipelineConfig) -> Summary:
     return report.summary_rows()
 
 
-def run_steps(cfg: PipelineConfig, steps: list[tuple[str, StepFn]]) -> None:
+def command_line(command: str, params: Path | None, overrides: list[str] | None, *extra: str) -> str:
+    """The `refine` command line that runs `command` with these options again (for a hint)."""
+    words = ["refine", command, *(["-p", str(params)] if params is not None else [])]
+    words += [word for item in overrides or [] for word in ("--set", item)]
+    return shlex.join([*words, *extra])
+
+
+def run_steps(
+    cfg: PipelineConfig, steps: list[tuple[str, StepFn]], resume_hint: Callable[[], str] | None = None
+) -> None:
+    """Run `steps` in order; an interrupt names `resume_hint()`, the command that continues, where given."""
     for name, step in steps:
         try:
             rows = step(cfg)
@@ -128,8 +150,11 @@ def run_steps(cfg: PipelineConfig, steps: list[tuple[str, StepFn]]) -> None:
             console.print(f"[red]{name}: {escape(str(e))}[/red]", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
+            again = f"`{resume_hint()}` continues" if resume_hint is not None else "run again to resume"
             console.print(
-                f"[yellow]{name}: interrupted; the last complete outputs are kept, run again to resume[/]"
+                f"[yellow]{name}: interrupted; the last complete outputs are kept, {escape(again)}[/]",
+                highlight=False,
+                soft_wrap=True,
             )
             raise typer.Exit(130) from None
         except Exception as e:  # a full disk or read-only folder that no layer below translated
@@ -143,13 +168,13 @@ def run_steps(cfg: PipelineConfig, steps: list[tuple[str, StepFn]]) -> None:
 
 
 @app.command("tokenizer")
-def tokenizer_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def tokenizer_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Train a byte-level BPE on the corpus (or import tokenizer.path) into paths.tokenizer_dir."""
     run_steps(resolve(params, set_), [("tokenizer", tokenizer_step)])
 
 
 @app.command("ingest")
-def ingest_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def ingest_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Clean, deduplicate and tokenise corpus.source into Arrow shards (paths.corpus_dir) and the catalog."""
     run_steps(resolve(params, set_), [("ingest", ingest_step)])
 
@@ -194,7 +219,7 @@ def evaluate_step(cfg: PipelineConfig) -> Summary:
 
 @app.command("evaluate")
 def evaluate_command(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
     set_: SetOpt = None,
     checkpoint: Annotated[
         str | None,
@@ -216,7 +241,7 @@ def evaluate_command(
 
 @app.command("report")
 def report_command(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
     set_: SetOpt = None,
     runs: Annotated[
         list[str] | None,
@@ -269,7 +294,7 @@ STEP_ERRORS += TRAINING_ERRORS
 
 
 @app.command("positions")
-def positions_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def positions_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Select rollout positions for every training sequence with the starting weights and cache them in
     the catalog (for positions.policy=precomputed; keyed by the weights' fingerprint)."""
     run_steps(resolve(params, set_), [("positions", positions_step)])
@@ -277,7 +302,7 @@ def positions_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = No
 
 @app.command("train")
 def train_command(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
     set_: SetOpt = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="continue the run in train.out_dir from its latest checkpoint")
@@ -285,7 +310,14 @@ def train_command(
 ) -> None:
     """Mid-train with ReFINE (refine.coef=0: the NTP baseline) on the corpus's long documents; metrics,
     TensorBoard and checkpoints go to train.out_dir."""
-    run_steps(resolve(params, set_), [("train", lambda cfg: train_step(cfg, resume))])
+    cfg = resolve(params, set_)
+
+    def resume_hint() -> str:
+        """--resume once a checkpoint exists (before the first one, a plain rerun starts over)."""
+        started = (Path(cfg.train.out_dir) / "checkpoints" / "latest").exists()
+        return command_line("train", params, set_, *(["--resume"] if started else []))
+
+    run_steps(cfg, [("train", lambda cfg: train_step(cfg, resume))], resume_hint)
 
 
 def warmup_step(cfg: PipelineConfig) -> Summary:
@@ -325,7 +357,7 @@ def warmup_step(cfg: PipelineConfig) -> Summary:
 
 
 @app.command("warmup")
-def warmup_command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def warmup_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Compile and autotune the GPU kernels of the configured shapes ahead of time (one NTP and one
     ReFINE micro-step at train.seq_len, generation at every prefill length up to
     evaluate.max_prompt_tokens, on random tokens) into paths.kernel_cache, which later runs, and
@@ -391,7 +423,7 @@ RUN_STEPS: list[tuple[str, StepFn]] = [
 
 @app.command("run")
 def run_command(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
     set_: SetOpt = None,
     until: Annotated[
         str | None, typer.Option("--until", "-u", help="stop after this stage (e.g. corpus, base)")
@@ -412,7 +444,7 @@ def run_command(
 @app.command("stage")
 def stage_command(
     name: Annotated[str, typer.Argument(help="lifecycle stage, e.g. base, midtrain_refine, eval_qa@sft")],
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Run one lifecycle stage on fresh outputs (each dvc.yaml stage runs this; `dvc repro` records

@@ -61,8 +61,10 @@ class DvcStages:
         return not self.status(name)
 
     def commit(self, name: str) -> None:
-        """Record the stage's current deps, params and outs in dvc.lock and the DVC cache."""
-        with self._repo() as repo:
+        """Record the stage's current deps, params and outs in dvc.lock and the DVC cache. dvc.lock
+        belongs in git (it is what `dvc status` and `dvc pull` elsewhere read): with the repository's
+        core.autostage, which .dvc/config sets, it is staged (`git add`) as `dvc repro` stages it."""
+        with self._repo() as repo, repo.scm_context(quiet=True):
             repo.commit(name, force=True)
 
     def restore(self, name: str) -> bool:

@@ -57,12 +57,15 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # this call's metric lines
 
     def summary_rows(self) -> list[tuple[str, str]]:
+        speed = ("tokens/s", f"{self.tokens_per_s:,.0f}")
+        if not self.history:  # a resumed run that had already finished: it trained nothing now
+            speed = ("already finished", f"at step {self.steps:,}; raise train.max_steps to train on")
         return [
             ("run", self.run_id),
             ("steps", f"{self.steps:,}"),
             ("skipped (non-finite)", f"{self.skipped:,}"),
             ("last loss", "-" if self.last_loss is None else f"{self.last_loss:.4f}"),
-            ("tokens/s", f"{self.tokens_per_s:,.0f}"),
+            speed,
             ("metrics", str(self.out_dir / METRICS_FILE)),
             ("checkpoint", str(self.checkpoint)),
         ]
