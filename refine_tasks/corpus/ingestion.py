@@ -36,7 +36,7 @@ from refine_tasks.corpus.shards import (
     write_manifest,
     write_shard,
 )
-from refine_tasks.corpus.sources import DropLog, read_source
+from refine_tasks.corpus.sources import CorpusError, DropLog, read_source
 from refine_tasks.corpus.tokenizer import load_tokenizer, tokenizer_id
 from refine_tasks.store.catalog import lock_catalog, write_documents, writer_lock
 
@@ -76,6 +76,20 @@ class IngestReport:
             ("tokens/s", f"{self.tokens_per_s:,.0f}"),
         ]
         return rows
+
+
+def no_documents_message(source: str, report: IngestReport) -> str:
+    """Why a source gave no documents: how many were read, the drops by reason, and the first drop
+    of the most common reason (what to fix in the files or in corpus.*)."""
+    if report.documents_in == 0:
+        return f"corpus.source {source}: no documents found; point it at .txt, .jsonl or .parquet files"
+    counts = report.drops.counts
+    by_reason = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(counts.items()))
+    most = min(counts, key=lambda reason: (-counts[reason], reason))
+    return (
+        f"corpus.source {source}: no documents left of {report.documents_in:,} read (dropped: {by_reason}; "
+        f"e.g. {report.drops.examples[most][0]}); nothing was written, the previous corpus is kept"
+    )
 
 
 def corpus_documents(cfg: PipelineConfig, drops: DropLog) -> Iterator[Document]:
@@ -159,7 +173,9 @@ def ingest(
     tokenizer: PreTrainedTokenizerFast | None = None,
     on_progress: ProgressFn | None = None,
 ) -> IngestReport:
-    """Build `paths.corpus_dir` (shards + manifest) from `corpus.source` and fill the catalog."""
+    """Build `paths.corpus_dir` (shards + manifest) from `corpus.source` and fill the catalog. A
+    source that leaves no document (empty, or every one dropped) is a CorpusError naming the drops,
+    and the previous corpus and catalog rows stay."""
     start = time.perf_counter()
     out = Path(cfg.paths.corpus_dir)
     report = IngestReport(out)
@@ -189,6 +205,8 @@ def ingest(
             report.tokens += info.tokens
             if on_progress is not None:
                 on_progress(info.rows, info.tokens)
+        if not shards:
+            raise CorpusError(no_documents_message(cfg.corpus.source, report))
         write_manifest(out, _manifest(cfg, tokenizer, report, shards))
         with catalog.connect() as con:
             write_documents(con, _documents_table(out, shards))

@@ -256,15 +256,41 @@ def test_limit_and_hf_source(tmp_path: Path, make_config, sotu_texts: list[str])
 
 
 def test_corpus_with_no_documents(tmp_path: Path, make_config) -> None:
-    (tmp_path / "raw").mkdir()
-    (tmp_path / "raw" / "short.txt").write_text("hi")
-    cfg = make_config(f"corpus.source={tmp_path / 'raw'}")
-    report = ingest(cfg)
-    assert report.documents_out == 0 and report.drops.counts == {"too_short": 1}
-    assert read_manifest(cfg.paths.corpus_dir)["shards"] == []
-    with pytest.raises(CorpusError, match="no documents"):
+    """An empty or all-dropped source is an error naming it and the drops, and writes nothing."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "short.txt").write_text("hi")
+    (raw / "notes.csv").write_text("a,b\n")
+    cfg = make_config(f"corpus.source={raw}")
+    with pytest.raises(CorpusError) as error:
+        ingest(cfg)
+    assert str(error.value).startswith(f"corpus.source {raw}: no documents left of 2 read (dropped: ")
+    assert "too_short: 1" in str(error.value) and "unsupported_file: 1" in str(error.value)
+    assert f"e.g. {raw}/short.txt: 2 characters" in str(error.value)  # the most common reason's first
+    with pytest.raises(CorpusError, match="manifest.json does not exist"):
         load_corpus(cfg.paths.corpus_dir)
-    assert _catalog_rows(cfg.paths.catalog) == []
+    assert not cfg.paths.catalog.exists()
+
+    (raw / "short.txt").unlink()
+    with pytest.raises(CorpusError, match=f"corpus.source {raw}: no documents left of 1 read"):
+        ingest(cfg)
+    (raw / "notes.csv").unlink()
+    with pytest.raises(CorpusError, match=f"corpus.source {raw}: no documents found"):
+        ingest(cfg)
+
+
+def test_an_all_dropped_corpus_keeps_the_previous_one(messy, make_config, tmp_path: Path) -> None:
+    root, _ = messy
+    cfg = make_config(f"corpus.source={root}", "corpus.shard_docs=3")
+    ingest(cfg)
+    before = {p.name: p.read_bytes() for p in cfg.paths.corpus_dir.iterdir()}
+    catalog_before = _catalog_rows(cfg.paths.catalog)
+    with pytest.raises(
+        CorpusError, match=r"no documents left of 18 read \(dropped: binary: 1, .*too_short: 10"
+    ):
+        ingest(cfg.model_copy(update={"corpus": cfg.corpus.model_copy(update={"min_chars": 10**6})}))
+    assert {p.name: p.read_bytes() for p in cfg.paths.corpus_dir.iterdir()} == before
+    assert _catalog_rows(cfg.paths.catalog) == catalog_before
 
 
 def test_missing_tokenizer_and_missing_manifest(tmp_path: Path, make_config) -> None:

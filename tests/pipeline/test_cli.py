@@ -84,6 +84,20 @@ def test_ingest_prints_drops_and_counts(tmp_path: Path) -> None:
     assert any(line.split() == ["documents", "dropped", "2"] for line in result.output.splitlines())
 
 
+def test_an_all_dropped_corpus_is_one_red_line_and_exit_2(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.txt").write_text("Long enough text for the minimum length. " * 10)
+    params = write_params(tmp_path, corpus={"source": str(raw)})
+    assert runner.invoke(cli.app, ["tokenizer", "-p", str(params)]).exit_code == 0
+    result = runner.invoke(cli.app, ["ingest", "-p", str(params), "--set", "corpus.min_chars=100000"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(
+        f"ingest: corpus.source {raw}: no documents left of 1 read (dropped: too_short: 1"
+    )
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
 def test_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     params = write_params(tmp_path)
     result = runner.invoke(cli.app, ["ingest", "-p", str(params), "--set", f"corpus.source={tmp_path}/nope"])
