@@ -60,10 +60,12 @@ def prepare_device(cfg: PipelineConfig, field: str) -> None:
     """Before a step runs a model on the device `field` names (train.device or evaluate.device): a
     device this machine lacks is one red line; on a GPU the kernel cache is activated (before
     anything compiles) and a first compile on this GPU is announced, so a silent minute explains
-    itself."""
+    itself. CPU threads are chosen for the model (see pipeline.cpu_threads)."""
+    from refine_tasks.pipeline.cpu_threads import choose_cpu_threads
     from refine_tasks.pipeline.kernel_cache import activate
 
     device = model_device(cfg, field)
+    choose_cpu_threads(cfg, field)
     cache = activate(cfg)
     if cache is not None and device.type == "cuda" and cache.is_cold():
         console.print(f"[yellow]{escape(cache.cold_message())}[/yellow]", highlight=False, soft_wrap=True)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refine_tasks.config import PipelineConfig
+from refine_tasks.pipeline.cpu_threads import choose_cpu_threads
 from refine_tasks.pipeline.kernel_cache import activate as activate_kernel_cache
 from refine_tasks.store.catalog import process_alive
 
@@ -389,6 +390,7 @@ def run_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> 
     recover_outputs(outputs)
     if stage in TRAIN_STAGES or stage in EVAL_STAGES or stage == "positions":
         activate_kernel_cache(cfg)  # before any kernel compiles (the flows call run_stage directly)
+        choose_cpu_threads(cfg, "evaluate.device" if stage in EVAL_STAGES else "train.device")
     moved = set_aside(outputs)
     try:
         result = _run(name, cfg, on_step)
