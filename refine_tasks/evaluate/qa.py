@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib.resources
 import json
 import random
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -41,7 +42,8 @@ class QaItem:
 def read_ruler_qa(
     path: str | Path, *, limit: int | None = None, max_new_tokens: int = 32
 ) -> list[EvalRecord]:
-    """Records of a released RULER QA parquet file (first `limit` rows)."""
+    """Records of a released RULER QA parquet file (first `limit` rows); sample ids are keyed by the
+    file (`<file stem>:<index>`), since files of different models share task names and questions."""
     path = Path(path)
     if not path.is_file():
         raise EvalError(f"evaluate.ruler_qa_files: {path} does not exist")
@@ -57,7 +59,7 @@ def read_ruler_qa(
             EvalRecord(
                 family="ruler_qa",
                 task=task,
-                sample_id=f"{task}:{row.get('index', i)}",
+                sample_id=f"{path.stem}:{row.get('index', i)}",
                 prompt=row["prompt"],
                 references=tuple(row["answer"]),
                 max_new_tokens=max_new_tokens,
@@ -68,6 +70,33 @@ def read_ruler_qa(
             )
         )
     return records
+
+
+def read_ruler_qa_files(
+    paths: Sequence[str | Path], *, limit: int | None = None, max_new_tokens: int = 32
+) -> list[EvalRecord]:
+    """Records of several RULER QA files, one task per file. The released files of different models
+    (ruler_hotpotqa_delta_net_..., ruler_hotpotqa_lact_...) carry the same task name and questions:
+    evaluated together they merged into one task, one eval_results cell per length, every sample id
+    twice. A task name that more than one file carries is replaced by each file's stem (its path,
+    where two files share a stem)."""
+    paths = [Path(p) for p in paths]
+    repeated = sorted({str(p) for p in paths if paths.count(p) > 1})
+    if repeated:
+        raise EvalError(f"evaluate.ruler_qa_files: {', '.join(repeated)} listed more than once")
+    per_file = [read_ruler_qa(p, limit=limit, max_new_tokens=max_new_tokens) for p in paths]
+    files_of: dict[str, set[Path]] = {}
+    for path, records in zip(paths, per_file, strict=True):
+        for r in records:
+            files_of.setdefault(r.task, set()).add(path)
+    out: list[EvalRecord] = []
+    for path, records in zip(paths, per_file, strict=True):
+        label = path.stem if [p.stem for p in paths].count(path.stem) == 1 else str(path)
+        for r in records:
+            if len(files_of[r.task]) > 1:
+                r = replace(r, task=label, sample_id=f"{label}:{r.sample_id.rsplit(':', 1)[1]}")
+            out.append(r)
+    return out
 
 
 def packaged_qa_json(dataset: QaDataset) -> Path:

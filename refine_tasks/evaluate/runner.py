@@ -25,7 +25,7 @@ from refine_tasks.evaluate.generate import GenerationRequest, greedy_generate, p
 from refine_tasks.evaluate.longbench import available_tasks, read_longbench, truncate_middle
 from refine_tasks.evaluate.metrics import score_sample
 from refine_tasks.evaluate.niah import niah_records
-from refine_tasks.evaluate.qa import read_ruler_qa
+from refine_tasks.evaluate.qa import read_ruler_qa_files
 from refine_tasks.evaluate.records import EvalError, EvalRecord
 from refine_tasks.evaluate.results import SampleResult, cell_rows, store_eval_results, write_outputs
 from refine_tasks.evaluate.sizing import Tokenizer
@@ -70,8 +70,9 @@ def build_records(cfg: EvalConfig, tokenizer: Tokenizer, seed: int = 0) -> list[
             haystack=cfg.haystack,
         )
     if "ruler_qa" in cfg.families:
-        for path in cfg.ruler_qa_files:
-            records += read_ruler_qa(path, limit=cfg.qa_samples, max_new_tokens=cfg.qa_max_new_tokens)
+        records += read_ruler_qa_files(
+            cfg.ruler_qa_files, limit=cfg.qa_samples, max_new_tokens=cfg.qa_max_new_tokens
+        )
     if "longbench" in cfg.families:
         for task in cfg.longbench_tasks or available_tasks(cfg.longbench_source):
             records += read_longbench(cfg.longbench_source, task, limit=cfg.longbench_samples)

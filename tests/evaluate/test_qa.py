@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from refine_tasks.config import EvalConfig
 from refine_tasks.evaluate import EvalError
 from refine_tasks.evaluate.qa import (
     INSTRUCTION,
@@ -18,9 +20,12 @@ from refine_tasks.evaluate.qa import (
     questions_of,
     read_hotpotqa,
     read_ruler_qa,
+    read_ruler_qa_files,
     read_squad,
     write_qa_parquet,
 )
+from refine_tasks.evaluate.results import SampleResult, cell_rows
+from refine_tasks.evaluate.runner import build_records
 
 
 def _paragraph(topic: str, i: int) -> str:
@@ -132,11 +137,37 @@ def test_read_ruler_qa_fixture(fixture_data: Path):
     table = pq.read_table(path).to_pylist()
     assert [r.prompt for r in records] == [row["prompt"] for row in table] and len(records) == 3
     assert [list(r.references) for r in records] == [row["answer"] for row in table]
-    assert [r.sample_id for r in records] == [f"ruler_hotpotqa:{row['index']}" for row in table]
+    assert [r.sample_id for r in records] == [f"{path.stem}:{row['index']}" for row in table]
     assert all(r.task == "ruler_hotpotqa" and r.length == 4096 and r.max_new_tokens == 8 for r in records)
     assert all(r.stop_on_newline and r.metric == "ruler_qa" for r in records)
     with pytest.raises(EvalError, match="missing column"):
         read_ruler_qa(fixture_data / "longbench" / "trec_16384.parquet")
+
+
+def test_files_of_one_task_stay_apart(fixture_data: Path, tokenizer, tmp_path: Path):
+    """The delta_net and lact files carry the same task name and questions: each is its own task,
+    with its own sample ids and eval_results cell (they merged into one task of doubled ids)."""
+    qa = fixture_data / "ruler_qa"
+    files = [
+        qa / "ruler_hotpotqa_delta_net_4096_200_test.parquet",
+        qa / "ruler_hotpotqa_lact_4096_200_test.parquet",
+    ]
+    cfg = EvalConfig(
+        families=["ruler_qa"], ruler_qa_files=[*files, qa / "ruler_squadqa_delta_net_4096_200_test.parquet"]
+    )
+    records = build_records(cfg, tokenizer)
+    assert len(records) == 9 and len({r.sample_id for r in records}) == 9
+    assert sorted({r.task for r in records}) == sorted([f.stem for f in files] + ["ruler_squadqa"])
+    results = [SampleResult(r, "", 1.0, 1, 1, False) for r in records]
+    assert len(cell_rows(results, "base", "ckpt")) == 3
+    copy = tmp_path / files[0].name  # the same file name in another folder: told apart by path
+    shutil.copy2(files[0], copy)
+    records = read_ruler_qa_files([files[0], copy])
+    assert {r.task for r in records} == {str(files[0]), str(copy)} and len(
+        {r.sample_id for r in records}
+    ) == 6
+    with pytest.raises(EvalError, match="listed more than once"):
+        read_ruler_qa_files([copy, copy])
 
 
 def test_read_shared_ruler_qa_file(shared_data: Path):
