@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refine_tasks.config import PipelineConfig
-from refine_tasks.pipeline.cpu_threads import choose_cpu_threads
 from refine_tasks.pipeline.kernel_cache import activate as activate_kernel_cache
 from refine_tasks.store.catalog import process_alive
 
@@ -51,8 +50,7 @@ class LifecycleError(ValueError):
 
 def stage_names() -> list[str]:
     """Every lifecycle stage in running order (foreach stages as `name@model`)."""
-    evals = [f"{stage}@{model}" for stage in EVAL_STAGES for model in MODELS]
-    return ["tokenizer", "corpus", "base", "positions", "midtrain_sft", "midtrain_refine", *evals, "report"]
+    return [f"{s.name}@{m}" if m else s.name for s in STAGES for m in (s.models or (None,))]
 
 
 def split_stage(name: str) -> tuple[str, str | None]:
@@ -61,6 +59,12 @@ def split_stage(name: str) -> tuple[str, str | None]:
         raise LifecycleError(f"stage {name!r}: unknown; stages are {', '.join(stage_names())}")
     stage, _, model = name.partition("@")
     return stage, model or None
+
+
+def stage_row(name: str) -> tuple[Stage, str | None]:
+    """The table's row of stage `name` and its model (foreach stages), or a LifecycleError."""
+    stage, model = split_stage(name)
+    return next(s for s in STAGES if s.name == stage), model
 
 
 @dataclass
@@ -95,59 +99,59 @@ def _with(cfg: PipelineConfig, **sections: dict) -> PipelineConfig:
     return PipelineConfig.model_validate(data)
 
 
-def stage_config(name: str, cfg: PipelineConfig) -> PipelineConfig:
-    """The configuration stage `name` runs with: cfg plus the stage's own fields (run directory,
-    starting weights, objective, evaluation family and model)."""
-    stage, model = split_stage(name)
-    if stage == "base":
-        return _with(
-            cfg,
-            train={
-                "out_dir": run_dir(cfg, "base"),
-                "max_steps": cfg.lifecycle.base_steps,
-                "lr": cfg.lifecycle.base_lr,
-            },
-            refine={"coef": 0.0},
-            model={"init_from": None},
-        )
-    if stage == "positions":
-        return _with(cfg, model={"init_from": str(final_checkpoint(cfg, "base"))})
-    if stage in ("midtrain_sft", "midtrain_refine"):
-        objective = TRAIN_STAGES[stage]
+def _base_config(cfg: PipelineConfig, model: str | None) -> PipelineConfig:
+    train = {
+        "out_dir": run_dir(cfg, "base"),
+        "max_steps": cfg.lifecycle.base_steps,
+        "lr": cfg.lifecycle.base_lr,
+    }
+    return _with(cfg, train=train, refine={"coef": 0.0}, model={"init_from": None})
+
+
+def _positions_config(cfg: PipelineConfig, model: str | None) -> PipelineConfig:
+    return _with(cfg, model={"init_from": str(final_checkpoint(cfg, "base"))})
+
+
+def _midtrain_config(objective: str) -> Callable[[PipelineConfig, str | None], PipelineConfig]:
+    def config(cfg: PipelineConfig, model: str | None) -> PipelineConfig:
         return _with(
             cfg,
             train={"out_dir": run_dir(cfg, objective)},
             refine={"coef": 0.0 if objective == "sft" else cfg.refine.coef},
             model={"init_from": str(final_checkpoint(cfg, "base"))},
         )
-    if stage in EVAL_STAGES:
-        family = EVAL_STAGES[stage]
-        return _with(
-            cfg,
-            evaluate={
-                "families": [family],
-                "run": model,
-                "checkpoint": str(final_checkpoint(cfg, model)),
-                "output_dir": Path(cfg.lifecycle.eval_dir) / family,
-            },
-        )
+
+    return config
+
+
+def _eval_config(family: str) -> Callable[[PipelineConfig, str | None], PipelineConfig]:
+    def config(cfg: PipelineConfig, model: str | None) -> PipelineConfig:
+        evaluate = {
+            "families": [family],
+            "run": model,
+            "checkpoint": str(final_checkpoint(cfg, str(model))),
+            "output_dir": Path(cfg.lifecycle.eval_dir) / family,
+        }
+        return _with(cfg, evaluate=evaluate)
+
+    return config
+
+
+def _as_given(cfg: PipelineConfig, model: str | None) -> PipelineConfig:
     return cfg
+
+
+def stage_config(name: str, cfg: PipelineConfig) -> PipelineConfig:
+    """The configuration stage `name` runs with: cfg plus the stage's own fields (run directory,
+    starting weights, objective, evaluation family and model)."""
+    row, model = stage_row(name)
+    return row.config(cfg, model)
 
 
 def stage_outputs(name: str, cfg: PipelineConfig) -> list[Path]:
     """What stage `name` writes (its DVC outs): moved aside while it runs, put back if it fails."""
-    stage, model = split_stage(name)
-    if stage == "tokenizer":
-        return [Path(cfg.paths.tokenizer_dir)]
-    if stage == "corpus":
-        return [Path(cfg.paths.corpus_dir)]
-    if stage in TRAIN_STAGES:
-        return [run_dir(cfg, TRAIN_STAGES[stage])]
-    if stage == "positions":
-        return [Path(cfg.lifecycle.positions_dir)]
-    if stage in EVAL_STAGES:
-        return [Path(cfg.lifecycle.eval_dir) / EVAL_STAGES[stage] / str(model)]
-    return [Path(cfg.evaluate.report_dir)]
+    row, model = stage_row(name)
+    return row.outputs(cfg, model)
 
 
 def remove_outputs(paths: Iterable[Path]) -> None:
@@ -365,35 +369,73 @@ def _report(cfg: PipelineConfig) -> StageResult:
     return StageResult("report", rows, notice=notice, files=[*files, out / REPORT_METRICS])
 
 
-def _run(name: str, cfg: PipelineConfig, on_step: OnStep | None) -> StageResult:
-    stage, _ = split_stage(name)
-    if stage == "tokenizer":
-        return _tokenizer(cfg, on_step)
-    if stage == "corpus":
-        return _corpus(cfg, on_step)
-    if stage in TRAIN_STAGES:
-        return train_stage(stage, cfg, on_step)
-    if stage == "positions":
-        return _positions(cfg, on_step)
-    if stage in EVAL_STAGES:
-        return _evaluate(name, cfg, on_step)
-    return _report(cfg)
+@dataclass(frozen=True)
+class Stage:
+    """A row of the stage table: a stage, or with `models` a foreach stage (one `name@model` each).
+
+    config(cfg, model): cfg plus the stage's own fields; outputs(cfg, model): what it writes (its
+    DVC outs); run(name, cfg, on_step): the stage itself; device: the field naming the device its
+    model runs on, for a stage that runs one (the GPU kernel cache and CPU threads are set first)."""
+
+    name: str
+    outputs: Callable[[PipelineConfig, str | None], list[Path]]
+    run: Callable[[str, PipelineConfig, OnStep | None], StageResult]
+    config: Callable[[PipelineConfig, str | None], PipelineConfig] = _as_given
+    models: tuple[str, ...] = ()
+    device: str | None = None
+
+
+def _eval_stage(stage: str, family: str) -> Stage:
+    return Stage(
+        stage,
+        lambda cfg, model: [Path(cfg.lifecycle.eval_dir) / family / str(model)],
+        _evaluate,
+        _eval_config(family),
+        models=MODELS,
+        device="evaluate.device",
+    )
+
+
+def _train_stage(stage: str, config: Callable[[PipelineConfig, str | None], PipelineConfig]) -> Stage:
+    return Stage(
+        stage, lambda cfg, _: [run_dir(cfg, TRAIN_STAGES[stage])], train_stage, config, device="train.device"
+    )
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("tokenizer", lambda cfg, _: [Path(cfg.paths.tokenizer_dir)], lambda n, cfg, s: _tokenizer(cfg, s)),
+    Stage("corpus", lambda cfg, _: [Path(cfg.paths.corpus_dir)], lambda n, cfg, s: _corpus(cfg, s)),
+    _train_stage("base", _base_config),
+    Stage(
+        "positions",
+        lambda cfg, _: [Path(cfg.lifecycle.positions_dir)],
+        lambda n, cfg, s: _positions(cfg, s),
+        _positions_config,
+        device="train.device",
+    ),
+    _train_stage("midtrain_sft", _midtrain_config("sft")),
+    _train_stage("midtrain_refine", _midtrain_config("refine")),
+    *(_eval_stage(stage, family) for stage, family in EVAL_STAGES.items()),
+    Stage("report", lambda cfg, _: [Path(cfg.evaluate.report_dir)], lambda n, cfg, s: _report(cfg)),
+)
 
 
 def run_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> StageResult:
     """Run stage `name` on fresh outputs, its previous ones set aside: deleted when it succeeds,
     put back when it fails (after removing what it wrote). A stage that runs a model first points
     the GPU kernel caches at paths.kernel_cache."""
-    stage, _ = split_stage(name)
-    stage_config(name, cfg)  # a configuration the stage cannot run fails here, before any output moves
-    outputs = stage_outputs(name, cfg)
+    row, model = stage_row(name)
+    row.config(cfg, model)  # a configuration the stage cannot run fails here, before any output moves
+    outputs = row.outputs(cfg, model)
     recover_outputs(outputs)
-    if stage in TRAIN_STAGES or stage in EVAL_STAGES or stage == "positions":
+    if row.device is not None:
+        from refine_tasks.pipeline.cpu_threads import choose_cpu_threads  # reads the model's size
+
         activate_kernel_cache(cfg)  # before any kernel compiles (the flows call run_stage directly)
-        choose_cpu_threads(cfg, "evaluate.device" if stage in EVAL_STAGES else "train.device")
+        choose_cpu_threads(cfg, row.device)
     moved = set_aside(outputs)
     try:
-        result = _run(name, cfg, on_step)
+        result = row.run(name, cfg, on_step)
     except BaseException:
         remove_outputs(outputs)
         for path, aside in moved:

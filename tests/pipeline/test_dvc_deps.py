@@ -19,18 +19,20 @@ FOUNDATION = ("refine_tasks/config.py", "refine_tasks/errors.py")  # the modules
 # -> final_checkpoint for a stage that starts from or evaluates a checkpoint) and, for training,
 # the module torchrun starts (`-m`) on several processes. The CLI around it only parses and prints.
 CHECKPOINT = "refine_tasks.models.checkpoint"
+THREADS = "refine_tasks.pipeline.cpu_threads"  # run_stage, for a stage that runs a model
 TRAINING = (
+    THREADS,
     "refine_tasks.pipeline.launch",
     "refine_tasks.pipeline.torchrun_main",
     "refine_tasks.train.distributed",
     CHECKPOINT,
 )
-EVALUATION = ("refine_tasks.evaluate.results", "refine_tasks.evaluate.runner", CHECKPOINT)
+EVALUATION = ("refine_tasks.evaluate.results", "refine_tasks.evaluate.runner", CHECKPOINT, THREADS)
 STAGE_ENTRIES = {
     "tokenizer": ("refine_tasks.corpus", "refine_tasks.corpus.tokenizer"),
     "corpus": ("refine_tasks.corpus",),
     "base": TRAINING,
-    "positions": ("refine_tasks.train.positions", CHECKPOINT),
+    "positions": ("refine_tasks.train.positions", CHECKPOINT, THREADS),
     "midtrain_sft": TRAINING,
     "midtrain_refine": TRAINING,
     "eval_niah": EVALUATION,

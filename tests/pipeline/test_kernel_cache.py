@@ -13,7 +13,8 @@ import triton
 from rich.console import Console
 from typer.testing import CliRunner
 
-from refine_tasks.evaluate import runner
+from refine_tasks.corpus import CorpusError
+from refine_tasks.evaluate import EvalError, runner
 from refine_tasks.evaluate.runner import GenerationWarmup
 from refine_tasks.pipeline import cli, kernel_cache, lifecycle
 from refine_tasks.pipeline.kernel_cache import activate, machine_folder, slug
@@ -145,7 +146,13 @@ def test_run_stage_activates_the_cache_before_a_model_stage(
     calls: list[str] = []
     monkeypatch.setattr(lifecycle, "activate_kernel_cache", lambda cfg: calls.append("activated"))
     with pytest.raises(lifecycle.LifecycleError, match="no checkpoint of model 'base'"):
-        lifecycle.run_stage("eval_qa@base", make_config())
+        lifecycle.run_stage("eval_qa@base", make_config())  # its configuration fails first: nothing runs
+    assert calls == []
+    with pytest.raises(CorpusError):  # the base stage starts, then finds no corpus
+        lifecycle.run_stage("base", make_config())
+    assert calls == ["activated"]
+    with pytest.raises(EvalError):  # runs no model: nothing activated, then finds no scores
+        lifecycle.run_stage("report", make_config())
     assert calls == ["activated"]
 
 
