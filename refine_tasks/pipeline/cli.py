@@ -363,7 +363,7 @@ def warmup_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Compile and autotune the GPU kernels of the configured shapes ahead of time (one NTP and one
     ReFINE micro-step at train.seq_len, generation at every prefill length up to
     evaluate.max_prompt_tokens, on random tokens) into paths.kernel_cache, which later runs, and
-    other nodes after `dvc pull`, reuse. On a CPU there is nothing to compile."""
+    other nodes given a copy of it, reuse. On a CPU there is nothing to compile."""
     run_steps(resolve(params, set_), [("warmup", warmup_step)])
 
 
