@@ -31,7 +31,7 @@ class PathsConfig(Section):
     kernel_cache: Path = Field(
         Path("data/cache/kernels"),
         description="compiled GPU kernels and their autotuning results, one folder per GPU model and "
-        "Triton version (copy it to a new node of the same GPU model; see `refine warmup`)",
+        "Triton version (DVC-tracked by the `kernels` stage: `dvc pull` brings it to a new node)",
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated
@@ -323,39 +322,12 @@ def train_command(
 
 
 def warmup_step(cfg: PipelineConfig) -> Summary:
-    """Compile the configured shapes' GPU kernels into the kernel cache (nothing to do on a CPU):
-    training's micro-steps on train.device, evaluation's generation on evaluate.device."""
-    from refine_tasks.corpus.tokenizer import load_tokenizer
-    from refine_tasks.evaluate.runner import warm_generation
-    from refine_tasks.pipeline.kernel_cache import activate
-    from refine_tasks.train.starting_model import make_model
-    from refine_tasks.train.warmup import warm_training
+    """Compile the configured shapes' GPU kernels into the kernel cache (nothing to do on a CPU)."""
+    from refine_tasks.pipeline.lifecycle import warm_kernels
 
-    train_device = model_device(cfg, "train.device")
-    training = train_device.type == "cuda"
-    evaluation = model_device(cfg, "evaluate.device").type == "cuda"
-    Path(cfg.paths.kernel_cache).mkdir(parents=True, exist_ok=True)  # DVC's output, on any machine
-    cache = activate(cfg)
-    if cache is None or not (training or evaluation):
-        return [("kernel cache", "nothing to compile: train.device and evaluate.device are no CUDA device")]
-    console.print(
-        f"warmup: compiling GPU kernels for {escape(cache.gpu)} into {escape(str(cache.kept_in))}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    before, began = cache.files(), time.perf_counter()
-    model = make_model(cfg, train_device)
-    rows = warm_training(cfg, model).summary_rows() if training else []
-    if evaluation:
-        rows += warm_generation(cfg, model, load_tokenizer(cfg.paths.tokenizer_dir)).summary_rows()
-    return [
-        ("GPU", cache.gpu),
-        ("kernel cache", str(cache.kept_in)),
-        *rows,
-        ("seconds", f"{time.perf_counter() - began:.1f}"),
-        ("files added to the cache", f"{cache.files() - before:,}"),
-        ("files in the cache", f"{cache.files():,}"),
-    ]
+    model_device(cfg, "evaluate.device")  # a device this machine lacks: one red line, before any work
+    prepare_device(cfg, "train.device")
+    return warm_kernels(cfg).rows
 
 
 @app.command("warmup")
@@ -363,7 +335,7 @@ def warmup_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Compile and autotune the GPU kernels of the configured shapes ahead of time (one NTP and one
     ReFINE micro-step at train.seq_len, generation at every prefill length up to
     evaluate.max_prompt_tokens, on random tokens) into paths.kernel_cache, which later runs, and
-    other nodes given a copy of it, reuse. On a CPU there is nothing to compile."""
+    other nodes after `dvc pull`, reuse (the `kernels` stage). On a CPU there is nothing to compile."""
     run_steps(resolve(params, set_), [("warmup", warmup_step)])
 
 
@@ -382,7 +354,7 @@ def stage_step(name: str, tracked: bool) -> StepFn:
     def step(cfg: PipelineConfig) -> Summary:
         stage, _ = split_stage(name)
         training = stage in TRAIN_STAGES
-        if training or stage == "positions":
+        if training or stage in ("positions", "kernels"):
             prepare_device(cfg, "train.device")
         elif stage in EVAL_STAGES:
             prepare_device(cfg, "evaluate.device")

@@ -9,9 +9,9 @@ model and Triton version:
     <paths.kernel_cache>/<gpu slug>-triton<version>/triton     TRITON_CACHE_DIR
     <paths.kernel_cache>/<gpu slug>-triton<version>/inductor   TORCHINDUCTOR_CACHE_DIR
 
-e.g. data/cache/kernels/nvidia-h200-triton3.6.0. Copied to another node of the same GPU model
-(it may land at another path), it brings everything compiled there; `refine warmup` compiles the
-configured shapes ahead of time.
+e.g. data/cache/kernels/nvidia-h200-triton3.6.0. DVC tracks the folder (the `kernels` stage, which
+runs `refine warmup`: the configured shapes compiled ahead of time), so `dvc pull` brings a node
+everything another node of the same GPU compiled, at whatever path.
 
 Autotuning results (Triton 3.6, python/triton/runtime/autotuner.py `check_disk_cache`): an
 autotuner created with `cache_results`, or while TRITON_CACHE_AUTOTUNING=1 (knobs.autotuning.cache,

@@ -4,6 +4,7 @@ Stages, in order (dvc.yaml declares the same names with their deps, params and o
 stage NAME` runs one, `refine run` and the refine-lifecycle flow run them all):
 
   tokenizer, corpus                  the tokenizer and the Arrow corpus (+ the catalog's documents)
+  kernels                            the GPU kernel cache of the configured shapes (`refine warmup`)
   base                               the base model: NTP from scratch, or lifecycle.base_checkpoint
   positions                          rollout positions under the base weights, cached in the catalog
   midtrain_sft, midtrain_refine      mid-training from the base: refine.coef = 0 (SFT) or as set
@@ -15,6 +16,7 @@ configuration, then moves its previous outputs aside (`<output>.aside-<pid>`) an
 fresh ones; if it fails, it removes what the stage had written and puts the previous outputs
 back, so no half-written output is left for DVC (or the next stage) to take and the last good
 one stays. A stage killed midway leaves its copy aside: the next `run_stage` puts it back first.
+The kernel cache only grows (DVC `persist`): its stage runs on the folder as it is.
 Post-training and test-time training join this list with their own stages.
 """
 
@@ -24,6 +26,7 @@ import glob
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +42,11 @@ ASIDE_MARK = ".aside-"  # `<output>.aside-<pid>`: a stage's previous output whil
 SUMMARY_FILE = "summary.json"  # a training run's final figures (DVC metrics)
 CURVE_FILE = "curve.json"  # a training run's per-step losses (DVC plots)
 REPORT_METRICS = "metrics.json"  # family averages per model (DVC metrics)
+KERNELS_README = (
+    "Compiled GPU kernels and their autotuning results, one folder per GPU model and Triton version\n"
+    "(<gpu>-triton<version>/triton, /inductor), written by `refine warmup` and every command that runs\n"
+    "a model on a GPU; copy a folder to another node of the same GPU model to skip its compiles.\n"
+)
 
 Summary = list[tuple[str, str]]
 OnStep = Callable[[dict], None]  # one call per unit of work: a training metrics line, or {"done": n}
@@ -369,13 +377,50 @@ def _report(cfg: PipelineConfig) -> StageResult:
     return StageResult("report", rows, notice=notice, files=[*files, out / REPORT_METRICS])
 
 
+def warm_kernels(cfg: PipelineConfig) -> StageResult:
+    """Compile the configured shapes' GPU kernels into the kernel cache (`refine warmup`, the
+    `kernels` stage): training's NTP and ReFINE micro-steps on train.device, evaluation's generation
+    at every prefill length on evaluate.device. On a machine without CUDA there is nothing to
+    compile; the folder is made all the same (DVC's output on every machine)."""
+    from refine_tasks.corpus.tokenizer import load_tokenizer
+    from refine_tasks.evaluate.runner import eval_device, warm_generation
+    from refine_tasks.train.starting_model import make_model, resolve_device
+    from refine_tasks.train.warmup import warm_training
+
+    train_device = resolve_device(cfg.train.device)
+    training = train_device.type == "cuda"
+    evaluation = eval_device(cfg.evaluate.device).type == "cuda"
+    root = Path(cfg.paths.kernel_cache)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "README.txt").write_text(KERNELS_README)  # what the folder is; DVC's output on a CPU too
+    cache = activate_kernel_cache(cfg)
+    if cache is None or not (training or evaluation):
+        rows = [("kernel cache", "nothing to compile: train.device and evaluate.device are no CUDA device")]
+        return StageResult("kernels", rows)
+    before, began = cache.files(), time.perf_counter()
+    model = make_model(cfg, train_device)
+    rows = warm_training(cfg, model).summary_rows() if training else []
+    if evaluation:
+        rows += warm_generation(cfg, model, load_tokenizer(cfg.paths.tokenizer_dir)).summary_rows()
+    rows = [
+        ("GPU", cache.gpu),
+        ("kernel cache", str(cache.kept_in)),
+        *rows,
+        ("seconds", f"{time.perf_counter() - began:.1f}"),
+        ("files added to the cache", f"{cache.files() - before:,}"),
+        ("files in the cache", f"{cache.files():,}"),
+    ]
+    return StageResult("kernels", rows)
+
+
 @dataclass(frozen=True)
 class Stage:
     """A row of the stage table: a stage, or with `models` a foreach stage (one `name@model` each).
 
     config(cfg, model): cfg plus the stage's own fields; outputs(cfg, model): what it writes (its
     DVC outs); run(name, cfg, on_step): the stage itself; device: the field naming the device its
-    model runs on, for a stage that runs one (the GPU kernel cache and CPU threads are set first)."""
+    model runs on, for a stage that runs one (the GPU kernel cache and CPU threads are set first);
+    persist: its outputs only grow (DVC's `persist`), so they are neither set aside nor removed."""
 
     name: str
     outputs: Callable[[PipelineConfig, str | None], list[Path]]
@@ -383,6 +428,7 @@ class Stage:
     config: Callable[[PipelineConfig, str | None], PipelineConfig] = _as_given
     models: tuple[str, ...] = ()
     device: str | None = None
+    persist: bool = False
 
 
 def _eval_stage(stage: str, family: str) -> Stage:
@@ -405,6 +451,13 @@ def _train_stage(stage: str, config: Callable[[PipelineConfig, str | None], Pipe
 STAGES: tuple[Stage, ...] = (
     Stage("tokenizer", lambda cfg, _: [Path(cfg.paths.tokenizer_dir)], lambda n, cfg, s: _tokenizer(cfg, s)),
     Stage("corpus", lambda cfg, _: [Path(cfg.paths.corpus_dir)], lambda n, cfg, s: _corpus(cfg, s)),
+    Stage(
+        "kernels",
+        lambda cfg, _: [Path(cfg.paths.kernel_cache)],
+        lambda n, cfg, s: warm_kernels(cfg),
+        device="train.device",
+        persist=True,
+    ),
     _train_stage("base", _base_config),
     Stage(
         "positions",
@@ -426,7 +479,7 @@ def run_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> 
     the GPU kernel caches at paths.kernel_cache."""
     row, model = stage_row(name)
     row.config(cfg, model)  # a configuration the stage cannot run fails here, before any output moves
-    outputs = row.outputs(cfg, model)
+    outputs = [] if row.persist else row.outputs(cfg, model)
     recover_outputs(outputs)
     if row.device is not None:
         from refine_tasks.pipeline.cpu_threads import choose_cpu_threads  # reads the model's size

@@ -31,6 +31,13 @@ EVALUATION = ("refine_tasks.evaluate.results", "refine_tasks.evaluate.runner", C
 STAGE_ENTRIES = {
     "tokenizer": ("refine_tasks.corpus", "refine_tasks.corpus.tokenizer"),
     "corpus": ("refine_tasks.corpus",),
+    "kernels": (
+        THREADS,
+        "refine_tasks.corpus.tokenizer",
+        "refine_tasks.evaluate.runner",
+        "refine_tasks.train.starting_model",
+        "refine_tasks.train.warmup",
+    ),
     "base": TRAINING,
     "positions": ("refine_tasks.train.positions", CHECKPOINT, THREADS),
     "midtrain_sft": TRAINING,
@@ -42,7 +49,7 @@ STAGE_ENTRIES = {
 }
 BOOKKEEPING = {"refine_tasks.pipeline.dvc_state"}  # run_tracked's `dvc commit` around a stage
 EVAL_STAGES = {stage for stage in STAGE_ENTRIES if stage.startswith("eval_")}
-MODEL_STAGES = {"base", "positions", "midtrain_sft", "midtrain_refine", *EVAL_STAGES}
+MODEL_STAGES = {"kernels", "base", "positions", "midtrain_sft", "midtrain_refine", *EVAL_STAGES}
 
 
 def module_file(name: str) -> Path | None:

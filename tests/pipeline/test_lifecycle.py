@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from refine_tasks.config import ConfigError
 from refine_tasks.corpus import CorpusError
 from refine_tasks.errors import TrainingDiverged
 from refine_tasks.pipeline import lifecycle
@@ -29,8 +30,16 @@ from refine_tasks.pipeline.lifecycle import (
 
 def test_stage_names_follow_the_lifecycle() -> None:
     names = stage_names()
-    assert names[:6] == ["tokenizer", "corpus", "base", "positions", "midtrain_sft", "midtrain_refine"]
-    assert names[-1] == "report" and len(names) == 16
+    assert names[:7] == [
+        "tokenizer",
+        "corpus",
+        "kernels",
+        "base",
+        "positions",
+        "midtrain_sft",
+        "midtrain_refine",
+    ]
+    assert names[-1] == "report" and len(names) == 17
     assert names.index("eval_qa@sft") > names.index("midtrain_refine")
     assert split_stage("eval_longbench@refine") == ("eval_longbench", "refine")
     with pytest.raises(LifecycleError, match="stage 'eval_qa@big': unknown; stages are tokenizer"):
@@ -184,3 +193,22 @@ def test_dvc_bookkeeping_only_for_the_repositorys_own_params(
     assert DvcStages.for_config(make_config("train.max_steps=3")) is None  # an override: not what DVC runs
     monkeypatch.chdir(tmp_path / ".dvc")
     assert DvcStages.for_config(cfg) is None  # paths are relative to the repository root
+
+
+def test_the_kernels_stage_keeps_what_the_cache_holds(make_config, tmp_path: Path) -> None:
+    """The kernel cache only grows (DVC persist): its stage neither sets it aside nor removes it,
+    also when it fails; on a CPU it compiles nothing and leaves the folder's README."""
+    cfg = make_config(f"paths.kernel_cache={tmp_path / 'kernels'}")
+    kept = tmp_path / "kernels" / "nvidia-h200-triton3.6.0" / "triton" / "k.cubin"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"compiled elsewhere")
+    result = run_stage("kernels", cfg)
+    assert result.rows == [
+        ("kernel cache", "nothing to compile: train.device and evaluate.device are no CUDA device")
+    ]
+    assert kept.read_bytes() == b"compiled elsewhere" and (tmp_path / "kernels" / "README.txt").is_file()
+    with pytest.raises(ConfigError):
+        run_stage(
+            "kernels", cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "cuda:7"})})
+        )
+    assert kept.is_file() and not list(tmp_path.glob("kernels.aside-*"))
