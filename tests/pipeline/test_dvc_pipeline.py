@@ -96,6 +96,8 @@ def test_a_model_change_marks_positions_training_and_evaluation_stale(project: P
     finally:
         forward.write_text(source)
     evaluations = {f"{stage}@{model}" for stage in EVAL_STAGES for model in MODELS}
-    assert set(stale) == {"base", "positions", "midtrain_sft", "midtrain_refine", *evaluations}, stale
+    assert set(stale) == {"kernels", "base", "positions", "midtrain_sft", "midtrain_refine", *evaluations}, (
+        stale
+    )
     assert all(change == {"changed deps": {"refine_tasks/models": "modified"}} for [change] in stale.values())
     assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
