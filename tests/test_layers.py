@@ -3,8 +3,8 @@
 Built from the source with `ast`, so a new module is checked the day it lands. Layers, top to
 bottom (a package may import its own modules and anything in a lower layer, nothing beside or
 above it): pipeline -> train, evaluate -> corpus -> models, store, rl -> kernels -> config, errors.
-Imports inside functions count (a function-local import must not hide a cycle); imports under
-`if TYPE_CHECKING:` are annotations only and do not.
+Imports inside functions count (a function-local import must not hide a cycle), and so do imports
+under `if TYPE_CHECKING:` (an annotation that needs a module above it says the shape is wrong).
 """
 
 from __future__ import annotations
@@ -38,23 +38,11 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _type_checking_nodes(tree: ast.AST) -> set[int]:
-    inside: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            inside |= {id(n) for child in node.body for n in ast.walk(child)}
-    return inside
-
-
 def imports_of(path: Path, modules: set[str] | None = None) -> set[str]:
     """refine_tasks modules `path` imports at run time. `from P import name` counts as the module
     P.name where that is one of `modules` (a submodule, as `import P.name` would be), else as P."""
-    tree = ast.parse(path.read_text())
-    skip = _type_checking_nodes(tree)
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("refine_tasks")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("refine_tasks"):
@@ -127,12 +115,15 @@ def test_environment_is_read_only_by_orchestration() -> None:
 
 
 def test_the_checks_catch_what_they_look_for(tmp_path: Path) -> None:
-    """The import scanner sees function-local imports and ignores annotation-only ones."""
+    """The import scanner sees function-local and annotation-only imports."""
     source = tmp_path / "m.py"
     source.write_text(
         "from typing import TYPE_CHECKING\n"
         "if TYPE_CHECKING:\n    from refine_tasks.pipeline import cli\n"
         "def f():\n    from refine_tasks.train import step\n"
     )
-    assert imports_of(source) == {"refine_tasks.train"}
-    assert imports_of(source, {"refine_tasks.train.step"}) == {"refine_tasks.train.step"}
+    assert imports_of(source) == {"refine_tasks.pipeline", "refine_tasks.train"}
+    assert imports_of(source, {"refine_tasks.train.step"}) == {
+        "refine_tasks.pipeline",
+        "refine_tasks.train.step",
+    }

@@ -10,15 +10,25 @@ caller's State in and the results out (the caller's tensors are never aliased), 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from refine_tasks.models.state import DecodeOutput, State
 
-if TYPE_CHECKING:
-    from refine_tasks.models.modeling import FastWeightForCausalLM
+
+class StepModel(Protocol):
+    """What a decoder needs of a model (the shell, `FastWeightForCausalLM`): its output head (device
+    and dtype), empty states and one eager decode step. A protocol, so the shell imports this module
+    and not the other way round."""
+
+    lm_head: nn.Linear
+
+    def empty_state(self, batch_size: int) -> State: ...
+
+    def _decode_eager(self, state: State, tokens: Tensor) -> DecodeOutput: ...
+
 
 WARMUP_STEPS = 3  # Triton autotuning and lazy allocations must happen before capture
 
@@ -36,7 +46,7 @@ def warm_up(device: torch.device, step: Callable[[], object]) -> None:
 class GraphDecoder:
     """A captured decode step for a fixed number of streams, on the model's device and dtype."""
 
-    def __init__(self, model: FastWeightForCausalLM, batch_size: int) -> None:
+    def __init__(self, model: StepModel, batch_size: int) -> None:
         device = model.lm_head.weight.device
         self.tokens = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.state = model.empty_state(batch_size)
@@ -85,7 +95,7 @@ class DecodeStream:
 class EagerDecodeStream:
     """The CPU counterpart of DecodeStream: plain eager steps, same interface."""
 
-    def __init__(self, model: FastWeightForCausalLM, state: State) -> None:
+    def __init__(self, model: StepModel, state: State) -> None:
         self.model = model
         self.state = state
 
