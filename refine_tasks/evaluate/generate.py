@@ -85,7 +85,7 @@ def bucketed_prefill(
         if state is None:
             state = _empty_like(model, len(prompts), out.past_key_values.state)
             logits = out.logits.new_empty(len(prompts), out.logits.shape[-1], dtype=torch.float32)
-        state = _put(state, index, out.past_key_values.state)
+        state = state.put(index, out.past_key_values.state)
         logits.index_copy_(0, index, out.logits[:, -1].float())
         for i in rows:
             done[i] += size
@@ -100,16 +100,6 @@ def _empty_like(model: FastWeightForCausalLM, batch_size: int, like: State) -> S
         [
             {name: t.to(layer_like[name].dtype) for name, t in layer.items()}
             for layer, layer_like in zip(empty.layers, like.layers, strict=True)
-        ]
-    )
-
-
-def _put(state: State, index: torch.Tensor, part: State) -> State:
-    """`state` with streams `index` replaced by `part`'s streams, in order."""
-    return State(
-        [
-            {name: t.index_copy(0, index, new[name]) for name, t in layer.items()}
-            for layer, new in zip(state.layers, part.layers, strict=True)
         ]
     )
 

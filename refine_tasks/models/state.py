@@ -55,6 +55,15 @@ class State:
         """Streams `idx` (LongTensor [M]) in that order: a State of M streams."""
         return self.map(lambda t: t.index_select(0, idx.to(t.device)))
 
+    def put(self, idx: Tensor, part: State) -> State:
+        """A new State with streams `idx` (LongTensor [M]) replaced by `part`'s M streams, in order."""
+        return State(
+            [
+                {name: t.index_copy(0, idx.to(t.device), new[name]) for name, t in layer.items()}
+                for layer, new in zip(self.layers, part.layers, strict=True)
+            ]
+        )
+
     def repeat_interleave(self, n: int) -> State:
         """Each stream repeated n times in place: stream i becomes streams i*n .. i*n+n-1 (n = 1:
         this State itself, no copies)."""

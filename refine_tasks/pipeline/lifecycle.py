@@ -34,6 +34,7 @@ from pathlib import Path
 from refine_tasks.config import PipelineConfig
 from refine_tasks.pipeline.kernel_cache import activate as activate_kernel_cache
 from refine_tasks.store.catalog import process_alive
+from refine_tasks.store.scratch import marked_pid, remove_path
 
 MODELS = ("base", "sft", "refine")
 EVAL_STAGES = {"eval_niah": "niah", "eval_qa": "ruler_qa", "eval_longbench": "longbench"}
@@ -164,10 +165,7 @@ def stage_outputs(name: str, cfg: PipelineConfig) -> list[Path]:
 
 def remove_outputs(paths: Iterable[Path]) -> None:
     for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+        remove_path(path)
 
 
 def recover_outputs(paths: Iterable[Path]) -> None:
@@ -175,8 +173,8 @@ def recover_outputs(paths: Iterable[Path]) -> None:
     ones); refuse while the process that moved them is still running."""
     for path in paths:
         for aside in path.parent.glob(f"{glob.escape(path.name)}{ASIDE_MARK}*"):
-            pid = aside.name.rpartition(ASIDE_MARK)[2]
-            if pid.isdigit() and process_alive(int(pid)):
+            pid = marked_pid(aside, ASIDE_MARK)
+            if pid is not None and process_alive(pid):
                 raise LifecycleError(
                     f"{path}: PID {pid} is running a stage that writes it (its previous contents are in "
                     f"{aside}); wait for it to finish, or stop that process"

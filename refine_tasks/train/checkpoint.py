@@ -31,6 +31,7 @@ from refine_tasks.corpus.shards import file_sha256
 from refine_tasks.errors import TrainCheckpointError
 from refine_tasks.models.checkpoint import LATEST
 from refine_tasks.store.catalog import process_alive
+from refine_tasks.store.scratch import marked_pid, remove_path
 
 STATE_FILE = "trainer/state.json"
 TENSOR_FILE = "trainer/optimizer.safetensors"
@@ -126,17 +127,10 @@ def remove_temporaries(root: Path) -> int:
     """Delete what interrupted writes left in `root` (…/checkpoints): `step-N.tmp-PID` folders and
     `latest.tmp-PID` files of processes that no longer run. Such a folder holds a whole model, so
     on a full disk it kept the disk full. Returns how many were removed."""
-    stale = []
-    if root.is_dir():
-        for path in root.glob(f"*{TMP_MARK}*"):
-            pid = path.name.rpartition(TMP_MARK)[2]
-            if pid.isdigit() and not process_alive(int(pid)):
-                stale.append(path)
+    pids = {path: marked_pid(path, TMP_MARK) for path in root.glob(f"*{TMP_MARK}*")} if root.is_dir() else {}
+    stale = [path for path, pid in pids.items() if pid is not None and not process_alive(pid)]
     for path in stale:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        remove_path(path)
     return len(stale)
 
 

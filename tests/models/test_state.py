@@ -45,3 +45,13 @@ def test_tensors_pair_up_between_prefill_and_decode_states():
     decoded = model.decode(model.empty_state(2), ids[:, 0]).state
     assert [t.shape for t in prefilled.tensors()] == [t.shape for t in decoded.tensors()]
     assert [t.dtype for t in prefilled.tensors()] == [t.dtype for t in decoded.tensors()]
+
+
+def test_put_replaces_the_named_streams_in_order() -> None:
+    g = torch.Generator().manual_seed(3)
+    state = State([{"s": torch.randn(4, 2, generator=g, dtype=torch.float64)}])
+    part = State([{"s": torch.randn(2, 2, generator=g, dtype=torch.float64)}])
+    out = state.put(torch.tensor([3, 1]), part)
+    assert torch.equal(out.layers[0]["s"][[3, 1]], part.layers[0]["s"])
+    assert torch.equal(out.layers[0]["s"][[0, 2]], state.layers[0]["s"][[0, 2]])
+    assert not torch.equal(state.layers[0]["s"][3], out.layers[0]["s"][3])  # a new State: the old one kept
