@@ -5,15 +5,18 @@
 # product's kernel cache, data/cache/kernels).
 #
 #   bash benchmarks/device_bg.sh start STEP[:SECONDS] ...     # the first call (on the device, OUT set)
+#   bash benchmarks/device_bg.sh start-script SCRIPT ARG ...  # or a script of several device_run.sh calls
 #   bash benchmarks/device_bg.sh wait                         # each later call, right after the last
 set -u
 OUT=${OUT:?OUT must name the folder whose files come back}
 WORK=/tmp/device_bg
 WAIT=${WAIT:-570}
-if [ "${1:-}" = start ]; then
+if [ "${1:-}" = start ] || [ "${1:-}" = start-script ]; then
+    what=benchmarks/device_run.sh
+    [ "$1" = start-script ] && { what=$2; shift; }
     shift
     rm -rf "$WORK" && mkdir -p "$WORK/out"
-    OUT=$WORK/out setsid nohup bash benchmarks/device_run.sh "$@" >"$WORK/log" 2>&1 </dev/null &
+    OUT=$WORK/out setsid nohup bash "$what" "$@" >"$WORK/log" 2>&1 </dev/null &
     echo $! >"$WORK/pid"
 fi
 began=$(date +%s)

@@ -22,15 +22,17 @@
 # GPU benchmarks) and the Triton cache tarball folders named in TC_DIRS (default .tc; git-ignored).
 set -u
 OUT=${OUT:?OUT must name the folder whose files come back}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    $(ls .whl*/*.whl | sort -u) || exit 1  # every carried wheel folder (.whl, .whl_lead, .whl_min)
+if [ -z "${SKIP_INSTALL:-}" ]; then  # SKIP_INSTALL=1: a second runner beside one that installed them
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        $(ls .whl*/*.whl | sort -u) || exit 1  # every carried wheel folder (.whl, .whl_lead, .whl_min)
+fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR=$PWD/.triton_cache
 mkdir -p "$TRITON_CACHE_DIR"
 for tarball in $(for d in ${TC_DIRS:-.tc}; do ls "$d"/*.txz; done); do  # TC_DIRS: cache tarball folders
     [ -f "$tarball" ] && tar -xJf "$tarball" -C "$TRITON_CACHE_DIR"
 done
-sleep 1; touch /tmp/cache_marker
+sleep 1; marker=$(mktemp /tmp/cache_marker.XXXX)
 before=$(find "$TRITON_CACHE_DIR" -type f | wc -l)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
@@ -68,7 +70,7 @@ find "$OUT" -name "trace_*.json" -exec xz -T4 {} \;  # PROFILE_TRACE's Chrome tr
 after=$(find "$TRITON_CACHE_DIR" -type f | wc -l)
 echo "Triton cache: $before files before, $after after"
 if [ "$after" -gt "$before" ]; then
-    (cd "$TRITON_CACHE_DIR" && find . -newer /tmp/cache_marker -type f -print0 \
+    (cd "$TRITON_CACHE_DIR" && find . -newer "$marker" -type f -print0 \
         | tar -cJf "$OUT/triton_cache_new.txz" --null -T -)
     ls -la "$OUT/triton_cache_new.txz"
 fi
