@@ -193,6 +193,12 @@ class TrainConfig(Section):
     out_dir: Path = Field(Path("data/runs/midtrain"), description="metrics, TensorBoard and checkpoints")
     checkpoint_every: int = Field(10, ge=1, description="write a checkpoint every N optimizer steps")
     max_bad_steps: int = Field(3, ge=1, description="stop after this many non-finite losses in a row")
+    phase_timing: bool = Field(
+        False,
+        description="log each step's phases (data, positions, prefill, rollouts, rewards, loss_forward, "
+        "backward, optimizer) as phase/<name> seconds in the metrics; synchronises the device around "
+        "each phase, so the step itself runs slower: a profile, not a training setting",
+    )
 
 
 class EvalConfig(Section):

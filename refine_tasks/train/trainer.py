@@ -39,7 +39,7 @@ from refine_tasks.store.runs import register_run, update_run
 from refine_tasks.train.checkpoint import load_checkpoint, remove_temporaries, save_checkpoint
 from refine_tasks.train.positions import PositionSelector
 from refine_tasks.train.starting_model import make_model, mixed_precision, resolve_device
-from refine_tasks.train.step import RolloutBatch, StepOptions, StepStats, refine_backward
+from refine_tasks.train.step import PhaseTimer, RolloutBatch, StepOptions, StepStats, refine_backward
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -203,7 +203,8 @@ class MidTrainer:
             self.loader.load_state_dict(state["data"])
         # The fused way's CUDA-graphed continuations: this trainer owns them (cleared when `run` ends).
         graphs = ContinuationGraphs() if cfg.refine.graph_branches else None
-        self.step_options = StepOptions(cfg.refine, 1.0 / t.grad_accum, self.ref_model, graphs=graphs)
+        timer = PhaseTimer(timing=t.phase_timing)
+        self.step_options = StepOptions(cfg.refine, 1.0 / t.grad_accum, self.ref_model, timer, graphs)
         cache = PositionCache(cfg.paths.catalog) if cfg.positions.policy == "precomputed" else None
         self.selector = PositionSelector(
             cfg.positions, cfg.refine.rollout_len, cfg.seed, self.base_id, self.run_id, cache
@@ -216,12 +217,15 @@ class MidTrainer:
 
     def micro_step(self, step: int, micro: int) -> tuple[StepStats, float, int]:
         """One micro-batch's loss, backpropagated; returns its stats, mean entropy and cache hits."""
-        batch = self.loader.next_batch()
-        _check_vocab(batch.input_ids, self.model.config.vocab_size, self.cfg)
-        ids = batch.input_ids.to(self.device)
+        timer = self.step_options.timer
+        with timer.phase("data"):
+            batch = self.loader.next_batch()
+            _check_vocab(batch.input_ids, self.model.config.vocab_size, self.cfg)
+            ids = batch.input_ids.to(self.device)
         positions, entropy, hits = None, 0.0, 0
         if self.cfg.refine.coef > 0:
-            chosen = self.selector.select(ids, batch.doc_ids, step - 1, self.entropy)
+            with timer.phase("positions"):
+                chosen = self.selector.select(ids, batch.doc_ids, step - 1, self.entropy)
             positions, entropy, hits = chosen.positions, chosen.entropy_mean, chosen.cache_hits
         generator = torch.Generator(self.device).manual_seed(step_seed(self.cfg.seed, step, micro))
         with self.autocast():
@@ -230,6 +234,8 @@ class MidTrainer:
 
     def optimizer_step(self, step: int) -> dict:
         """Accumulate, clip, step (or skip a non-finite step); returns the step's metric line."""
+        timer = self.step_options.timer
+        timer.seconds.clear()
         began = time.perf_counter()
         micro, entropy, hits = [], 0.0, 0
         for m in range(self.t.grad_accum):
@@ -239,21 +245,23 @@ class MidTrainer:
             if not stats.finite:
                 break
         grad_norm, finite = float("nan"), all(s.finite for s in micro)
-        if finite:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip))
-            finite = math.isfinite(grad_norm)
-        if finite:
-            self.optimizer.step()
-            self.bad_in_a_row = 0
-        else:
-            self.skipped, self.bad_in_a_row = self.skipped + 1, self.bad_in_a_row + 1
-        self.optimizer.zero_grad(set_to_none=True)
+        with timer.phase("optimizer"):
+            if finite:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip))
+                finite = math.isfinite(grad_norm)
+            if finite:
+                self.optimizer.step()
+                self.bad_in_a_row = 0
+            else:
+                self.skipped, self.bad_in_a_row = self.skipped + 1, self.bad_in_a_row + 1
+            self.optimizer.zero_grad(set_to_none=True)
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         elapsed = time.perf_counter() - began
         extra = {"entropy": entropy, "cache_hits": hits, "grad_norm": grad_norm, "lr": lr}
         line = _metrics_line(step, micro, {**extra, "skipped": not finite, "skipped_total": self.skipped})
         line.update(step_s=elapsed, tokens_per_s=line["tokens"] / elapsed)
+        line.update({f"phase/{name}": seconds for name, seconds in timer.seconds.items()})
         if finite:
             self.last_loss = line["loss"]
         return line

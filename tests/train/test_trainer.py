@@ -316,3 +316,24 @@ def test_a_failed_checkpoint_write_leaves_no_temporary_files(config, monkeypatch
     with pytest.raises(OutputError, match="no space left on the device"):
         train(cfg)
     assert list((cfg.train.out_dir / "checkpoints").iterdir()) == []
+
+
+@pytest.mark.parametrize("coef", [0.2, 0.0])
+def test_phase_timing_logs_each_phase_of_a_step(config, coef):
+    cfg = config("train.max_steps=2", "train.phase_timing=true", f"refine.coef={coef}")
+    train(cfg)
+    lines = metrics(Path(cfg.train.out_dir))
+    expected = {"data", "optimizer", "loss_forward", "backward"}
+    if coef > 0:
+        expected |= {"positions", "prefill", "rollouts", "rewards"}
+    for line in lines:
+        phases = {k.removeprefix("phase/"): v for k, v in line.items() if k.startswith("phase/")}
+        assert set(phases) == expected
+        assert all(v >= 0 for v in phases.values())
+        assert sum(phases.values()) <= line["step_s"]  # parts of the step, counted once each
+
+
+def test_without_phase_timing_no_phases_are_logged(config):
+    cfg = config("train.max_steps=1")
+    train(cfg)
+    assert not [k for k in metrics(Path(cfg.train.out_dir))[0] if k.startswith("phase/")]
