@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device work longer than one call: `start` runs device_run.sh in a session of its own (it outlives
 # the call while the machine stays warm), then every call waits up to WAIT seconds and returns the
-# log and an archive of what the steps wrote so far (out.tgz; at the end also kernels.txz, the
+# log and an archive of what the steps wrote so far (out.tgz, in parts; at the end also kernels.txz, the
 # product's kernel cache, data/cache/kernels).
 #
 #   bash benchmarks/device_bg.sh start STEP[:SECONDS] ...     # the first call (on the device, OUT set)
@@ -29,4 +29,5 @@ else
 fi
 tail -n 40 "$WORK/log"
 cp "$WORK/log" "$OUT/log.txt"
-tar -czf "$OUT/out.tgz" -C "$WORK/out" .
+# In parts of 15 MB (a file that comes back is at most 16 MiB): cat out.tgz.part-* | tar -xz
+tar -czf - -C "$WORK/out" . | split -b 15M - "$OUT/out.tgz.part-"
