@@ -61,13 +61,18 @@ def prepare_device(cfg: PipelineConfig, field: str) -> None:
     anything compiles) and a first compile on this GPU is announced, so a silent minute explains
     itself. CPU threads are chosen for the model (see pipeline.cpu_threads)."""
     from refine_tasks.pipeline.cpu_threads import choose_cpu_threads
-    from refine_tasks.pipeline.kernel_cache import activate
+    from refine_tasks.pipeline.kernel_cache import activate, other_gpu_processes
 
     device = model_device(cfg, field)
     choose_cpu_threads(cfg, field)
     cache = activate(cfg)
     if cache is not None and device.type == "cuda" and cache.is_cold():
         console.print(f"[yellow]{escape(cache.cold_message())}[/yellow]", highlight=False, soft_wrap=True)
+        others = other_gpu_processes()
+        if others:
+            console.print(
+                f"[yellow]{escape(cache.busy_message(others))}[/yellow]", highlight=False, soft_wrap=True
+            )
 
 
 def model_device(cfg: PipelineConfig, field: str):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,33 @@ class KernelCache:
         return (
             f"compiling GPU kernels for {self.gpu} (first run on this GPU; later runs reuse {self.kept_in})"
         )
+
+    def busy_message(self, others: list[str]) -> str:
+        """The warning when kernels are tuned while other processes use the GPU."""
+        return (
+            f"{len(others)} other process(es) use this GPU ({'; '.join(others)}): the autotuner times "
+            f"kernels there and {self.kept_in} keeps its choices for good; compile on an idle GPU "
+            "(`refine warmup`), or delete that folder to tune again"
+        )
+
+
+def other_gpu_processes(run=subprocess.run) -> list[str]:
+    """The compute processes on this machine's GPUs other than this one (`nvidia-smi`'s
+    "pid, name" lines); [] where nvidia-smi is missing or fails. Autotuning beside them times its
+    candidates on a loaded GPU, and the kernel cache keeps the winners for good."""
+    try:
+        done = run(
+            ["nvidia-smi", "--query-compute-apps=pid,process_name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if done.returncode != 0:
+        return []
+    lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    return [line for line in lines if line.split(",")[0].strip() != str(os.getpid())]
 
 
 def slug(name: str) -> str:

@@ -5,6 +5,8 @@ mocked (its name); nothing compiles here."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,35 @@ def test_device_errors_are_one_red_line(make_config, clean_env: pytest.MonkeyPat
     assert result.exit_code == 2 and "train.device = 'gpu'" in result.output
     result = CliRunner().invoke(cli.app, ["stage", "nope", "-p", "/dev/null"])
     assert result.exit_code == 2 and "stage 'nope': unknown" in result.output
+
+
+def test_other_gpu_processes_are_nvidia_smis_apps_but_this_one() -> None:
+    def smi(command, **kwargs):
+        assert command[0] == "nvidia-smi"
+        rows = f"{os.getpid()}, python\n4242, python3 benchmarks/gpu_refine_step.py\n\n"
+        return subprocess.CompletedProcess(command, 0, stdout=rows)
+
+    assert kernel_cache.other_gpu_processes(smi) == ["4242, python3 benchmarks/gpu_refine_step.py"]
+    failed = lambda command, **kwargs: subprocess.CompletedProcess(command, 9, stdout="")  # noqa: E731
+
+    def missing(command, **kwargs):
+        raise FileNotFoundError(command[0])
+
+    assert kernel_cache.other_gpu_processes(failed) == [] and kernel_cache.other_gpu_processes(missing) == []
+
+
+def test_a_first_compile_beside_other_gpu_processes_is_warned_of(
+    make_config, h200: str, tmp_path: Path, monkeypatch
+) -> None:
+    out = Console(file=io.StringIO(), width=400)
+    monkeypatch.setattr(cli, "console", out)
+    monkeypatch.setattr(kernel_cache, "other_gpu_processes", lambda: ["4242, python3 bench.py"])
+    cfg = make_config(f"paths.kernel_cache={tmp_path / 'kernels'}", "train.device=cuda")
+    cli.prepare_device(cfg, "train.device")
+    lines = out.file.getvalue().splitlines()
+    assert lines[0].startswith("compiling GPU kernels for NVIDIA H200")
+    assert lines[1] == (
+        f"1 other process(es) use this GPU (4242, python3 bench.py): the autotuner times kernels there "
+        f"and {tmp_path / 'kernels' / h200} keeps its choices for good; compile on an idle GPU "
+        "(`refine warmup`), or delete that folder to tune again"
+    )
