@@ -5,12 +5,14 @@ move between world sizes (refine_tasks.train.distributed, refine_tasks.pipeline.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from refine_tasks.pipeline.launch import (
@@ -99,15 +101,20 @@ def test_multi_node_rendezvous_is_c10d_at_the_first_node() -> None:
 
 @pytest.mark.parametrize(
     "parallel, objective",
-    [("ddp", "ntp"), ("fsdp", "ntp"), ("ddp", "refine"), ("fsdp", "refine")],
+    [
+        ("ddp", "ntp"),
+        pytest.param("fsdp", "ntp", marks=pytest.mark.slow),
+        pytest.param("ddp", "refine", marks=pytest.mark.slow),
+        pytest.param("fsdp", "refine", marks=pytest.mark.slow),
+    ],
 )
 def test_two_ranks_train_as_one_process_on_the_same_global_batch(
     corpus, tmp_path: Path, parallel: str, objective: str
 ) -> None:
     """2 ranks x batch 2 against 1 process x batch 4 (NTP) or 1 process x 2 micro-batches of 2
-    (ReFINE: the same random draws, which follow the micro-batch): the same losses, gradient norms
-    and parameters after 3 steps, in float64. Without gradient averaging (each rank stepping on
-    its own gradients) the losses already differ at step 2."""
+    (ReFINE: the random draws follow the micro-batch, see MidTrainer): the same losses, gradient
+    norms and parameters after 3 steps, in float64. Without gradient averaging (each rank stepping
+    on its own gradients) this fails at step 2. (10-20 s each on 2 CPU cores: one torchrun launch.)"""
     extra = NTP if objective == "ntp" else REFINE
     one_shape = ["train.batch_size=4"] if objective == "ntp" else ["train.batch_size=2", "train.grad_accum=2"]
     one = corpus(*extra, *one_shape, f"train.out_dir={tmp_path / 'one'}")
@@ -115,3 +122,48 @@ def test_two_ranks_train_as_one_process_on_the_same_global_batch(
     two = corpus(*extra, "train.batch_size=2", f"train.parallel={parallel}", f"train.out_dir={tmp_path / 'two'}")
     launch_training(TRAIN, two, 2)
     assert_same_run(tmp_path / "two", tmp_path / "one")
+
+
+def latest_step(out: Path) -> int:
+    latest = out / "checkpoints" / "latest"
+    return int(latest.read_text().strip().split("-")[1]) if latest.exists() else 0
+
+
+def kill_a_rank_after(launcher: subprocess.Popen, out: Path, step: int) -> int:
+    """kill -9 one rank of the torchrun `launcher` once checkpoint `step` is in place; returns the
+    latest checkpoint's step after torchrun has torn the other rank down."""
+    while latest_step(out) < step:
+        assert launcher.poll() is None, "the run ended before a rank could be killed"
+        time.sleep(0.02)
+    ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "torchrun_main" in " ".join(p.cmdline())]
+    assert len(ranks) == 2
+    max(ranks, key=lambda p: p.pid).kill()  # SIGKILL
+    assert launcher.wait(timeout=120) != 0
+    return latest_step(out)
+
+
+@pytest.mark.slow
+def test_killed_rank_resumes_on_the_uninterrupted_curve_across_world_sizes(corpus, tmp_path: Path) -> None:
+    """ReFINE under FSDP2: 2 steps in 1 process, resumed by 2 ranks (1 -> 2) and one of them killed
+    with SIGKILL mid-run, resumed by 2 ranks (the same world size), then by 1 process (2 -> 1): the
+    metrics and final weights of one uninterrupted process. (About 40 s on 2 CPU cores: two
+    launches of two ranks.)"""
+    shape = ["train.batch_size=2", "train.grad_accum=2"]  # one process; the ranks take grad_accum=1
+    out = tmp_path / "run"
+
+    def cfg(steps: int, *more: str):
+        return corpus(*REFINE, *more, "train.parallel=fsdp", f"train.max_steps={steps}", f"train.out_dir={out}")
+
+    MidTrainer(cfg(2, *shape)).run()
+    ranks = cfg(40, "train.batch_size=2", "lifecycle.nproc_per_node=2")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(ranks.model_dump(mode="json")))
+    launcher = subprocess.Popen(torchrun_command(TRAIN, params, 2, resume=True, env={}))
+    killed_at = kill_a_rank_after(launcher, out, 3)
+    assert 3 <= killed_at < 40
+    launch_training(TRAIN, cfg(killed_at + 2, "train.batch_size=2"), 2, resume=True)
+    assert latest_step(out) == killed_at + 2
+    MidTrainer(cfg(killed_at + 4, *shape), resume=True).run()
+    reference = tmp_path / "reference"
+    MidTrainer(corpus(*REFINE, *shape, f"train.max_steps={killed_at + 4}", f"train.out_dir={reference}")).run()
+    assert_same_run(out, reference, killed_at + 4)
