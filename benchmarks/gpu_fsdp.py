@@ -56,7 +56,9 @@ def config(args: argparse.Namespace, name: str, seq_len: int, extra: list[str]):
     return load_config(args.params, settings)
 
 
-def run(args: argparse.Namespace, name: str, seq_len: int, sharded: bool, extra: list[str]) -> tuple[float, float]:
+def run(
+    args: argparse.Namespace, name: str, seq_len: int, sharded: bool, extra: list[str]
+) -> tuple[float, float]:
     """One run: (median step seconds after SKIP_STEPS, peak GiB). Raises torch.OutOfMemoryError."""
     import torch
 

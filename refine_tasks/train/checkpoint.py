@@ -88,7 +88,12 @@ def save_checkpoint(
             tensors["rng/cuda"] = torch.cuda.get_rng_state()
         (tmp / TENSOR_FILE).parent.mkdir()
         save_file(tensors, str(tmp / TENSOR_FILE))
-        state = {"step": step, "optimizer": optim_meta, "scheduler": scheduler.state_dict(), "trainer": trainer}
+        state = {
+            "step": step,
+            "optimizer": optim_meta,
+            "scheduler": scheduler.state_dict(),
+            "trainer": trainer,
+        }
         return publish(tmp, root, step, state)
     except BaseException:  # a full disk, a Ctrl-C: the half-written model must not keep the space
         shutil.rmtree(tmp, ignore_errors=True)
@@ -100,7 +105,9 @@ def temporary_dir(root: Path, step: int, pid: int) -> Path:
     return root / f"step-{step:07d}{TMP_MARK}{pid}"
 
 
-def write_model(tmp: Path, model, weights: dict[str, torch.Tensor] | None, tokenizer_dir: Path | None) -> None:
+def write_model(
+    tmp: Path, model, weights: dict[str, torch.Tensor] | None, tokenizer_dir: Path | None
+) -> None:
     """The Hugging Face directory: config, `weights` (None: the model's own) as safetensors, tokenizer."""
     shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a shard-writing bar per checkpoint would bury the trainer's own

@@ -110,7 +110,9 @@ class DistributedMidTrainer(MidTrainer):
     rank 0's configuration: its run directory is the one every rank checkpoints into, its catalog
     the one every rank's position cache reads."""
 
-    def __init__(self, cfg: PipelineConfig, resume: bool, rank: int, world: int, shared: PipelineConfig) -> None:
+    def __init__(
+        self, cfg: PipelineConfig, resume: bool, rank: int, world: int, shared: PipelineConfig
+    ) -> None:
         self.rank, self.world = rank, world
         self.checkpoints = Path(shared.train.out_dir) / "checkpoints"
         self.ddp: DistributedDataParallel | None = None
@@ -139,7 +141,11 @@ class DistributedMidTrainer(MidTrainer):
             self.ddp = DistributedDataParallel(_SyncPoint(self.model))  # broadcasts rank 0's weights
             return
         full = StateDictOptions(full_state_dict=True)
-        restored = get_optimizer_state_dict(self.model, self.optimizer, options=full) if self.optimizer.state else None
+        restored = (
+            get_optimizer_state_dict(self.model, self.optimizer, options=full)
+            if self.optimizer.state
+            else None
+        )
         scheduler_state = self.scheduler.state_dict()
         shard_model(self.model, cfg, self.world, self.device)
         self.optimizer = make_optimizer(self.model, cfg)
@@ -170,7 +176,11 @@ class DistributedMidTrainer(MidTrainer):
     def optimizer_step(self, step: int) -> dict:
         """The step, its metrics reduced across ranks (the loss: the mean of the ranks' losses)."""
         line = super().optimizer_step(step)
-        keys = [k for k, v in line.items() if isinstance(v, float | int) and not isinstance(v, bool) and k != "step"]
+        keys = [
+            k
+            for k, v in line.items()
+            if isinstance(v, float | int) and not isinstance(v, bool) and k != "step"
+        ]
         values = torch.tensor([float(line[k]) for k in keys], dtype=torch.float64)
         dist.all_reduce(values)
         for k, v in zip(keys, values.tolist(), strict=True):
@@ -191,13 +201,20 @@ class DistributedMidTrainer(MidTrainer):
             shutil.rmtree(tmp, ignore_errors=True)
             self.checkpoints.mkdir(parents=True, exist_ok=True)
         dist.barrier()
-        weights = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        weights = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
         try:
             dcp.save(sharded_state(self.model, self.optimizer), checkpoint_id=str(tmp / DCP_DIR))
-            final = self.checkpoints / tmp.name.split(".")[0]
+            final = self.checkpoints / f"step-{step:07d}"
             if self.rank == 0:
                 write_model(tmp, self.model, weights, self.cfg.paths.tokenizer_dir)
-                final = publish(tmp, self.checkpoints, step, {"step": step, "scheduler": self.scheduler.state_dict(), "trainer": state})
+                final = publish(
+                    tmp,
+                    self.checkpoints,
+                    step,
+                    {"step": step, "scheduler": self.scheduler.state_dict(), "trainer": state},
+                )
         except BaseException:
             if self.rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -230,7 +247,9 @@ def train_here(
     try:
         trainer = DistributedMidTrainer(_rank_config(cfg, rank, local, scratch), resume, rank, world, cfg)
         result = trainer.run(on_step if rank == 0 else None)
-        weights = state_fingerprint(get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True)))
+        weights = state_fingerprint(
+            get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True))
+        )
         print(f"rank {rank}: final weights {weights}", file=sys.stderr, flush=True)
     finally:
         dist.destroy_process_group()

@@ -23,7 +23,9 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_the_fsdp_benchmark_trains_sharded_and_records_its_figures(tmp_path: Path, tokenizer_dir: Path) -> None:
+def test_the_fsdp_benchmark_trains_sharded_and_records_its_figures(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
     data = tmp_path / "data"
     shutil.copytree(tokenizer_dir, data / "tokenizer")
     write_corpus(data / "corpus", [[600, 700, 800, 900]])

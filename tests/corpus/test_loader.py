@@ -92,7 +92,10 @@ def test_ranks_split_each_epoch_without_overlap_or_loss(tmp_path, world: int) ->
     """`world` ranks of batch 2 over one epoch: disjoint, together every sequence of the epoch but
     the last partial global batch, row for row what one process of batch 2 x world reads."""
     write_corpus(tmp_path / "corpus")
-    ranks = [LongDocumentLoader(tmp_path / "corpus", 50, 2, "pack", seed=4, rank=r, world=world) for r in range(world)]
+    ranks = [
+        LongDocumentLoader(tmp_path / "corpus", 50, 2, "pack", seed=4, rank=r, world=world)
+        for r in range(world)
+    ]
     single = LongDocumentLoader(tmp_path / "corpus", 50, 2 * world, "pack", seed=4)
     steps = ranks[0].batches_per_epoch()
     assert steps == len(single.sequences) // (2 * world) == single.batches_per_epoch() > 1

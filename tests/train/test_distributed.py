@@ -76,7 +76,11 @@ def test_torchrun_command_and_process_count(make_config, monkeypatch: pytest.Mon
     cmd = torchrun_command("midtrain_refine", Path("/tmp/p.yaml"), 4, env={})
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
     assert cmd[5:] == ["-m", "refine_tasks.pipeline.torchrun_main", "midtrain_refine", "/tmp/p.yaml"]
-    assert torchrun_command(TRAIN, Path("p.yaml"), 2, resume=True, env={})[-3:] == [TRAIN, "p.yaml", "--resume"]
+    assert torchrun_command(TRAIN, Path("p.yaml"), 2, resume=True, env={})[-3:] == [
+        TRAIN,
+        "p.yaml",
+        "--resume",
+    ]
     cfg = make_config("lifecycle.nproc_per_node=2")
     monkeypatch.delenv(NPROC_ENV, raising=False)
     assert nproc_per_node(make_config()) == 1 and nproc_per_node(cfg) == 2
@@ -119,7 +123,9 @@ def test_two_ranks_train_as_one_process_on_the_same_global_batch(
     one_shape = ["train.batch_size=4"] if objective == "ntp" else ["train.batch_size=2", "train.grad_accum=2"]
     one = corpus(*extra, *one_shape, f"train.out_dir={tmp_path / 'one'}")
     MidTrainer(one).run()
-    two = corpus(*extra, "train.batch_size=2", f"train.parallel={parallel}", f"train.out_dir={tmp_path / 'two'}")
+    two = corpus(
+        *extra, "train.batch_size=2", f"train.parallel={parallel}", f"train.out_dir={tmp_path / 'two'}"
+    )
     launch_training(TRAIN, two, 2)
     assert_same_run(tmp_path / "two", tmp_path / "one")
 
@@ -135,7 +141,11 @@ def kill_a_rank_after(launcher: subprocess.Popen, out: Path, step: int) -> int:
     while latest_step(out) < step:
         assert launcher.poll() is None, "the run ended before a rank could be killed"
         time.sleep(0.02)
-    ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "torchrun_main" in " ".join(p.cmdline())]
+    ranks = [
+        p
+        for p in psutil.Process(launcher.pid).children(recursive=True)
+        if "torchrun_main" in " ".join(p.cmdline())
+    ]
     assert len(ranks) == 2
     max(ranks, key=lambda p: p.pid).kill()  # SIGKILL
     assert launcher.wait(timeout=120) != 0
@@ -152,7 +162,9 @@ def test_killed_rank_resumes_on_the_uninterrupted_curve_across_world_sizes(corpu
     out = tmp_path / "run"
 
     def cfg(steps: int, *more: str):
-        return corpus(*REFINE, *more, "train.parallel=fsdp", f"train.max_steps={steps}", f"train.out_dir={out}")
+        return corpus(
+            *REFINE, *more, "train.parallel=fsdp", f"train.max_steps={steps}", f"train.out_dir={out}"
+        )
 
     MidTrainer(cfg(2, *shape)).run()
     ranks = cfg(40, "train.batch_size=2", "lifecycle.nproc_per_node=2")
@@ -165,5 +177,7 @@ def test_killed_rank_resumes_on_the_uninterrupted_curve_across_world_sizes(corpu
     assert latest_step(out) == killed_at + 2
     MidTrainer(cfg(killed_at + 4, *shape), resume=True).run()
     reference = tmp_path / "reference"
-    MidTrainer(corpus(*REFINE, *shape, f"train.max_steps={killed_at + 4}", f"train.out_dir={reference}")).run()
+    MidTrainer(
+        corpus(*REFINE, *shape, f"train.max_steps={killed_at + 4}", f"train.out_dir={reference}")
+    ).run()
     assert_same_run(out, reference, killed_at + 4)
