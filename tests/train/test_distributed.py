@@ -181,3 +181,23 @@ def test_killed_rank_resumes_on_the_uninterrupted_curve_across_world_sizes(corpu
         corpus(*REFINE, *shape, f"train.max_steps={killed_at + 4}", f"train.out_dir={reference}")
     ).run()
     assert_same_run(out, reference, killed_at + 4)
+
+
+def test_ranks_start_with_nvlink_multicast_off(make_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """launch_training gives torchrun NCCL_NVLS_ENABLE=0 unless the environment chose already, and
+    names the stage and status when torchrun fails."""
+    seen = []
+
+    def fake_run(cmd, env):
+        seen.append((cmd, env))
+        return subprocess.CompletedProcess(cmd, 3)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.delenv("NCCL_NVLS_ENABLE", raising=False)
+    with pytest.raises(LaunchError, match="midtrain_refine: torchrun with 2 processes exited with status 3"):
+        launch_training("midtrain_refine", make_config(), 2)
+    assert seen[0][1]["NCCL_NVLS_ENABLE"] == "0" and seen[0][1][NPROC_ENV] == "2"
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "1")
+    with pytest.raises(LaunchError):
+        launch_training(TRAIN, make_config(), 2, resume=True)
+    assert seen[1][1]["NCCL_NVLS_ENABLE"] == "1" and seen[1][0][-1] == "--resume"
