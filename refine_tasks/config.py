@@ -199,6 +199,22 @@ class TrainConfig(Section):
         "backward, optimizer) as phase/<name> seconds in the metrics; synchronises the device around "
         "each phase, so the step itself runs slower: a profile, not a training setting",
     )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="under torchrun (more than one process): ddp replicates the model (fits one GPU); "
+        "fsdp shards parameters, gradients and optimizer state (torch.distributed.fsdp.fully_shard, "
+        "FSDP2); gradients are synchronised once per optimizer step (see refine_tasks.train.distributed)",
+    )
+    fsdp_mixed_precision: Literal["none", "bf16"] = Field(
+        "none",
+        description="train.parallel=fsdp: bf16 keeps FSDP2's gathered parameters and its reductions in "
+        "bfloat16 (MixedPrecisionPolicy; the sharded master weights stay float32); none: as stored",
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="under torchrun: recompute each block's activations in the backward pass instead of "
+        "keeping them (less memory, one more forward of the blocks)",
+    )
 
 
 class EvalConfig(Section):

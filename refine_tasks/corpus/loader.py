@@ -8,6 +8,12 @@ Sequences of exactly `seq_len` tokens:
             sequence id is '<doc_id>@<offset>' of the document and token where it starts.
 Order: a seeded permutation per epoch. The cursor (epoch, index) is all the state there is,
 so a resumed run reads exactly the batches an uninterrupted one would have read.
+
+Data parallelism (`rank` of `world` processes): every rank walks the same permutation with the
+same cursor; each batch is a global one of world x batch_size sequences, and rank r keeps rows
+r*batch_size .. (r+1)*batch_size - 1. So within an epoch no sequence goes to two ranks and none is
+lost, the cursor is the same on every rank (a checkpoint is independent of the world size), and
+world ranks x batch B read exactly the sequences one process reads with batch world x B.
 """
 
 from __future__ import annotations
@@ -41,10 +47,20 @@ class LongDocumentLoader:
     """Batches of `batch_size` sequences of `seq_len` tokens; `state_dict` / `load_state_dict` resume it."""
 
     def __init__(
-        self, corpus_dir: Path, seq_len: int, batch_size: int, packing: str = "truncate", seed: int = 0
+        self,
+        corpus_dir: Path,
+        seq_len: int,
+        batch_size: int,
+        packing: str = "truncate",
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not one of world size {world}'s ranks 0..{world - 1}")
         self.corpus_dir = Path(corpus_dir)
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.rank, self.world = rank, world
         tables = [read_shard(p, ["doc_id", "n_tokens", "input_ids"]) for p in shard_paths(self.corpus_dir)]
         self._ids: list[pa.ListArray] = [t["input_ids"].combine_chunks() for t in tables]
         self._docs = [
@@ -60,12 +76,13 @@ class LongDocumentLoader:
             self.sequences = self._pack()
         else:
             raise ValueError(f"train.packing={packing!r}: expected 'truncate' or 'pack'")
-        if len(self.sequences) < batch_size:
+        if len(self.sequences) < batch_size * world:
             longest = max((d[3] for d in self._docs), default=0)
+            per_step = f"train.batch_size={batch_size}" + (f" x {world} processes" if world > 1 else "")
             raise CorpusError(
                 f"{self.corpus_dir}: {len(self.sequences)} training sequences of train.seq_len={seq_len} tokens "
                 f"with train.packing={packing!r} (longest document: {longest} tokens), fewer than "
-                f"train.batch_size={batch_size}: lower seq_len, use packing 'pack', or ingest longer documents"
+                f"{per_step}: lower seq_len, use packing 'pack', or ingest longer documents"
             )
         self.epoch, self.index = 0, 0
         self._order = self._permutation(0)
@@ -104,18 +121,21 @@ class LongDocumentLoader:
         return torch.from_numpy(np.concatenate(parts).astype(np.int64))
 
     def next_batch(self) -> Batch:
-        """The next batch; a new epoch (new permutation) starts when the current one runs out."""
+        """This rank's rows of the next global batch; a new epoch (new permutation) starts when the
+        current one runs out."""
         picked = []
-        while len(picked) < self.batch_size:
+        while len(picked) < self.batch_size * self.world:
             if self.index == len(self._order):
                 self.epoch, self.index = self.epoch + 1, 0
                 self._order = self._permutation(self.epoch)
             picked.append(self._order[self.index])
             self.index += 1
-        return Batch(torch.stack([self.tokens(k) for k in picked]), [self.sequence_id(k) for k in picked])
+        mine = picked[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        return Batch(torch.stack([self.tokens(k) for k in mine]), [self.sequence_id(k) for k in mine])
 
     def batches_per_epoch(self) -> int:
-        return len(self.sequences) // self.batch_size
+        """Global batches (one per rank at a time) in an epoch."""
+        return len(self.sequences) // (self.batch_size * self.world)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index, "sequences": len(self.sequences)}

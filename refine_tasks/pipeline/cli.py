@@ -284,10 +284,16 @@ def positions_step(cfg: PipelineConfig) -> Summary:
 
 def train_step(cfg: PipelineConfig, resume: bool | None = None) -> Summary:
     """resume=None (the `refine run` pipeline): continue the run in train.out_dir if it has a checkpoint."""
+    from refine_tasks.pipeline.launch import TRAIN, launch_training, nproc_per_node
     from refine_tasks.train.trainer import MidTrainer
 
     if resume is None:
         resume = (Path(cfg.train.out_dir) / "checkpoints" / "latest").exists()
+    nproc = nproc_per_node(cfg)
+    if nproc > 1:  # torchrun's ranks train; rank 0 writes train.out_dir as one process would
+        launch_training(TRAIN, cfg, nproc, resume)
+        metrics = Path(cfg.train.out_dir) / "metrics.jsonl"
+        return [("processes", str(nproc)), ("parallel", cfg.train.parallel), ("metrics", str(metrics))]
     prepare_device(cfg, "train.device")
     trainer = MidTrainer(cfg, resume)
     total = trainer.total - trainer.step

@@ -119,8 +119,13 @@ class PositionCache:
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """A checkpoint id from the weights themselves: SHA-256 over every parameter's name, dtype and bytes."""
+    return state_fingerprint(model.state_dict())
+
+
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """`weights_fingerprint` of a state dict (e.g. one gathered whole from a sharded model)."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]

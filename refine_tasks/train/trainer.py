@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,7 +160,14 @@ def _metrics_line(step: int, micro: list[StepStats], extra: dict) -> dict:
 class MidTrainer:
     """Holds a run's model, optimizer, data cursor and position selector; `run` trains it. From
     construction until `run` ends it holds the run folder's lock: a second trainer into the same
-    folder would interleave its metrics and checkpoints with this one's."""
+    folder would interleave its metrics and checkpoints with this one's.
+
+    `rank` of `world` processes: a data-parallel rank (refine_tasks.train.distributed subclasses
+    this); it reads its own rows of each global batch and seeds micro-batch m's random draws as
+    global micro-batch m * world + rank, so world ranks of batch B draw what one process draws
+    over `world` micro-batches of B."""
+
+    rank, world = 0, 1
 
     def __init__(self, cfg: PipelineConfig, resume: bool = False) -> None:
         self.run_lock = lock_run_dir(Path(cfg.train.out_dir))
@@ -180,7 +187,9 @@ class MidTrainer:
                 t.seq_len, cfg.positions.n_chunks, cfg.refine.rollout_len, cfg.positions.margin
             )
         self.out_dir = Path(t.out_dir)
-        self.loader = LongDocumentLoader(cfg.paths.corpus_dir, t.seq_len, t.batch_size, t.packing, cfg.seed)
+        self.loader = LongDocumentLoader(
+            cfg.paths.corpus_dir, t.seq_len, t.batch_size, t.packing, cfg.seed, self.rank, self.world
+        )
         self.total = t.max_steps or max(1, self.loader.batches_per_epoch() // t.grad_accum)
         remove_temporaries(self.out_dir / "checkpoints")  # killed writes, fresh run or resume alike
         with writing_to(self.out_dir, "train.out_dir", "run `refine train` again"):
@@ -196,11 +205,7 @@ class MidTrainer:
         self.step, self.skipped, self.bad_in_a_row = 0, 0, 0
         self.last_ckpt, self.last_loss = ckpt, None
         if ckpt is not None:
-            restored = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
-            state = restored["trainer"]
-            self.step, self.skipped = restored["step"], state["skipped"]
-            self.base_id, self.last_loss = state["base_checkpoint"], state["last_loss"]
-            self.loader.load_state_dict(state["data"])
+            self.restore(ckpt)
         # The fused way's CUDA-graphed continuations: this trainer owns them (cleared when `run` ends).
         graphs = ContinuationGraphs() if cfg.refine.graph_branches else None
         timer = PhaseTimer(timing=t.phase_timing)
@@ -209,6 +214,23 @@ class MidTrainer:
         self.selector = PositionSelector(
             cfg.positions, cfg.refine.rollout_len, cfg.seed, self.base_id, self.run_id, cache
         )
+
+    def restore(self, ckpt: Path) -> None:
+        """Weights, optimizer, scheduler, counters and data cursor from checkpoint `ckpt`."""
+        restored = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
+        state = restored["trainer"]
+        self.step, self.skipped = restored["step"], state["skipped"]
+        self.base_id, self.last_loss = state["base_checkpoint"], state["last_loss"]
+        self.loader.load_state_dict(state["data"])
+        self.last_ckpt = ckpt
+
+    def gradient_sync(self, last: bool) -> AbstractContextManager:
+        """Around a micro-batch: data parallelism synchronises gradients on the `last` one only."""
+        return nullcontext()
+
+    def clip_gradients(self) -> float:
+        """Clip the gradients' global norm to train.grad_clip; returns the norm before clipping."""
+        return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip))
 
     def entropy(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Next-token entropy [B, T] under the current weights (the positions' model pass)."""
@@ -227,7 +249,8 @@ class MidTrainer:
             with timer.phase("positions"):
                 chosen = self.selector.select(ids, batch.doc_ids, step - 1, self.entropy)
             positions, entropy, hits = chosen.positions, chosen.entropy_mean, chosen.cache_hits
-        generator = torch.Generator(self.device).manual_seed(step_seed(self.cfg.seed, step, micro))
+        seed = step_seed(self.cfg.seed, step, micro * self.world + self.rank)
+        generator = torch.Generator(self.device).manual_seed(seed)
         with self.autocast():
             stats = refine_backward(self.model, RolloutBatch(ids, positions, generator), self.step_options)
         return stats, entropy, hits
@@ -239,16 +262,17 @@ class MidTrainer:
         began = time.perf_counter()
         micro, entropy, hits = [], 0.0, 0
         for m in range(self.t.grad_accum):
-            stats, h, n = self.micro_step(step, m)
+            with self.gradient_sync(last=m == self.t.grad_accum - 1):
+                stats, h, n = self.micro_step(step, m)
             micro.append(stats)
             entropy, hits = entropy + h / self.t.grad_accum, hits + n
-            if not stats.finite:
+            if not stats.finite and self.world == 1:  # ranks must all run every micro-batch's collectives
                 break
         grad_norm, finite = float("nan"), all(s.finite for s in micro)
         with timer.phase("optimizer"):
-            if finite:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip))
-                finite = math.isfinite(grad_norm)
+            if finite or self.world > 1:  # a rank's non-finite gradient reaches every rank's norm
+                grad_norm = self.clip_gradients()
+                finite = finite and math.isfinite(grad_norm)
             if finite:
                 self.optimizer.step()
                 self.bad_in_a_row = 0
@@ -280,16 +304,20 @@ class MidTrainer:
             else "run `refine train` again (no checkpoint was completed)"
         )
         with writing_to(self.out_dir / "checkpoints", "train.out_dir", then):
-            self.last_ckpt = save_checkpoint(
-                self.out_dir / "checkpoints",
-                step,
-                self.model,
-                self.optimizer,
-                self.scheduler,
-                state,
-                self.cfg.paths.tokenizer_dir,
-            )
+            self.last_ckpt = self.write_checkpoint(step, state)
         update_run(self.cfg.paths.catalog, self.run_id, "running", step, self.last_loss)
+
+    def write_checkpoint(self, step: int, state: dict) -> Path:
+        """Checkpoint `step` with the trainer's `state` under out_dir/checkpoints; returns its folder."""
+        return save_checkpoint(
+            self.out_dir / "checkpoints",
+            step,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            state,
+            self.cfg.paths.tokenizer_dir,
+        )
 
     def run(self, on_step: Callable[[dict], None] | None = None) -> TrainResult:
         catalog = self.cfg.paths.catalog

@@ -85,3 +85,26 @@ def test_cursor_of_another_corpus_is_refused(tmp_path):
     loader = LongDocumentLoader(tmp_path / "corpus", 40, 1, "pack")
     with pytest.raises(CorpusError, match="data cursor counts 3 sequences"):
         loader.load_state_dict({"epoch": 0, "index": 1, "sequences": 3})
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_split_each_epoch_without_overlap_or_loss(tmp_path, world: int) -> None:
+    """`world` ranks of batch 2 over one epoch: disjoint, together every sequence of the epoch but
+    the last partial global batch, row for row what one process of batch 2 x world reads."""
+    write_corpus(tmp_path / "corpus")
+    ranks = [
+        LongDocumentLoader(tmp_path / "corpus", 50, 2, "pack", seed=4, rank=r, world=world)
+        for r in range(world)
+    ]
+    single = LongDocumentLoader(tmp_path / "corpus", 50, 2 * world, "pack", seed=4)
+    steps = ranks[0].batches_per_epoch()
+    assert steps == len(single.sequences) // (2 * world) == single.batches_per_epoch() > 1
+    per_rank = [drain(loader, steps) for loader in ranks]
+    seen = [sid for batches in per_rank for ids, _ in batches for sid in ids]
+    assert len(seen) == len(set(seen)) == steps * 2 * world  # no sequence twice in the epoch
+    for s, (ids, tokens) in enumerate(drain(single, steps)):  # and none lost: the same rows, split
+        assert ids == [sid for r in range(world) for sid in per_rank[r][s][0]]
+        assert torch.equal(tokens, torch.cat([per_rank[r][s][1] for r in range(world)]))
+    assert {loader.state_dict()["index"] for loader in ranks} == {single.state_dict()["index"]}
+    with pytest.raises(ValueError, match="rank 2 is not one of world size 2"):
+        LongDocumentLoader(tmp_path / "corpus", 50, 2, "pack", rank=2, world=2)

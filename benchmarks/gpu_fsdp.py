@@ -1,0 +1,127 @@
+"""FSDP2 on one GPU: a ReFINE step's time and peak memory sharded (world size 1) against plain, with
+and without activation checkpointing, and the longest sequence that fits with it.
+
+Trains with the product's trainers in this process (`MidTrainer` for plain; `train_here` as the
+only rank of a one-process group for FSDP2, as torchrun would start it) on a prepared data folder
+(tokenizer, corpus with documents of at least the longest length; see --data) and records:
+
+  fsdp1_over_plain_step     median step time, FSDP2 (world size 1) over plain, same settings
+  fsdp1_peak_gib_1p3b_16k   peak GPU memory of the FSDP2 run (GiB)
+  ac_peak_gib_1p3b_16k      the same with train.activation_checkpointing
+  max_seq_len_1p3b_ac       the longest of --lengths whose FSDP2 + activation checkpointing step ran
+                            without running out of memory (each tried in increasing order)
+
+    python benchmarks/gpu_fsdp.py --out DIR --data DIR --set model.preset=paper-1.3b
+
+The metric names say 1p3b / 16k: run it with `model.preset=paper-1.3b` and --seq-len 16384 (the
+defaults) for the figures the issue asks for; any other settings record under the same names
+with the command line beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.record import FigureLog  # noqa: E402
+
+SKIP_STEPS = 2  # steps left out of the median: compiling, autotuning, allocator warm-up
+
+
+def config(args: argparse.Namespace, name: str, seq_len: int, extra: list[str]):
+    from refine_tasks.config import load_config
+
+    data = args.data
+    settings = [
+        f"paths.data_dir={data}",
+        f"paths.corpus_dir={data / 'corpus'}",
+        f"paths.tokenizer_dir={data / 'tokenizer'}",
+        f"paths.catalog={args.out / 'work' / name / 'refine.duckdb'}",
+        f"train.out_dir={args.out / 'work' / name / 'run'}",
+        f"train.seq_len={seq_len}",
+        "train.batch_size=1",
+        "train.packing=pack",
+        f"train.max_steps={args.steps}",
+        f"train.checkpoint_every={args.steps}",
+        "positions.policy=online",
+        *args.extra,
+        *extra,
+    ]
+    return load_config(args.params, settings)
+
+
+def run(
+    args: argparse.Namespace, name: str, seq_len: int, sharded: bool, extra: list[str]
+) -> tuple[float, float]:
+    """One run: (median step seconds after SKIP_STEPS, peak GiB). Raises torch.OutOfMemoryError."""
+    import torch
+
+    from refine_tasks.train.distributed import train_here
+    from refine_tasks.train.trainer import MidTrainer
+
+    shutil.rmtree(args.out / "work" / name, ignore_errors=True)
+    cfg = config(args, name, seq_len, extra)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    steps: list[float] = []
+    on_step = lambda line: steps.append(line["step_s"])  # noqa: E731
+    if sharded:  # the only rank of a one-process group, as `torchrun --nproc_per_node=1` starts it
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(args.port))
+        try:
+            train_here(cfg, on_step)
+        finally:
+            for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+                os.environ.pop(key)
+    else:
+        MidTrainer(cfg).run(on_step)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    kept = steps[SKIP_STEPS:] or steps
+    return statistics.median(kept), peak
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="tokenizer/, corpus/ (long documents)")
+    parser.add_argument("--params", type=Path, default=Path("params-gpu-small.yaml"))
+    parser.add_argument("--seq-len", type=int, default=16384)
+    parser.add_argument("--lengths", default="16384,24576,32768,49152,65536,98304,131072")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--port", type=int, default=29517)
+    parser.add_argument("--set", dest="extra", action="append", default=[], help="overrides, all runs")
+    args = parser.parse_args(argv)
+    import torch  # after argparse: --help stays quick
+
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, str, str]] = []
+    log = FigureLog(card, " ".join(sys.argv), args.out / "results.jsonl", args.out / "RESULTS.md", rows)
+    fsdp = ["train.parallel=fsdp"]
+    ac = [*fsdp, "train.activation_checkpointing=true"]
+    plain_s, _ = run(args, "plain", args.seq_len, False, [])
+    fsdp_s, fsdp_peak = run(args, "fsdp", args.seq_len, True, fsdp)
+    _, ac_peak = run(args, "fsdp_ac", args.seq_len, True, ac)
+    note = f"seq_len {args.seq_len}, median of steps after {SKIP_STEPS}"
+    log.emit("fsdp1_over_plain_step", fsdp_s / plain_s, "x", f"{fsdp_s:.4f} s over {plain_s:.4f} s; {note}")
+    log.emit("fsdp1_peak_gib_1p3b_16k", fsdp_peak, "GiB", note)
+    log.emit("ac_peak_gib_1p3b_16k", ac_peak, "GiB", note)
+    fits = 0
+    for length in (int(x) for x in args.lengths.split(",")):
+        try:
+            run(args, f"ac_{length}", length, True, ac)
+        except torch.OutOfMemoryError:
+            break
+        fits = length
+    log.emit("max_seq_len_1p3b_ac", fits, "tokens", f"largest of {args.lengths} that ran; 0: none")
+
+
+if __name__ == "__main__":
+    main()
