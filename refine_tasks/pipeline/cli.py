@@ -17,6 +17,7 @@ from refine_tasks.corpus import CorpusError, DropLog, corpus_texts, ingest
 from refine_tasks.corpus.tokenizer import TokenizerError, build_tokenizer
 from refine_tasks.errors import TRAINING_ERRORS, storage_errno, storage_message
 from refine_tasks.evaluate import EvalError
+from refine_tasks.pipeline.dvc_state import write_overrides
 from refine_tasks.pipeline.lifecycle import (
     EVAL_STAGES,
     TRAIN_STAGES,
@@ -406,13 +407,16 @@ def run_command(
     """Run the whole lifecycle on params.yaml or the embedded defaults: tokenizer, corpus, base model,
     positions, SFT and ReFINE mid-training, evaluations, report; then print the comparison. In a DVC
     repository with its own params.yaml, stages that are up to date are skipped and new outputs are
-    committed (`dvc status` is clean afterwards, as after `dvc repro`)."""
+    committed (`dvc status` is clean afterwards, as after `dvc repro`); --set overrides are written
+    into that params.yaml first, as `dvc exp run -S` does, so only the stages they change run."""
     names = [name for name, _ in RUN_STEPS]
     if until is not None and until not in names:
         console.print(f"[red]run: --until {escape(until)}: unknown stage; stages: {', '.join(names)}[/red]")
         raise typer.Exit(2)
     steps = RUN_STEPS[: names.index(until) + 1] if until is not None else RUN_STEPS
-    run_steps(resolve(params, set_), steps)
+    cfg = resolve(params, set_)  # a bad override is refused here, before params.yaml changes
+    write_overrides(params, set_ or [])  # in a DVC repository: into its params.yaml, as dvc exp run -S
+    run_steps(cfg, steps)
 
 
 @app.command("stage")

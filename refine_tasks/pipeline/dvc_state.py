@@ -3,6 +3,11 @@
 After such a run, the stage's outputs are committed (`dvc commit`), so dvc.lock records the
 same deps, params and outs hashes `dvc repro` would have, and `dvc status` is clean after
 either way. A stage DVC already considers up to date is not run again.
+
+Overrides (`refine run --set`, a flow's `overrides`) in such a repository are written into its
+params.yaml first (`write_overrides`), as `dvc exp run -S` does: DVC then sees exactly the
+parameters they change, so the stages that read them (and those downstream) run, the others stay
+up to date, and dvc.lock records the values the run used.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from refine_tasks.config import ConfigError, PipelineConfig, load_config
@@ -26,6 +32,48 @@ def dvc_root(start: Path | None = None) -> Path | None:
         return Path(Repo.find_root(str(start or Path.cwd())))
     except NotDvcRepoError:
         return None
+
+
+def tracked_params(params: str | Path | None) -> Path | None:
+    """The params.yaml of the DVC repository in the working directory when `params` names it
+    (None: ./params.yaml), else None (no repository, or another params file: runs are not tracked)."""
+    root = dvc_root()
+    if root is None or root.resolve() != Path.cwd().resolve() or not (root / "dvc.yaml").is_file():
+        return None
+    declared = (root / PARAMS_FILE).resolve()
+    given = Path(params if params is not None else PARAMS_FILE).resolve()
+    return declared if given == declared and declared.is_file() else None
+
+
+def write_overrides(params: str | Path | None, overrides: Sequence[str]) -> list[str]:
+    """`dvc exp run -S` for runs outside `dvc repro`: when `params` is the DVC repository's
+    params.yaml, validate `overrides` and write their values into it (comments and order kept),
+    so the run reads them from the file DVC tracks. Returns the overrides left to apply at load
+    time: [] once written, all of them when the run is not tracked. A bad override is a
+    ConfigError and leaves the file as it was."""
+    from ruamel.yaml import YAML
+
+    path = tracked_params(params)
+    if path is None or not overrides:
+        return list(overrides)
+    values = load_config(path, list(overrides)).model_dump(mode="json")
+    yaml = YAML()  # round trip: the file's comments, order and quoting stay
+    yaml.width = 4096
+    yaml.representer.add_representer(
+        type(None), lambda dumper, _: dumper.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    data = yaml.load(path)
+    for item in overrides:
+        keys = item.split("=", 1)[0].strip().split(".")
+        node, value = data, values
+        for key in keys[:-1]:
+            node, value = node.setdefault(key, {}), value[key]
+        node[keys[-1]] = value[keys[-1]]
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        yaml.dump(data, f)
+    os.replace(tmp, path)
+    return []
 
 
 class DvcStages:
