@@ -428,3 +428,44 @@ def stage_command(
     """Run one lifecycle stage on fresh outputs (each dvc.yaml stage runs this; `dvc repro` records
     it). A stage that fails leaves its previous outputs as they were."""
     run_steps(resolve(params, set_), [(name, stage_step(name, tracked=False))])
+
+
+# --- Prefect flow runs ------------------------------------------------------------------------------
+
+
+def flow_run_outcome(flow_run) -> tuple[int, str]:
+    """(exit code, line) for a finished Prefect flow run: its state, and for one that did not
+    complete the state's message (the flow's error, e.g. the stage's bad input)."""
+    state = flow_run.state
+    if state is not None and state.is_completed():
+        return 0, f"flow run {flow_run.name}: {state.name}"
+    name = state.name if state is not None else "unknown"
+    message = (state.message if state is not None else None) or "no message; see `prefect flow-run logs`"
+    return 1, f"flow run {flow_run.name}: {name}: {message}"
+
+
+@app.command("watch")
+def watch_command(
+    flow_run_id: Annotated[
+        str, typer.Argument(help="the flow run's UUID (`prefect deployment run` prints it)")
+    ],
+    timeout: Annotated[
+        int | None, typer.Option("--timeout", help="stop watching after this many seconds")
+    ] = None,
+) -> None:
+    """Follow a Prefect flow run (its logs and events, as `prefect deployment run --watch` shows them)
+    until it ends, then say how it ended: for a failed run, its error, not only `Failed`."""
+    import asyncio
+    from uuid import UUID
+
+    from prefect.cli.flow_runs_watching import watch_flow_run
+
+    try:
+        run_id = UUID(flow_run_id)
+    except ValueError:
+        console.print(f"[red]watch: {escape(flow_run_id)}: not a flow run id (a UUID)[/red]")
+        raise typer.Exit(2) from None
+    flow_run = asyncio.run(watch_flow_run(run_id, console, timeout=timeout))
+    code, line = flow_run_outcome(flow_run)
+    console.print(f"[{'green' if code == 0 else 'red'}]{escape(line)}[/]", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
