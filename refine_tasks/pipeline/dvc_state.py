@@ -56,7 +56,10 @@ def write_overrides(params: str | Path | None, overrides: Sequence[str]) -> list
     path = tracked_params(params)
     if path is None or not overrides:
         return list(overrides)
-    values = load_config(path, list(overrides)).model_dump(mode="json")
+    wanted = load_config(path, list(overrides))
+    if wanted == load_config(path):  # already there (a flow's later stages): the file stays untouched
+        return []
+    values = wanted.model_dump(mode="json")
     yaml = YAML()  # round trip: the file's comments, order and quoting stay
     yaml.width = 4096
     yaml.representer.add_representer(

@@ -55,5 +55,8 @@ def test_overrides_are_written_only_into_the_repositorys_own_params_yaml(
     )
     assert written.startswith((ROOT / "params.yaml").read_text().split("\n\n")[0])  # the comments stay
     assert "  limit: null\n" in written  # untouched values keep their spelling
+    mtime = (tmp_path / "params.yaml").stat().st_mtime_ns
+    assert write_overrides("params.yaml", ["train.max_steps=7"]) == []  # already there: not rewritten
+    assert (tmp_path / "params.yaml").stat().st_mtime_ns == mtime
     monkeypatch.chdir(tmp_path / ".dvc")  # not the repository's root: not tracked
     assert write_overrides("../params.yaml", ["train.max_steps=8"]) == ["train.max_steps=8"]
