@@ -8,6 +8,11 @@ Overrides (`refine run --set`, a flow's `overrides`) in such a repository are wr
 params.yaml first (`write_overrides`), as `dvc exp run -S` does: DVC then sees exactly the
 parameters they change, so the stages that read them (and those downstream) run, the others stay
 up to date, and dvc.lock records the values the run used.
+
+DVC rewrites dvc.lock in place, so a commit killed midway would leave it truncated (and every
+later `dvc status` failing). `DvcStages.commit` keeps the last good dvc.lock beside it
+(`dvc.lock.aside-<pid>`) while DVC writes; the next DvcStages of the repository puts it back when
+its writer is gone (the stage then counts as not committed and runs again).
 """
 
 from __future__ import annotations
@@ -19,8 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from refine_tasks.config import ConfigError, PipelineConfig, load_config
+from refine_tasks.store.catalog import process_alive
+from refine_tasks.store.scratch import marked_pid
 
 PARAMS_FILE = "params.yaml"
+LOCK_FILE = "dvc.lock"
+LOCK_ASIDE = ".aside-"  # `dvc.lock.aside-<pid>`: the last good dvc.lock while a commit rewrites it
+LOCK_TMP = ".tmp-"  # `dvc.lock.tmp-<pid>`: that copy being written
 
 
 def dvc_root(start: Path | None = None) -> Path | None:
@@ -84,6 +94,38 @@ class DvcStages:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self.recover_lock()
+
+    def recover_lock(self) -> None:
+        """Put back the dvc.lock that a killed commit was rewriting (its copy aside is the last good
+        one; empty: there was none) and drop dead writers' partial copies. Live writers' are theirs."""
+        for path in sorted(self.root.glob(f"{LOCK_FILE}.*")):
+            for mark in (LOCK_ASIDE, LOCK_TMP):
+                pid = marked_pid(path, mark)
+                if pid is None or process_alive(pid):
+                    continue
+                if mark == LOCK_ASIDE:
+                    self._put_back(path)
+                else:
+                    path.unlink()
+
+    def _put_back(self, aside: Path) -> None:
+        """The copy aside becomes dvc.lock again (an empty copy: there was no dvc.lock)."""
+        lock = self.root / LOCK_FILE
+        if aside.stat().st_size > 0:
+            os.replace(aside, lock)
+        else:
+            lock.unlink(missing_ok=True)
+            aside.unlink()
+
+    def _keep_lock(self) -> Path:
+        """A copy of dvc.lock (empty when there is none) at `dvc.lock.aside-<pid>`, written whole first."""
+        lock = self.root / LOCK_FILE
+        tmp = lock.with_name(f"{LOCK_FILE}{LOCK_TMP}{os.getpid()}")
+        tmp.write_bytes(lock.read_bytes() if lock.is_file() else b"")
+        aside = lock.with_name(f"{LOCK_FILE}{LOCK_ASIDE}{os.getpid()}")
+        os.replace(tmp, aside)
+        return aside
 
     @classmethod
     def for_config(cls, cfg: PipelineConfig) -> DvcStages | None:
@@ -115,8 +157,14 @@ class DvcStages:
         """Record the stage's current deps, params and outs in dvc.lock and the DVC cache. dvc.lock
         belongs in git (it is what `dvc status` and `dvc pull` elsewhere read): with the repository's
         core.autostage, which .dvc/config sets, it is staged (`git add`) as `dvc repro` stages it."""
-        with self._repo() as repo, repo.scm_context(quiet=True):
-            repo.commit(name, force=True)
+        aside = self._keep_lock()
+        try:
+            with self._repo() as repo, repo.scm_context(quiet=True):
+                repo.commit(name, force=True)
+        except BaseException:  # an error or Ctrl-C while DVC wrote: the last good dvc.lock again
+            self._put_back(aside)
+            raise
+        aside.unlink()
 
     def restore(self, name: str) -> bool:
         """Put back the stage's last committed outputs (after a failed run); False if none."""

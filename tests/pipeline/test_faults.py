@@ -106,7 +106,9 @@ def query(catalog: Path, sql: str) -> list[tuple]:
 
 
 def leftovers(project: Path) -> list[str]:
-    return [str(p) for p in (project / "data").rglob("*") if any(m in p.name for m in LEFTOVER_MARKS)]
+    """Temporary and set-aside files under data/, and copies of dvc.lock kept while it was rewritten."""
+    found = [p for p in (project / "data").rglob("*") if any(m in p.name for m in LEFTOVER_MARKS)]
+    return [str(p) for p in [*found, *project.glob("dvc.lock.*")]]
 
 
 def latest_checkpoint(run: Path) -> Path:
