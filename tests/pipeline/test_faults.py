@@ -8,8 +8,8 @@ shards' rows, and `dvc status` is clean for the stages `refine run` ran.
 The commands run in forked children of this process (the libraries are imported once, here), each
 its own process to kill. Faults go to the five targets in turn; the moments and signals come from a
 fixed seed. REFINE_FAULTS=N runs N faults instead of DEFAULT_FAULTS (REFINE_FAULTS_SEED: another
-seed). The test prints its counts. Budget: the default 20 took 135 s on 2 CPU cores shared with other
-jobs (2026-12-02; REFINE_FAULTS=30: 390 s with the cores three times oversubscribed).
+seed); a command that ends before its signal runs again, signalled sooner. The test prints its
+counts. Budget: the default 20 took 135-227 s on 2 CPU cores shared with other jobs (2026-12-02).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ SEED = 18
 LEFTOVER_MARKS = (".tmp-", ASIDE_MARK)  # temporary writes and a stage's set-aside outputs
 RUN_STAGES = ["tokenizer", "corpus", "kernels", "base", "positions", "midtrain_sft", "midtrain_refine"]
 CHILD_TIMEOUT_S = 300
+ATTEMPTS = 3  # per fault: a machine busier than during the reference run may end a command before its signal
 
 
 def _child(project: Path, argv: list[str], log: Path) -> None:
@@ -298,16 +299,18 @@ def test_kill_9_and_ctrl_c_at_random_moments_lose_nothing(tmp_path: Path) -> Non
     for i in range(faults):
         target = plan[i % len(plan)]
         sig = rng.choice([signal.SIGKILL, signal.SIGINT])
-        delay = rng.uniform(0.05, 0.9) * seconds[target.name]
-        target.prepare(project)
-        log = logs / f"{i:03d}-{target.name}-{sig.name}.log"
-        pid = launch(project, target.argv(project), log)
-        time.sleep(delay)
-        os.kill(pid, sig)
-        code = wait(pid)
-        if code == 0:  # it ended before the signal came: no fault
+        fraction = rng.uniform(0.05, 0.9)  # of the uninterrupted run's seconds
+        for attempt in range(ATTEMPTS):  # a command that ended before its signal: again, signalled sooner
+            target.prepare(project)
+            log = logs / f"{i:03d}-{target.name}-{sig.name}-{attempt}.log"
+            pid = launch(project, target.argv(project), log)
+            time.sleep(fraction * 0.5**attempt * seconds[target.name])
+            os.kill(pid, sig)
+            code = wait(pid)
+            if code != 0:
+                break
             finished_first += 1
-        else:
+        if code != 0:
             assert code in (-signal.SIGKILL, 130, 1, 2), f"{log.name}: exit {code}\n{log.read_text()[-3000:]}"
             injected[target.name, sig.name] += 1
         run_to_end(target.argv(project), f"{i:03d}-{target.name}-again")
@@ -318,6 +321,6 @@ def test_kill_9_and_ctrl_c_at_random_moments_lose_nothing(tmp_path: Path) -> Non
     counts = ", ".join(f"{name} {sig} {n}" for (name, sig), n in injected.items())
     print(
         f"\n{total} injected faults, 0 lost or corrupted ({counts}; {finished_first} commands ended before "
-        f"their signal; {time.monotonic() - began:.0f} s)"
+        f"their signal and ran again; {time.monotonic() - began:.0f} s)"
     )
     assert total >= faults // 2, f"only {total} of {faults} signals came while the command ran"
