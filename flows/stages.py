@@ -21,7 +21,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.sync import concurrency
 
 from refine_tasks.config import load_config
-from refine_tasks.pipeline.dvc_state import DvcStages
+from refine_tasks.pipeline.dvc_state import DvcStages, write_overrides
 from refine_tasks.pipeline.lifecycle import TRAIN_STAGES, StageResult, run_tracked, split_stage, stage_config
 
 MODEL_STAGES = {*TRAIN_STAGES, "kernels", "positions", "eval_niah", "eval_qa", "eval_longbench"}
@@ -68,6 +68,10 @@ class TrainingProgress:
                 description=f"{self.name}: step {line['step']}/{self.total}, loss {line['loss']:.4f}",
             )
 
+    def up_to_date(self) -> None:
+        """The stage did not run because its outputs are current: done, not 0%."""
+        update_progress_artifact(self.artifact, 100.0, description=f"{self.name}: up to date (dvc status)")
+
 
 def _rows_markdown(result: StageResult) -> str:
     lines = [f"# {result.name}\n", "| figure | value |", "| --- | --- |"]
@@ -100,6 +104,8 @@ def stage_task(
             result = run_tracked(name, cfg, on_step=on_step, force=force)
         finally:
             logger.info("%s: releasing %s", name, held)
+    if result.up_to_date and on_step is not None:
+        on_step.up_to_date()
     if result.notice:
         logger.warning(result.notice)
     create_markdown_artifact(_rows_markdown(result), key=artifact_key(name, "summary"), description=name)
@@ -111,8 +117,10 @@ def run_stage(
     name: str, params: str = "params.yaml", overrides: list[str] | None = None, force: bool = False
 ) -> list[tuple[str, str]]:
     """Call `stage_task` with the stage's DVC fingerprint: a stage that is up to date may come
-    from the cache; one that is not (or any run with overrides) is always computed afresh."""
-    overrides = list(overrides or [])
+    from the cache; one that is not (or any untracked run with overrides) is always computed
+    afresh. In the DVC repository, overrides are written into its params.yaml first (as `dvc exp
+    run -S` does): only the stages whose parameters they change run, and dvc.lock records them."""
+    overrides = write_overrides(params, list(overrides or []))
     dvc = DvcStages.for_config(load_config(params, overrides))
     fingerprint = dvc.fingerprint(name) if dvc is not None and not force else None
     if fingerprint is None:

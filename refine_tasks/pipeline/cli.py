@@ -17,6 +17,7 @@ from refine_tasks.corpus import CorpusError, DropLog, corpus_texts, ingest
 from refine_tasks.corpus.tokenizer import TokenizerError, build_tokenizer
 from refine_tasks.errors import TRAINING_ERRORS, storage_errno, storage_message
 from refine_tasks.evaluate import EvalError
+from refine_tasks.pipeline.dvc_state import write_overrides
 from refine_tasks.pipeline.lifecycle import (
     EVAL_STAGES,
     TRAIN_STAGES,
@@ -417,13 +418,16 @@ def run_command(
     """Run the whole lifecycle on params.yaml or the embedded defaults: tokenizer, corpus, base model,
     positions, SFT and ReFINE mid-training, evaluations, report; then print the comparison. In a DVC
     repository with its own params.yaml, stages that are up to date are skipped and new outputs are
-    committed (`dvc status` is clean afterwards, as after `dvc repro`)."""
+    committed (`dvc status` is clean afterwards, as after `dvc repro`); --set overrides are written
+    into that params.yaml first, as `dvc exp run -S` does, so only the stages they change run."""
     names = [name for name, _ in RUN_STEPS]
     if until is not None and until not in names:
         console.print(f"[red]run: --until {escape(until)}: unknown stage; stages: {', '.join(names)}[/red]")
         raise typer.Exit(2)
     steps = RUN_STEPS[: names.index(until) + 1] if until is not None else RUN_STEPS
-    run_steps(resolve(params, set_), steps)
+    cfg = resolve(params, set_)  # a bad override is refused here, before params.yaml changes
+    write_overrides(params, set_ or [])  # in a DVC repository: into its params.yaml, as dvc exp run -S
+    run_steps(cfg, steps)
 
 
 @app.command("stage")
@@ -435,3 +439,44 @@ def stage_command(
     """Run one lifecycle stage on fresh outputs (each dvc.yaml stage runs this; `dvc repro` records
     it). A stage that fails leaves its previous outputs as they were."""
     run_steps(resolve(params, set_), [(name, stage_step(name, tracked=False))])
+
+
+# --- Prefect flow runs ------------------------------------------------------------------------------
+
+
+def flow_run_outcome(flow_run) -> tuple[int, str]:
+    """(exit code, line) for a finished Prefect flow run: its state, and for one that did not
+    complete the state's message (the flow's error, e.g. the stage's bad input)."""
+    state = flow_run.state
+    if state is not None and state.is_completed():
+        return 0, f"flow run {flow_run.name}: {state.name}"
+    name = state.name if state is not None else "unknown"
+    message = (state.message if state is not None else None) or "no message; see `prefect flow-run logs`"
+    return 1, f"flow run {flow_run.name}: {name}: {message}"
+
+
+@app.command("watch")
+def watch_command(
+    flow_run_id: Annotated[
+        str, typer.Argument(help="the flow run's UUID (`prefect deployment run` prints it)")
+    ],
+    timeout: Annotated[
+        int | None, typer.Option("--timeout", help="stop watching after this many seconds")
+    ] = None,
+) -> None:
+    """Follow a Prefect flow run (its logs and events, as `prefect deployment run --watch` shows them)
+    until it ends, then say how it ended: for a failed run, its error, not only `Failed`."""
+    import asyncio
+    from uuid import UUID
+
+    from prefect.cli.flow_runs_watching import watch_flow_run
+
+    try:
+        run_id = UUID(flow_run_id)
+    except ValueError:
+        console.print(f"[red]watch: {escape(flow_run_id)}: not a flow run id (a UUID)[/red]")
+        raise typer.Exit(2) from None
+    flow_run = asyncio.run(watch_flow_run(run_id, console, timeout=timeout))
+    code, line = flow_run_outcome(flow_run)
+    console.print(f"[{'green' if code == 0 else 'red'}]{escape(line)}[/]", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)

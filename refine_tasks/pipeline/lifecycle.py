@@ -82,6 +82,7 @@ class StageResult:
     rows: Summary
     notice: str | None = None  # why the stage did nothing (e.g. its data path does not exist)
     files: list[Path] = field(default_factory=list)  # report files, for artifacts
+    up_to_date: bool = False  # not run: DVC found its outputs up to date (run_tracked)
 
 
 def run_dir(cfg: PipelineConfig, model: str) -> Path:
@@ -508,7 +509,7 @@ def run_tracked(
 
     dvc = DvcStages.for_config(cfg)
     if dvc is not None and not force and dvc.up_to_date(name):
-        return StageResult(name, [("up to date", "dvc status: nothing changed")])
+        return StageResult(name, [("up to date", "dvc status: nothing changed")], up_to_date=True)
     try:
         result = run_stage(name, cfg, on_step)
     except BaseException:
