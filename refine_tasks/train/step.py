@@ -319,9 +319,24 @@ def fused_backward(model: FastWeightForCausalLM, batch: RolloutBatch, opts: Step
 
 def branched_backward(model: FastWeightForCausalLM, batch: RolloutBatch, opts: StepOptions) -> StepStats:
     """A no-grad capturing prefill for the rollouts, then ONE `forward_branched` loss pass."""
+    return scored_backward(model, batch, sample_scored(model, batch, opts), opts)
+
+
+def sample_scored(model: FastWeightForCausalLM, batch: RolloutBatch, opts: StepOptions) -> ScoredRollouts:
+    """The rollouts of a batch with their rewards, advantages and old log-probs (the sampling
+    weights' own), without gradients: what the reference's update protocol computes once per
+    rollout batch before its optimizer steps (see refine_tasks.train.protocol)."""
     _check(batch, opts)
     ro, true_tokens, true_hidden = branched_rollouts(model, batch, opts.cfg, opts.timer)
-    scored = _score(ro, true_tokens, true_hidden, opts.cfg, opts.timer)
+    return _score(ro, true_tokens, true_hidden, opts.cfg, opts.timer)
+
+
+def scored_backward(
+    model: FastWeightForCausalLM, batch: RolloutBatch, scored: ScoredRollouts, opts: StepOptions
+) -> StepStats:
+    """ONE `forward_branched` loss pass over rollouts sampled before (`sample_scored`), under the
+    current weights, backpropagated: once the weights moved, the ratio departs from 1."""
+    ro = scored.rollouts
     b, p, r, length = ro.tokens.shape
     branch_at = batch.positions.repeat_interleave(r, dim=1)
     with opts.timer.phase("loss_forward"):
