@@ -318,6 +318,18 @@ class LifecycleConfig(Section):
     nproc_per_node: int = Field(
         1, ge=1, description="training processes per node; > 1 runs the training stages under torchrun"
     )
+    seeds: list[int] = Field(
+        [],
+        description="`refine experiment`: further seeds of the SFT and ReFINE arms beside `seed` (seed = "
+        "mid-training data order and rollout sampling; all share the base), each run under experiment_dir",
+    )
+    experiment_dir: Path = Field(
+        Path("data/experiment"), description="runs, positions and evaluations of the further seeds"
+    )
+    results_dir: Path = Field(
+        Path("docs"),
+        description="`refine experiment` / `refine report --experiment`: results.md, results.json, figures",
+    )
 
 
 class PipelineConfig(Section):
