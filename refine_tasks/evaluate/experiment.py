@@ -98,7 +98,8 @@ def metric_scores(cells: pd.DataFrame) -> pd.DataFrame:
     for group, prefix in NIAH_GROUPS.items():
         part = niah[niah.task.str.startswith(prefix)]
         for length in sorted(set(part.length.dropna())):
-            add(part[part.length == length], f"{group} {int(length) // 1024}K", "niah")
+            size = f"{int(length) // 1024}K" if length % 1024 == 0 else f"{int(length)}"
+            add(part[part.length == length], f"{group} {size}", "niah")
         if not part.empty:
             add(part, f"{group} avg", "niah")
     for family in [f for f in dict.fromkeys(cells.family) if f != "niah"]:

@@ -146,6 +146,6 @@ def write_experiment_results(cfg: PipelineConfig, command: str | None = None) ->
         "refine": {"coef": cfg.refine.coef, "protocol": cfg.refine.protocol, "reward": cfg.refine.reward},
         "tokens": sum(r["summary"].get("tokens", 0) for r in runs.values()),
         "steps": {label: r["summary"].get("steps") for label, r in runs.items()},
-        "wall_s": round(sum(r["summary"].get("seconds", 0.0) for r in runs.values()), 1),
+        "train_wall_s": round(sum(r["summary"].get("seconds", 0.0) for r in runs.values()), 1),
     }
     return write_results(_cells(cfg), runs, Path(cfg.lifecycle.results_dir), meta)

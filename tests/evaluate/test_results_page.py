@@ -83,6 +83,8 @@ def test_metrics_group_niah_by_variant_family_and_length():
         "RULER QA: squad",
         "LongBench average",
     } <= metrics
+    odd = metric_scores(_cells().assign(length=lambda d: d.length.replace({1024: 512})))
+    assert {"S-NIAH 512", "S-NIAH 2K"} <= set(odd.metric)
     one = scores[(scores.metric == "RULER QA: squad") & (scores.arm == "sft") & (scores.seed == 2)]
     assert one.score.item() == pytest.approx(22.0)
 
