@@ -291,12 +291,19 @@ def seeds_step(cfg: PipelineConfig) -> Summary:
 
 
 @app.command("experiment")
-def experiment_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+def experiment_command(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    seeds_only: Annotated[
+        bool, typer.Option("--seeds-only", help="skip the lifecycle at `seed` (already run by `refine run`)")
+    ] = False,
+) -> None:
     """The experiment: the whole lifecycle (as `refine run`) at `seed`, then SFT and ReFINE from the
     same base at every seed of lifecycle.seeds (their positions, training and evaluations), then
     the page: lifecycle.results_dir/results.md and results.json (means, bootstrap 95% CIs, the
     paired ReFINE - SFT difference, heat-maps and curves)."""
-    run_steps(resolve(params, set_), [*RUN_STEPS, ("seeds", seeds_step), ("results", results_step)])
+    steps = [] if seeds_only else list(RUN_STEPS)
+    run_steps(resolve(params, set_), [*steps, ("seeds", seeds_step), ("results", results_step)])
 
 
 # --- ReFINE mid-training: positions cache and the trainer ------------------------------------------

@@ -35,10 +35,21 @@ class DistributedMidTrainer(MidTrainer):
 
     def __init__(self, cfg: PipelineConfig, rank: int, world: int) -> None:
         super().__init__(cfg, resume=False)
+        if self.reference:  # its mini-batch steps call scored_backward, which no all-reduce wraps
+            self.run_lock.close()
+            raise ValueError(
+                "refine.protocol=reference runs in one process (lifecycle.nproc_per_node: 1) for now"
+            )
         self.world = world
         t = cfg.train
         self.loader = LongDocumentLoader(
-            cfg.paths.corpus_dir, t.seq_len, t.batch_size, t.packing, cfg.seed + rank
+            cfg.paths.corpus_dir,
+            t.seq_len,
+            t.batch_size,
+            t.packing,
+            cfg.seed + rank,
+            t.val_sequences if t.val_every else 0,
+            t.synthetic_docs,
         )
 
     def micro_step(self, step: int, micro: int):
