@@ -176,10 +176,13 @@ def write_results(cells: pd.DataFrame, runs: dict[str, dict], out_dir: Path, met
                 niah.drop(columns="seed"), f"NIAH: {arm} (all seeds)", out_dir / f"niah_{arm}.png"
             )
             figures.append(path.name)
-    for name, keys in CURVES.items():
-        path = curve_plot(
-            {k: v["metrics"] for k, v in runs.items()}, keys, name, out_dir / f"curves_{name}.png"
-        )
+    # Mid-training runs share an axis; the base (many more steps) gets a figure of its own.
+    mid = {k: v["metrics"] for k, v in runs.items() if k != "base"}
+    plots = [(mid, keys, name, f"curves_{name}.png") for name, keys in CURVES.items()]
+    base = {k: v["metrics"] for k, v in runs.items() if k == "base"}
+    plots.append((base, ("loss", "val/loss"), "base", "curves_base.png"))
+    for curves, keys, name, file in plots:
+        path = curve_plot(curves, keys, name, out_dir / file)
         if path is not None:
             figures.append(path.name)
     finding = verdict(rows)

@@ -92,3 +92,4 @@ def test_the_page_pairs_sft_and_refine_by_seed(tmp_path):
     assert data["seeds"] == [0, 1, 2] and data["tokens"] == 7 * 300 and data["card"] == "cpu"
     assert set(data["runs"]) == {"base", *(f"{a} seed {s}" for a in ("sft", "refine") for s in (0, 1, 2))}
     assert "2.0 [2.0, 2.0]" in md.read_text() and (tmp_path / "docs" / "curves_validation.png").is_file()
+    assert "curves_base.png" in data["figures"]  # the base on its own axis: it trains many more steps
