@@ -296,7 +296,8 @@ class MidTrainer:
         rollouts, rewards, advantages and old log-probs for all of it under the batch's starting
         weights, then one optimizer step per mini-batch (refine.mini_batches of them); from the
         second on the weights have moved, so the ratio departs from 1 and the clip can bind. With
-        one mini-batch it is `optimizer_step` (refine.mode=branched) exactly."""
+        one mini-batch it is `optimizer_step` (refine.mode=branched) up to rounding: the old log-probs
+        are the loss pass's own forward (sample_scored), not the decode's."""
         self.step_options.timer.seconds.clear()
         began = time.perf_counter()
         n, k = self.t.grad_accum, self.cfg.refine.mini_batches

@@ -1,5 +1,5 @@
 """refine.protocol=reference: rollouts and old log-probs once per rollout batch, then one optimizer
-step per mini-batch (DESIGN.md section 7); with one mini-batch it is our step exactly."""
+step per mini-batch (DESIGN.md section 7); with one mini-batch it is our step (float64, to rounding)."""
 
 from __future__ import annotations
 
@@ -38,13 +38,18 @@ def _trained(cfg) -> tuple[dict[str, torch.Tensor], list[dict]]:
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, lines
 
 
-def test_one_mini_batch_is_our_step_exactly(config):
+def test_one_mini_batch_is_our_step(config):
+    # The same batches, rollouts and loss; only the old log-probs come from another pass (the loss
+    # pass's forward instead of the decode), equal in float64 to rounding.
     ours, ours_lines = _trained(config("ours"))
     ref, ref_lines = _trained(config("ref", "refine.protocol=reference", "refine.mini_batches=1"))
     assert ours.keys() == ref.keys()
-    assert all(torch.equal(ours[k], ref[k]) for k in ours)
+    assert all(torch.allclose(ours[k], ref[k], rtol=0, atol=1e-10) for k in ours)
     for a, b in zip(ours_lines, ref_lines, strict=True):
-        assert a["loss"] == b["loss"] and a["ratio_mean"] == b["ratio_mean"] == 1.0
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-12) and a["policy"] == pytest.approx(
+            b["policy"], abs=1e-12
+        )
+        assert b["ratio_mean"] == pytest.approx(1.0, abs=1e-12) and b["clip_frac"] == 0
     assert all(x["optimizer_steps"] == 1 for x in ref_lines)
 
 
