@@ -10,13 +10,12 @@ from prefect.concurrency.sync import concurrency
 from flows.evaluate import evaluate_flow
 from flows.midtrain import midtrain_flow
 from refine_tasks.config import load_config
+from refine_tasks.pipeline.experiment import run_seeds, write_experiment_results
 
 
 @task(task_run_name="experiment-seeds-and-results")
 def experiment_task(params: str, overrides: list[str]) -> str:
     """SFT and ReFINE at every further seed from the lifecycle's base, then results.md / results.json."""
-    from refine_tasks.pipeline.experiment import run_seeds, write_experiment_results
-
     logger = get_run_logger()
     cfg = load_config(params, overrides)
     with concurrency(["dvc", "gpu"], occupy=1):
