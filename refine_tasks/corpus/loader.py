@@ -127,10 +127,18 @@ class LongDocumentLoader:
         ]
 
     def _pack(self) -> list[list[Piece]]:
+        """Natural documents packed in manifest order, then the generated ones on their own: the
+        natural sequences (and so the held-out ones) are the same whether generated ones are read."""
+        natural = [i for i, d in enumerate(self._docs) if d[2] in self._natural]
+        synthetic = [i for i, d in enumerate(self._docs) if d[2] not in self._natural]
+        return self._pack_docs(natural) + self._pack_docs(synthetic)
+
+    def _pack_docs(self, docs: list[int]) -> list[list[Piece]]:
         sequences: list[list[Piece]] = []
         current: list[Piece] = []
         need = self.seq_len
-        for i, (_, _, _, n) in enumerate(self._docs):
+        for i in docs:
+            n = self._docs[i][3]
             start = 0
             while start < n:
                 take = min(need, n - start)

@@ -36,6 +36,16 @@ def test_held_out_sequences_are_never_trained_on_and_the_same_for_every_seed(tmp
     assert val == held
 
 
+def test_packed_natural_sequences_and_held_out_ones_do_not_depend_on_generated_documents(tmp_path):
+    write_corpus(tmp_path / "c", LENGTHS, source=_synthetic)
+    both = LongDocumentLoader(tmp_path / "c", 64, 2, "pack", 0, held_out=3, synthetic=True)
+    natural = LongDocumentLoader(tmp_path / "c", 64, 2, "pack", 0, held_out=3)
+    assert both.held_out_ids == natural.held_out_ids
+    natural_ids = {natural.sequence_id(k) for k in range(len(natural.sequences))}
+    both_ids = {both.sequence_id(k) for k in range(len(both.sequences))}
+    assert natural_ids < both_ids and not any("-3" in i for i in natural_ids)
+
+
 def test_synthetic_documents_are_read_only_when_asked(tmp_path):
     write_corpus(tmp_path / "c", LENGTHS, source=_synthetic)
     natural = LongDocumentLoader(tmp_path / "c", 96, 1, "truncate", 0)
