@@ -29,6 +29,7 @@ from refine_tasks.pipeline.lifecycle import (
     stage_outputs,
 )
 
+SCORES_FILE = "scores.json"  # an evaluation stage's last file (refine_tasks.evaluate.results)
 SEED_STAGES = (
     "base",
     "positions",
@@ -59,6 +60,13 @@ def experiment_seeds(cfg: PipelineConfig) -> list[int]:
     return list(dict.fromkeys([cfg.seed, *cfg.lifecycle.seeds]))
 
 
+def stage_done(name: str, cfg: PipelineConfig) -> bool:
+    """Whether stage `name` finished here: each output holds the file a stage writes last (a
+    training run's or the positions' summary.json, an evaluation's scores.json); a stage killed
+    midway leaves none, so it runs again."""
+    return all((p / SUMMARY_FILE).is_file() or (p / SCORES_FILE).is_file() for p in stage_outputs(name, cfg))
+
+
 def run_seeds(
     cfg: PipelineConfig, on_stage: Callable[[int, StageResult], None] | None = None
 ) -> list[tuple[int, str]]:
@@ -69,7 +77,7 @@ def run_seeds(
             continue
         seed_cfg = seed_config(cfg, seed)
         for name in SEED_STAGES:
-            if all(p.exists() for p in stage_outputs(name, seed_cfg)):
+            if stage_done(name, seed_cfg):
                 continue
             result = run_stage(name, seed_cfg)
             done.append((seed, name))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from refine_tasks.config import load_config
-from refine_tasks.pipeline.experiment import SEED_STAGES, seed_config, write_experiment_results
+from refine_tasks.pipeline.experiment import SEED_STAGES, seed_config, stage_done, write_experiment_results
 from refine_tasks.pipeline.lifecycle import LifecycleError, stage_config
 
 
@@ -93,3 +93,17 @@ def test_the_page_pairs_sft_and_refine_by_seed(tmp_path):
     assert set(data["runs"]) == {"base", *(f"{a} seed {s}" for a in ("sft", "refine") for s in (0, 1, 2))}
     assert "2.0 [2.0, 2.0]" in md.read_text() and (tmp_path / "docs" / "curves_validation.png").is_file()
     assert "curves_base.png" in data["figures"]  # the base on its own axis: it trains many more steps
+
+
+def test_a_stage_killed_midway_is_not_taken_for_done(tmp_path):
+    cfg = _config(tmp_path)
+    _base(tmp_path)
+    one = seed_config(cfg, 1)
+    run = tmp_path / "exp" / "seed-1" / "runs" / "sft"
+    (run / "checkpoints").mkdir(parents=True)  # what a killed training leaves: no summary.json
+    assert not stage_done("midtrain_sft", one)
+    _run(run, 1)
+    assert stage_done("midtrain_sft", one)
+    assert not stage_done("eval_niah@sft", one)
+    _scores(tmp_path / "exp" / "seed-1" / "eval" / "niah" / "sft", "sft", 1, "niah", 1.0)
+    assert stage_done("eval_niah@sft", one)
