@@ -52,12 +52,24 @@ class CorpusConfig(Section):
     normalization: Literal["NFC", "NFKC"] = "NFC"
     shard_docs: int = Field(64, gt=0, description="documents per Arrow shard")
     limit: int | None = Field(None, ge=1, description="ingest at most this many documents")
+    retrieval_ratio: float = Field(
+        0.0,
+        ge=0,
+        description="generated retrieval-bearing documents (facts stated early, used later, in natural "
+        "text; refine_tasks.corpus.retrieval_docs) per natural document; read by base pretraining only",
+    )
+    retrieval_chars: int = Field(16_000, ge=1000, description="length of a generated retrieval document")
+    retrieval_facts: int = Field(
+        6, ge=1, le=20, description="records stated (and later used) per generated document"
+    )
 
 
 class TokenizerConfig(Section):
     path: str | None = Field(
         None,
-        description="an existing HF tokenizer directory or SentencePiece .model; None trains a BPE",
+        description="an existing HF tokenizer directory or SentencePiece .model, or 'mistral-common:<file>' "
+        "(a model shipped in that package: tokenizer.model.v1 is the 32,000-piece Mistral vocabulary); "
+        "None trains a BPE",
     )
     vocab_size: int = Field(4096, ge=256)
     min_frequency: int = Field(2, ge=1)
@@ -159,6 +171,18 @@ class RefineConfig(Section):
         "a no-grad capturing prefill, then one forward_branched pass; naive: prefix+rollout re-run per "
         "position (see refine_tasks.train.step)",
     )
+    protocol: Literal["ours", "reference"] = Field(
+        "ours",
+        description="ours: one optimizer step per rollout batch (ratio 1, the clip never binds); reference: "
+        "the reference code's, rollouts and old log-probs once per batch of train.grad_accum micro-batches, "
+        "then refine.mini_batches optimizer steps over its mini-batches (the clip can bind; the loss pass "
+        "is the branched one); SFT (coef 0) takes one step per batch either way",
+    )
+    mini_batches: int = Field(
+        4,
+        ge=1,
+        description="protocol=reference: optimizer steps per rollout batch (divides train.grad_accum)",
+    )
     graph_branches: bool = Field(
         True,
         description="fused mode on CUDA: replay the rollouts' continuation (forward and backward) from "
@@ -193,6 +217,22 @@ class TrainConfig(Section):
     out_dir: Path = Field(Path("data/runs/midtrain"), description="metrics, TensorBoard and checkpoints")
     checkpoint_every: int = Field(10, ge=1, description="write a checkpoint every N optimizer steps")
     max_bad_steps: int = Field(3, ge=1, description="stop after this many non-finite losses in a row")
+    val_every: int = Field(
+        0,
+        ge=0,
+        description="held-out NTP loss and next-token accuracy every N optimizer steps (and at the end); 0: off",
+    )
+    val_sequences: int = Field(
+        8,
+        ge=1,
+        description="val_every > 0: natural sequences held out for validation (chosen by id hash, the same for "
+        "every seed and stage; never trained on)",
+    )
+    synthetic_docs: bool = Field(
+        False,
+        description="also train on the corpus's generated retrieval documents (corpus.retrieval_ratio); the "
+        "lifecycle's base stage sets it, mid-training reads natural documents only",
+    )
     phase_timing: bool = Field(
         False,
         description="log each step's phases (data, positions, prefill, rollouts, rewards, loss_forward, "
@@ -293,6 +333,18 @@ class LifecycleConfig(Section):
     eval_dir: Path = Field(Path("data/eval"), description="evaluation outputs per family and model")
     nproc_per_node: int = Field(
         1, ge=1, description="training processes per node; > 1 runs the training stages under torchrun"
+    )
+    seeds: list[int] = Field(
+        [],
+        description="`refine experiment`: further seeds of the SFT and ReFINE arms beside `seed` (seed = "
+        "mid-training data order and rollout sampling; all share the base), each run under experiment_dir",
+    )
+    experiment_dir: Path = Field(
+        Path("data/experiment"), description="runs, positions and evaluations of the further seeds"
+    )
+    results_dir: Path = Field(
+        Path("docs"),
+        description="`refine experiment` / `refine report --experiment`: results.md, results.json, figures",
     )
 
 

@@ -11,8 +11,11 @@ from refine_tasks.corpus.shards import token_table, write_manifest, write_shard
 LENGTHS = [[50, 120, 200], [99, 100, 310], [7, 260]]  # three shards
 
 
-def write_corpus(directory: Path, lengths=LENGTHS, seed: int = 0) -> dict[str, list[int]]:
-    """Shards in the ingest format; returns doc_id -> token ids, in manifest order."""
+def write_corpus(
+    directory: Path, lengths=LENGTHS, seed: int = 0, source=lambda name: "test"
+) -> dict[str, list[int]]:
+    """Shards in the ingest format; returns doc_id -> token ids, in manifest order. source(name):
+    each document's source."""
     g = torch.Generator().manual_seed(seed)
     directory.mkdir(parents=True)
     docs: dict[str, list[int]] = {}
@@ -22,7 +25,7 @@ def write_corpus(directory: Path, lengths=LENGTHS, seed: int = 0) -> dict[str, l
         names = [f"doc{s}-{i}" for i in range(len(ids))]
         docs.update(zip(names, ids, strict=True))
         info = write_shard(
-            directory / f"shard-{s:05d}.arrow", token_table(names, ["test"] * len(ids), ids), f"k{s}"
+            directory / f"shard-{s:05d}.arrow", token_table(names, [source(n) for n in names], ids), f"k{s}"
         )
         shards.append(vars(info))
     write_manifest(directory, {"shards": shards})

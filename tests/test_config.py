@@ -76,3 +76,20 @@ def test_model_presets_are_the_models_presets() -> None:
     assert get_args(ModelPreset) == tuple(PRESETS)
     with pytest.raises(ConfigError, match=r"model.preset = 'huge'"):
         load_config(None, ["model.preset=huge"])
+
+
+def test_gpu_profile_is_valid_and_its_resolved_form_is_the_same_configuration(tmp_path: Path) -> None:
+    """params-gpu-small.yaml runs the issue-17 experiment; `refine config -p` of it, saved as
+    params.yaml, is what makes `dvc repro` run (and track) that profile."""
+    from typer.testing import CliRunner
+
+    from refine_tasks.pipeline.cli import app
+
+    profile = load_config(REPO / "params-gpu-small.yaml")
+    assert profile.model.preset == "small" and profile.tokenizer.path == "mistral-common:tokenizer.model.v1"
+    assert profile.train.val_every > 0 and len(profile.lifecycle.seeds) >= 2
+    assert profile.evaluate.niah_lengths == [1024, 2048, 4096, 8192] and len(profile.evaluate.niah_variants) == 8
+    out = CliRunner().invoke(app, ["config", "-p", str(REPO / "params-gpu-small.yaml")])
+    assert out.exit_code == 0, out.output
+    (tmp_path / "params.yaml").write_text(out.output)
+    assert load_config(tmp_path / "params.yaml") == profile

@@ -22,6 +22,9 @@ CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff]")
 NEWLINES = re.compile("\r\n?")
 
 
+SYNTHETIC_PREFIX = "synthetic:"  # the source of documents our own generators wrote (not read text)
+
+
 @dataclass(frozen=True)
 class Document:
     doc_id: str  # sha256 hex of `text`

@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerFast
 
 from refine_tasks.config import PipelineConfig
 from refine_tasks.corpus.clean import Document, clean_documents
+from refine_tasks.corpus.retrieval_docs import with_retrieval_documents
 from refine_tasks.corpus.shards import (
     MANIFEST,
     SHARD_FORMAT,
@@ -93,10 +94,15 @@ def no_documents_message(source: str, report: IngestReport) -> str:
 
 
 def corpus_documents(cfg: PipelineConfig, drops: DropLog) -> Iterator[Document]:
-    """The cleaned, deduplicated documents of `corpus.source`, at most `corpus.limit` of them."""
-    raw = read_source(cfg.corpus, drops, cache_dir=cfg.paths.data_dir / "cache" / "datasets")
-    docs = clean_documents(raw, cfg.corpus, drops)
-    return itertools.islice(docs, cfg.corpus.limit) if cfg.corpus.limit else docs
+    """The cleaned, deduplicated documents of `corpus.source`, at most `corpus.limit` of them, with
+    generated retrieval documents mixed in at `corpus.retrieval_ratio` (see retrieval_docs)."""
+    c = cfg.corpus
+    raw = read_source(c, drops, cache_dir=cfg.paths.data_dir / "cache" / "datasets")
+    docs = clean_documents(raw, c, drops)
+    docs = itertools.islice(docs, c.limit) if c.limit else docs
+    if c.retrieval_ratio > 0:
+        docs = with_retrieval_documents(docs, c.retrieval_ratio, c.retrieval_chars, c.retrieval_facts)
+    return docs
 
 
 def corpus_texts(cfg: PipelineConfig, drops: DropLog | None = None) -> Iterator[str]:

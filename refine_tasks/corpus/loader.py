@@ -14,10 +14,17 @@ same cursor; each batch is a global one of world x batch_size sequences, and ran
 r*batch_size .. (r+1)*batch_size - 1. So within an epoch no sequence goes to two ranks and none is
 lost, the cursor is the same on every rank (a checkpoint is independent of the world size), and
 world ranks x batch B read exactly the sequences one process reads with batch world x B.
+
+Held out (`held_out` = N): the N natural sequences with the smallest hash of their sequence id
+are set aside for validation and never trained on; chosen by id, not by seed, so every seed of an
+experiment and every stage (base, SFT, ReFINE) validates on the same ones. Documents whose
+source starts with `SYNTHETIC_PREFIX` (the retrieval documents of
+refine_tasks.corpus.retrieval_docs) are read only with `synthetic=True` (base pretraining).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +34,7 @@ import torch
 from torch import Tensor
 
 from refine_tasks.corpus import CorpusError, shard_paths
+from refine_tasks.corpus.clean import SYNTHETIC_PREFIX
 from refine_tasks.corpus.shards import read_shard
 
 
@@ -55,27 +63,41 @@ class LongDocumentLoader:
         seed: int = 0,
         rank: int = 0,
         world: int = 1,
+        held_out: int = 0,
+        synthetic: bool = False,
     ) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not one of world size {world}'s ranks 0..{world - 1}")
         self.corpus_dir = Path(corpus_dir)
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.rank, self.world = rank, world
-        tables = [read_shard(p, ["doc_id", "n_tokens", "input_ids"]) for p in shard_paths(self.corpus_dir)]
+        columns = ["doc_id", "source", "n_tokens", "input_ids"]
+        tables = [read_shard(p, columns) for p in shard_paths(self.corpus_dir)]
         self._ids: list[pa.ListArray] = [t["input_ids"].combine_chunks() for t in tables]
         self._docs = [
             (s, row, doc_id, n)
             for s, t in enumerate(tables)
-            for row, (doc_id, n) in enumerate(
-                zip(t["doc_id"].to_pylist(), t["n_tokens"].to_pylist(), strict=True)
+            for row, (doc_id, source, n) in enumerate(
+                zip(t["doc_id"].to_pylist(), t["source"].to_pylist(), t["n_tokens"].to_pylist(), strict=True)
             )
+            if synthetic or not source.startswith(SYNTHETIC_PREFIX)
         ]
+        self._natural = {
+            doc_id
+            for t in tables
+            for doc_id, source in zip(t["doc_id"].to_pylist(), t["source"].to_pylist(), strict=True)
+            if not source.startswith(SYNTHETIC_PREFIX)
+        }
         if packing == "truncate":
             self.sequences = [[Piece(i, 0, seq_len)] for i, d in enumerate(self._docs) if d[3] >= seq_len]
         elif packing == "pack":
             self.sequences = self._pack()
         else:
             raise ValueError(f"train.packing={packing!r}: expected 'truncate' or 'pack'")
+        self.held_out = self._hold_out(held_out)
+        self.held_out_ids = [self._sequence_id(seq) for seq in self.held_out]
+        held = set(self.held_out_ids)
+        self.sequences = [seq for seq in self.sequences if self._sequence_id(seq) not in held]
         if len(self.sequences) < batch_size * world:
             longest = max((d[3] for d in self._docs), default=0)
             per_step = f"train.batch_size={batch_size}" + (f" x {world} processes" if world > 1 else "")
@@ -87,11 +109,48 @@ class LongDocumentLoader:
         self.epoch, self.index = 0, 0
         self._order = self._permutation(0)
 
+    def _hold_out(self, n: int) -> list[list[Piece]]:
+        """The n natural sequences (every piece from a natural document) of smallest id hash."""
+        if n == 0:
+            return []
+        natural = [
+            k
+            for k, seq in enumerate(self.sequences)
+            if all(self._docs[p.doc][2] in self._natural for p in seq)
+        ]
+        if len(natural) < n + self.batch_size:
+            raise CorpusError(
+                f"{self.corpus_dir}: {len(natural)} natural training sequences of train.seq_len={self.seq_len} "
+                f"tokens, too few to hold out train.val_sequences={n} and still fill a batch of "
+                f"train.batch_size={self.batch_size}: lower train.val_sequences or ingest more documents"
+            )
+        digest = {k: hashlib.sha256(self.sequence_id(k).encode()).hexdigest() for k in natural}
+        return [self.sequences[k] for k in sorted(natural, key=digest.__getitem__)[:n]]
+
+    def held_out_batches(self) -> list[Batch]:
+        """The held-out sequences in batches of at most batch_size (validation; never trained on)."""
+        rows = [(self._tokens(seq), self._sequence_id(seq)) for seq in self.held_out]
+        return [
+            Batch(
+                torch.stack([t for t, _ in rows[i : i + self.batch_size]]),
+                [d for _, d in rows[i : i + self.batch_size]],
+            )
+            for i in range(0, len(rows), self.batch_size)
+        ]
+
     def _pack(self) -> list[list[Piece]]:
+        """Natural documents packed in manifest order, then the generated ones on their own: the
+        natural sequences (and so the held-out ones) are the same whether generated ones are read."""
+        natural = [i for i, d in enumerate(self._docs) if d[2] in self._natural]
+        synthetic = [i for i, d in enumerate(self._docs) if d[2] not in self._natural]
+        return self._pack_docs(natural) + self._pack_docs(synthetic)
+
+    def _pack_docs(self, docs: list[int]) -> list[list[Piece]]:
         sequences: list[list[Piece]] = []
         current: list[Piece] = []
         need = self.seq_len
-        for i, (_, _, _, n) in enumerate(self._docs):
+        for i in docs:
+            n = self._docs[i][3]
             start = 0
             while start < n:
                 take = min(need, n - start)
@@ -108,13 +167,19 @@ class LongDocumentLoader:
         return rng.permutation(len(self.sequences)).tolist()
 
     def sequence_id(self, k: int) -> str:
-        first = self.sequences[k][0]
+        return self._sequence_id(self.sequences[k])
+
+    def _sequence_id(self, seq: list[Piece]) -> str:
+        first = seq[0]
         doc_id = self._docs[first.doc][2]
-        return doc_id if first.start == 0 and len(self.sequences[k]) == 1 else f"{doc_id}@{first.start}"
+        return doc_id if first.start == 0 and len(seq) == 1 else f"{doc_id}@{first.start}"
 
     def tokens(self, k: int) -> Tensor:
+        return self._tokens(self.sequences[k])
+
+    def _tokens(self, seq: list[Piece]) -> Tensor:
         parts = []
-        for piece in self.sequences[k]:
+        for piece in seq:
             shard, row, _, _ = self._docs[piece.doc]
             values = self._ids[shard][row].values.to_numpy(zero_copy_only=False)
             parts.append(values[piece.start : piece.stop])

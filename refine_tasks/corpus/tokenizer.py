@@ -79,8 +79,34 @@ def _load_sentencepiece(path: Path) -> PreTrainedTokenizerFast:
         return LlamaTokenizer(**LlamaTokenizer.convert_to_native_format(vocab_file=str(model_file)))
 
 
+MISTRAL_COMMON = "mistral-common:"  # tokenizer.path prefix: a model file shipped in that package
+
+
+def packaged_model(name: str) -> Path:
+    """The SentencePiece model `name` shipped in the `mistral-common` package (its `data` folder),
+    e.g. `tokenizer.model.v1`: the 32,000-piece vocabulary of Mistral 7B, the paper models' size."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mistral_common")  # its files only: importing it pulls in much more
+    if spec is None or spec.origin is None:
+        raise TokenizerError(
+            f"tokenizer.path = {MISTRAL_COMMON}{name}: the `mistral-common` package is not installed "
+            "(pip install 'refine-pipeline[mistral]')"
+        )
+    data = Path(spec.origin).parent / "data"
+    if not (data / name).is_file():
+        shipped = sorted(p.name for p in data.glob("*.model*"))
+        raise TokenizerError(
+            f"tokenizer.path = {MISTRAL_COMMON}{name}: no such model in {data}; it ships {', '.join(shipped)}"
+        )
+    return data / name
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """A tokenizer directory, a `tokenizer.json` file or a SentencePiece model file, with a pad token."""
+    """A tokenizer directory, a `tokenizer.json` file or a SentencePiece model file (or
+    `mistral-common:<file>`, a model shipped in that package), with a pad token."""
+    if str(path).startswith(MISTRAL_COMMON):
+        path = packaged_model(str(path)[len(MISTRAL_COMMON) :])
     path = Path(path)
     if not path.exists():
         raise TokenizerError(

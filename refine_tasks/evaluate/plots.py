@@ -1,4 +1,5 @@
-"""Figures of an evaluation report: the NIAH heat-map and LongBench per-task bars (matplotlib, Agg)."""
+"""Figures of an evaluation report: the NIAH heat-map, LongBench per-task bars and training curves
+(matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -60,5 +61,25 @@ def longbench_bars(scores: pd.DataFrame, title: str, path: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def curve_plot(runs: dict[str, list[dict]], keys: tuple[str, ...], title: str, path: Path) -> Path | None:
+    """One panel per key, one line per run (label -> metric lines); None when no run logged a key."""
+    keys = tuple(k for k in keys if any(k in line for lines in runs.values() for line in lines))
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for label, lines in runs.items():
+            points = [(x["step"], x[key]) for x in lines if key in x]
+            if points:
+                ax.plot(*zip(*points, strict=True), label=label, linewidth=1.2)
+        ax.set_title(f"{title}: {key}")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -257,18 +257,59 @@ def report_command(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="output folder (default: evaluate.report_dir)")
     ] = None,
+    experiment: Annotated[
+        bool,
+        typer.Option("--experiment", help="the experiment's page from the lifecycle's outputs at every seed"),
+    ] = False,
 ) -> None:
     """Write evaluation reports from the catalog: a markdown table per run, a comparison across runs,
-    a NIAH heat-map (length x depth) per run and LongBench per-task bars."""
+    a NIAH heat-map (length x depth) per run and LongBench per-task bars. With --experiment: the
+    experiment's page instead (lifecycle.results_dir/results.md and results.json; `refine experiment`)."""
     from refine_tasks.evaluate.report import write_report
 
     cfg = resolve(params, set_)
+    if experiment:
+        run_steps(cfg, [("results", results_step)])
+        return
 
     def report_step(cfg: PipelineConfig) -> Summary:
         files = write_report(cfg.paths.catalog, runs, out or cfg.evaluate.report_dir)
         return [(f.suffix.lstrip(".") or "file", str(f)) for f in files]
 
     run_steps(cfg, [("report", report_step)])
+
+
+def results_step(cfg: PipelineConfig) -> Summary:
+    from refine_tasks.pipeline.experiment import write_experiment_results
+
+    md, js = write_experiment_results(cfg)
+    return [("results", str(md)), ("numbers", str(js))]
+
+
+def seeds_step(cfg: PipelineConfig) -> Summary:
+    from refine_tasks.pipeline.experiment import run_seeds
+
+    prepare_device(cfg, "train.device")
+    done = run_seeds(
+        cfg, on_stage=lambda seed, result: print_summary(f"seed {seed}: {result.name}", result.rows)
+    )
+    return [("stages run", f"{len(done)}"), ("seeds", ", ".join(map(str, cfg.lifecycle.seeds)) or "-")]
+
+
+@app.command("experiment")
+def experiment_command(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    seeds_only: Annotated[
+        bool, typer.Option("--seeds-only", help="skip the lifecycle at `seed` (already run by `refine run`)")
+    ] = False,
+) -> None:
+    """The experiment: the whole lifecycle (as `refine run`) at `seed`, then SFT and ReFINE from the
+    same base at every seed of lifecycle.seeds (their positions, training and evaluations), then
+    the page: lifecycle.results_dir/results.md and results.json (means, bootstrap 95% CIs, the
+    paired ReFINE - SFT difference, heat-maps and curves)."""
+    steps = [] if seeds_only else list(RUN_STEPS)
+    run_steps(resolve(params, set_), [*steps, ("seeds", seeds_step), ("results", results_step)])
 
 
 # --- ReFINE mid-training: positions cache and the trainer ------------------------------------------

@@ -115,6 +115,8 @@ def _base_config(cfg: PipelineConfig, model: str | None) -> PipelineConfig:
         "max_steps": cfg.lifecycle.base_steps,
         "lr": cfg.lifecycle.base_lr,
     }
+    # The generated retrieval documents (corpus.retrieval_ratio) are base pretraining's alone.
+    train["synthetic_docs"] = True
     return _with(cfg, train=train, refine={"coef": 0.0}, model={"init_from": None})
 
 
@@ -126,7 +128,7 @@ def _midtrain_config(objective: str) -> Callable[[PipelineConfig, str | None], P
     def config(cfg: PipelineConfig, model: str | None) -> PipelineConfig:
         return _with(
             cfg,
-            train={"out_dir": run_dir(cfg, objective)},
+            train={"out_dir": run_dir(cfg, objective), "synthetic_docs": False},
             refine={"coef": 0.0 if objective == "sft" else cfg.refine.coef},
             model={"init_from": str(final_checkpoint(cfg, "base"))},
         )
@@ -267,18 +269,37 @@ def train_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -
     result = train_here(run_cfg, on_step)
     if result is None:  # a torchrun rank other than 0: rank 0 writes the run's files
         return StageResult(name, [])
-    curve_keys = ("step", "loss", "ntp", "policy", "lr", "grad_norm")
+    curve_keys = ("step", "loss", "ntp", "policy", "lr", "grad_norm", "val/loss", "val/accuracy")
     curve = [{k: h[k] for k in curve_keys if k in h} for h in result.history]
     (out / CURVE_FILE).write_text(json.dumps(curve, indent=1) + "\n")
+    validated = [h for h in result.history if "val/loss" in h]
     summary = {
         "steps": result.steps,
         "skipped": result.skipped,
         "last_loss": result.last_loss,
         "final_ntp": curve[-1]["ntp"] if curve else None,
         "tokens_per_s": round(result.tokens_per_s, 1),
+        "tokens": sum(h["tokens"] for h in result.history),
+        "seconds": round(sum(h["step_s"] for h in result.history), 1),
+        "device": device_name(run_cfg.train.device),
+        "protocol": run_cfg.refine.protocol if run_cfg.refine.coef > 0 else "sft",
+        **({"final_val_loss": validated[-1]["val/loss"]} if validated else {}),
+        **({"final_val_accuracy": validated[-1]["val/accuracy"]} if validated else {}),
     }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
     return StageResult(name, result.summary_rows())
+
+
+def device_name(device: str) -> str:
+    """The card a run used (what a results page records): the CUDA device's name, or "cpu"."""
+    from refine_tasks.train.starting_model import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type != "cuda":
+        return resolved.type
+    import torch
+
+    return torch.cuda.get_device_name(resolved)
 
 
 def _positions(cfg: PipelineConfig, on_step: OnStep | None) -> StageResult:

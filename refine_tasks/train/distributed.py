@@ -122,6 +122,11 @@ class DistributedMidTrainer(MidTrainer):
                 "synchronise: use train.parallel=fsdp, or refine.mode=fused / branched"
             )
         super().__init__(cfg, resume=resume and rank == 0)  # other ranks' out_dir is a scratch folder
+        if self.reference:  # its mini-batch steps call scored_backward, outside any gradient sync
+            self.run_lock.close()
+            raise ConfigError(
+                "refine.protocol=reference runs in one process (lifecycle.nproc_per_node: 1) for now"
+            )
         if resume and rank > 0:
             ckpt = latest_checkpoint(self.checkpoints)
             if ckpt is None:

@@ -321,7 +321,35 @@ def branched_backward(model: FastWeightForCausalLM, batch: RolloutBatch, opts: S
     """A no-grad capturing prefill for the rollouts, then ONE `forward_branched` loss pass."""
     _check(batch, opts)
     ro, true_tokens, true_hidden = branched_rollouts(model, batch, opts.cfg, opts.timer)
+    return scored_backward(model, batch, _score(ro, true_tokens, true_hidden, opts.cfg, opts.timer), opts)
+
+
+@torch.no_grad()
+def sample_scored(model: FastWeightForCausalLM, batch: RolloutBatch, opts: StepOptions) -> ScoredRollouts:
+    """The rollouts of a batch with their rewards, advantages and old log-probs, without gradients:
+    what the reference's update protocol computes once per rollout batch before its optimizer
+    steps (MidTrainer.reference_step). As the reference does, the old log-probs are recomputed by
+    the loss pass's own forward (`forward_branched`) under the sampling weights, not taken from the
+    decode, so that on the batch's first step the ratio is 1 in the loss pass's own numerics."""
+    _check(batch, opts)
+    ro, true_tokens, true_hidden = branched_rollouts(model, batch, opts.cfg, opts.timer)
     scored = _score(ro, true_tokens, true_hidden, opts.cfg, opts.timer)
+    b, p, r, length = ro.tokens.shape
+    branch_at = batch.positions.repeat_interleave(r, dim=1)
+    tokens = ro.tokens.reshape(b, p * r, length)
+    with opts.timer.phase("old_log_probs"):
+        out = model.forward_branched(batch.input_ids, branch_at, tokens)
+        old = _branch_log_probs(model, out.hidden, out.branch_logits, branch_at, tokens, opts.cfg.temperature)
+    scored.old_log_probs = old.flatten(0, 1).to(torch.promote_types(old.dtype, torch.float32))
+    return scored
+
+
+def scored_backward(
+    model: FastWeightForCausalLM, batch: RolloutBatch, scored: ScoredRollouts, opts: StepOptions
+) -> StepStats:
+    """ONE `forward_branched` loss pass over rollouts sampled before (`sample_scored`), under the
+    current weights, backpropagated: once the weights moved, the ratio departs from 1."""
+    ro = scored.rollouts
     b, p, r, length = ro.tokens.shape
     branch_at = batch.positions.repeat_interleave(r, dim=1)
     with opts.timer.phase("loss_forward"):

@@ -7,7 +7,10 @@ Then grad-clip, AdamW, warm-up + cosine/constant schedule. Per step, one JSON li
 every `checkpoint_every` steps and at the end an atomic checkpoint (see train_checkpoint).
 `resume=True` restores the latest checkpoint and continues exactly: same batches, same
 positions and rollouts (every random draw is seeded by (seed, step, micro-batch)), same
-optimizer state.
+optimizer state. With `train.val_every` > 0, held-out sequences (never trained on) give
+`val/loss` and `val/accuracy` every val_every steps and at the end. `refine.protocol=reference`
+takes the reference code's update steps instead (refine_tasks.train.protocol); a step is then a
+rollout batch, and the scheduler moves once per batch.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,7 +42,16 @@ from refine_tasks.store.runs import register_run, update_run
 from refine_tasks.train.checkpoint import load_checkpoint, remove_temporaries, save_checkpoint
 from refine_tasks.train.positions import PositionSelector
 from refine_tasks.train.starting_model import make_model, mixed_precision, resolve_device
-from refine_tasks.train.step import PhaseTimer, RolloutBatch, StepOptions, StepStats, refine_backward
+from refine_tasks.train.step import (
+    PhaseTimer,
+    RolloutBatch,
+    StepOptions,
+    StepStats,
+    refine_backward,
+    sample_scored,
+    scored_backward,
+)
+from refine_tasks.train.validation import validate
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -186,10 +198,26 @@ class MidTrainer:
             check_sequence_length(
                 t.seq_len, cfg.positions.n_chunks, cfg.refine.rollout_len, cfg.positions.margin
             )
+        self.reference = cfg.refine.protocol == "reference" and cfg.refine.coef > 0
+        if self.reference and t.grad_accum % cfg.refine.mini_batches:
+            raise ValueError(
+                f"refine.protocol=reference: refine.mini_batches={cfg.refine.mini_batches} must divide "
+                f"train.grad_accum={t.grad_accum} (the micro-batches of one rollout batch)"
+            )
         self.out_dir = Path(t.out_dir)
+        held_out = t.val_sequences if t.val_every else 0
         self.loader = LongDocumentLoader(
-            cfg.paths.corpus_dir, t.seq_len, t.batch_size, t.packing, cfg.seed, self.rank, self.world
+            cfg.paths.corpus_dir,
+            t.seq_len,
+            t.batch_size,
+            t.packing,
+            cfg.seed,
+            self.rank,
+            self.world,
+            held_out=held_out,
+            synthetic=t.synthetic_docs,
         )
+        self.val_batches = self.loader.held_out_batches()
         self.total = t.max_steps or max(1, self.loader.batches_per_epoch() // t.grad_accum)
         remove_temporaries(self.out_dir / "checkpoints")  # killed writes, fresh run or resume alike
         with writing_to(self.out_dir, "train.out_dir", "run `refine train` again"):
@@ -237,8 +265,9 @@ class MidTrainer:
         with self.autocast():
             return sequence_entropy(self.model, input_ids, self.cfg.positions.entropy_chunk)
 
-    def micro_step(self, step: int, micro: int) -> tuple[StepStats, float, int]:
-        """One micro-batch's loss, backpropagated; returns its stats, mean entropy and cache hits."""
+    def micro_batch(self, step: int, micro: int) -> tuple[RolloutBatch, float, int]:
+        """One micro-batch: its tokens, rollout positions (ReFINE) and sampling generator; also the
+        positions' mean entropy and cache hits."""
         timer = self.step_options.timer
         with timer.phase("data"):
             batch = self.loader.next_batch()
@@ -251,25 +280,20 @@ class MidTrainer:
             positions, entropy, hits = chosen.positions, chosen.entropy_mean, chosen.cache_hits
         seed = step_seed(self.cfg.seed, step, micro * self.world + self.rank)
         generator = torch.Generator(self.device).manual_seed(seed)
+        return RolloutBatch(ids, positions, generator), entropy, hits
+
+    def micro_step(self, step: int, micro: int) -> tuple[StepStats, float, int]:
+        """One micro-batch's loss, backpropagated; returns its stats, mean entropy and cache hits."""
+        batch, entropy, hits = self.micro_batch(step, micro)
         with self.autocast():
-            stats = refine_backward(self.model, RolloutBatch(ids, positions, generator), self.step_options)
+            stats = refine_backward(self.model, batch, self.step_options)
         return stats, entropy, hits
 
-    def optimizer_step(self, step: int) -> dict:
-        """Accumulate, clip, step (or skip a non-finite step); returns the step's metric line."""
-        timer = self.step_options.timer
-        timer.seconds.clear()
-        began = time.perf_counter()
-        micro, entropy, hits = [], 0.0, 0
-        for m in range(self.t.grad_accum):
-            with self.gradient_sync(last=m == self.t.grad_accum - 1):
-                stats, h, n = self.micro_step(step, m)
-            micro.append(stats)
-            entropy, hits = entropy + h / self.t.grad_accum, hits + n
-            if not stats.finite and self.world == 1:  # ranks must all run every micro-batch's collectives
-                break
+    def apply_gradients(self, micro: list[StepStats]) -> tuple[float, bool]:
+        """Clip and take the optimizer step on the accumulated gradients, or skip a non-finite step;
+        returns (grad_norm, finite)."""
         grad_norm, finite = float("nan"), all(s.finite for s in micro)
-        with timer.phase("optimizer"):
+        with self.step_options.timer.phase("optimizer"):
             if finite or self.world > 1:  # a rank's non-finite gradient reaches every rank's norm
                 grad_norm = self.clip_gradients()
                 finite = finite and math.isfinite(grad_norm)
@@ -279,15 +303,72 @@ class MidTrainer:
             else:
                 self.skipped, self.bad_in_a_row = self.skipped + 1, self.bad_in_a_row + 1
             self.optimizer.zero_grad(set_to_none=True)
-        lr = self.scheduler.get_last_lr()[0]
+        return grad_norm, finite
+
+    def optimizer_step(self, step: int) -> dict:
+        """Accumulate, clip, step (or skip a non-finite step); returns the step's metric line."""
+        self.step_options.timer.seconds.clear()
+        began = time.perf_counter()
+        micro, entropy, hits = [], 0.0, 0
+        for m in range(self.t.grad_accum):
+            with self.gradient_sync(last=m == self.t.grad_accum - 1):
+                stats, h, n = self.micro_step(step, m)
+            micro.append(stats)
+            entropy, hits = entropy + h / self.t.grad_accum, hits + n
+            if not stats.finite and self.world == 1:  # ranks must all run every micro-batch's collectives
+                break
+        grad_norm, finite = self.apply_gradients(micro)
+        extra = {"entropy": entropy, "cache_hits": hits, "grad_norm": grad_norm}
+        return self._line(step, micro, extra, finite, began)
+
+    def reference_step(self, step: int) -> dict:
+        """The reference code's update protocol on one rollout batch (grad_accum micro-batches):
+        rollouts, rewards, advantages and old log-probs for all of it under the batch's starting
+        weights, then one optimizer step per mini-batch (refine.mini_batches of them); from the
+        second on the weights have moved, so the ratio departs from 1 and the clip can bind. With
+        one mini-batch it is `optimizer_step` (refine.mode=branched) up to rounding: the old log-probs
+        are the loss pass's own forward (sample_scored), not the decode's."""
+        self.step_options.timer.seconds.clear()
+        began = time.perf_counter()
+        n, k = self.t.grad_accum, self.cfg.refine.mini_batches
+        sampled, entropy, hits = [], 0.0, 0
+        for m in range(n):
+            batch, h, c = self.micro_batch(step, m)
+            with torch.no_grad(), self.autocast():
+                sampled.append((batch, sample_scored(self.model, batch, self.step_options)))
+            entropy, hits = entropy + h / n, hits + c
+        options = replace(self.step_options, scale=k / n)
+        micro, norms, finite = [], [], True
+        for j in range(k):
+            mini = []
+            for batch, scored in sampled[j * n // k : (j + 1) * n // k]:
+                with self.autocast():
+                    mini.append(scored_backward(self.model, batch, scored, options))
+                if not mini[-1].finite:
+                    break
+            grad_norm, ok = self.apply_gradients(mini)
+            micro, norms, finite = micro + mini, norms + [grad_norm], finite and ok
+        extra = {"entropy": entropy, "cache_hits": hits, "grad_norm": sum(norms) / k, "optimizer_steps": k}
+        return self._line(step, micro, extra, finite, began)
+
+    def _line(self, step: int, micro: list[StepStats], extra: dict, finite: bool, began: float) -> dict:
+        """The step's metric line; moves the scheduler on by one step."""
+        extra["lr"] = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         elapsed = time.perf_counter() - began
-        extra = {"entropy": entropy, "cache_hits": hits, "grad_norm": grad_norm, "lr": lr}
         line = _metrics_line(step, micro, {**extra, "skipped": not finite, "skipped_total": self.skipped})
         line.update(step_s=elapsed, tokens_per_s=line["tokens"] / elapsed)
-        line.update({f"phase/{name}": seconds for name, seconds in timer.seconds.items()})
+        line.update({f"phase/{name}": seconds for name, seconds in self.step_options.timer.seconds.items()})
         if finite:
             self.last_loss = line["loss"]
+        return line
+
+    def batch_step(self, step: int) -> dict:
+        """One step of the configured protocol, then validation when it is due."""
+        line = self.reference_step(step) if self.reference else self.optimizer_step(step)
+        if self.t.val_every and (step % self.t.val_every == 0 or step == self.total):
+            with self.autocast():
+                line.update(validate(self.model, self.val_batches, self.device))
         return line
 
     def checkpoint(self, step: int) -> None:
@@ -330,7 +411,7 @@ class MidTrainer:
         history: list[dict] = []
         try:
             for step in range(self.step + 1, self.total + 1):
-                line = self.optimizer_step(step)
+                line = self.batch_step(step)
                 self.step = step
                 with writing_to(self.out_dir, "train.out_dir", "run `refine train --resume`"):
                     with metrics_path.open("a") as f:

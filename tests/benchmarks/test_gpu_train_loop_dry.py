@@ -20,6 +20,7 @@ TINY = [
     "train.seq_len=512",
     "train.batch_size=1",
     "tokenizer.vocab_size=512",
+    "train.val_sequences=1",  # the profile validates; this corpus has 5 sequences
 ]
 
 

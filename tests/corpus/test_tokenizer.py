@@ -130,3 +130,15 @@ def test_bad_tokenizer_paths_say_what_is_wrong(tmp_path: Path, tokenizer_dir: Pa
     junk.write_bytes(random.Random(1).randbytes(4096))
     with pytest.raises(TokenizerError, match=r"junk.model: not a SentencePiece model"):
         load_tokenizer(junk)
+
+
+def test_mistral_common_prefix_loads_the_packaged_32k_model(tmp_path: Path) -> None:
+    tok = load_tokenizer("mistral-common:tokenizer.model.v1")
+    assert len(tok) == 32000
+    assert tokenizer_id(tok) == tokenizer_id(load_tokenizer(MISTRAL_V1))
+    report = build_tokenizer(
+        TokenizerConfig(path="mistral-common:tokenizer.model.v1"), tmp_path / "t", iter(())
+    )
+    assert report.vocab_size == 32000
+    with pytest.raises(TokenizerError, match=r"no such model in .*ships .*tokenizer.model.v1"):
+        load_tokenizer("mistral-common:tokenizer.model.v9")

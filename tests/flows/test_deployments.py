@@ -95,6 +95,9 @@ def test_deployments_pools_and_limits(server: Server) -> None:
     for name in ("refine-midtrain/tiny-cpu", "refine-midtrain/nightly", "refine-evaluate/tiny-cpu",
                  "refine-lifecycle/tiny-cpu", "refine-preprocess/tiny-cpu", "refine-positions/tiny-cpu"):  # fmt: skip
         assert name in listing
+    for name in ("refine-lifecycle/gpu-small", "refine-lifecycle/gpu-small-lact"):  # long names: inspect
+        shown = server.prefect("deployment", "inspect", name).stdout
+        assert "params-gpu-small.yaml" in shown and "'experiment': True" in shown
     nightly = server.prefect("deployment", "inspect", "refine-midtrain/nightly").stdout
     assert "0 2 * * *" in nightly and "'refresh_corpus': True" in nightly
     limits = server.prefect("gcl", "ls").stdout

@@ -1,0 +1,239 @@
+"""The experiment's page: base vs SFT vs ReFINE over seeds, with bootstrap confidence intervals.
+
+Input: evaluation cells (`results_from_scores` rows) with a `seed` column, for the arms `base`
+(one shared model), `sft` and `refine` (one run per seed: seed = mid-training data order and
+rollout sampling), and each training run's metric lines. Output (`write_results`):
+`results.md` (the headline table, per-metric tables, NIAH heat-maps, loss / reward / validation
+curves as PNG) and `results.json` (every number on the page, with the runs' card, date, tokens,
+steps, wall time and the command). Nothing on the page is typed by hand: every sentence that
+states a finding is built from the numbers.
+
+Statistics: per metric, each arm's mean over seeds with a percentile bootstrap 95% CI (seeds
+resampled with replacement), and the *paired* difference ReFINE - SFT: per seed the difference of
+the two runs that share that seed's data order, then its mean and bootstrap CI. A difference
+whose CI excludes 0 is called a difference; anything else is "no difference shown".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from refine_tasks.evaluate.plots import curve_plot, niah_heatmap
+from refine_tasks.evaluate.records import EvalError
+from refine_tasks.evaluate.report import FAMILY_TITLES, _md_table
+
+ARMS = ("base", "sft", "refine")
+NIAH_GROUPS = {"S-NIAH": "niah_single", "MK-NIAH": "niah_multikey", "MV-NIAH": "niah_multivalue", "MQ-NIAH": "niah_multiquery"}  # fmt: skip
+CURVES = {
+    "loss": ("loss", "ntp"),
+    "reward": ("reward/cosine_mean",),
+    "validation": ("val/loss", "val/accuracy"),
+}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over seeds with its bootstrap confidence interval [low, high] and the seed count."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def text(self) -> str:
+        if self.n == 1:
+            return f"{self.mean:.1f}"
+        return f"{self.mean:.1f} [{self.low:.1f}, {self.high:.1f}]"
+
+    def excludes_zero(self) -> bool:
+        return self.n > 1 and (self.low > 0 or self.high < 0)
+
+
+def bootstrap_ci(values, level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> Interval:
+    """Mean of `values` [n] and the percentile bootstrap CI of the mean at `level`: resample the n
+    values with replacement `resamples` times, take the (1-level)/2 and (1+level)/2 quantiles of
+    the resampled means. One value: the CI is that value."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0 or not np.isfinite(x).all():
+        raise ValueError(f"bootstrap_ci: expected a non-empty 1-D array of finite numbers, got {x!r}")
+    mean = float(x.mean())
+    if x.size == 1:
+        return Interval(mean, mean, mean, 1)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(mean, float(low), float(high), int(x.size))
+
+
+def paired_difference(treated, control, **kw) -> Interval:
+    """ReFINE - SFT paired by seed: treated [n] and control [n] in the same seed order."""
+    t, c = np.asarray(treated, dtype=np.float64), np.asarray(control, dtype=np.float64)
+    if t.shape != c.shape:
+        raise ValueError(
+            f"paired_difference: {t.size} treated against {c.size} control values; pair them by seed"
+        )
+    return bootstrap_ci(t - c, **kw)
+
+
+def metric_scores(cells: pd.DataFrame) -> pd.DataFrame:
+    """Scores (0-100) per (arm, seed, metric): NIAH groups per length (`S-NIAH 1K`) and over all
+    lengths, each other task, and each family's average. cells: evaluation rows with `run` (the
+    arm) and `seed`; scores are sample-weighted within a metric, family averages unweighted."""
+    cells = cells.assign(mass=cells.score * cells.n_samples)
+    rows: list[dict] = []
+
+    def add(frame: pd.DataFrame, name: str, family: str) -> None:
+        g = frame.groupby(["run", "seed"])[["mass", "n_samples"]].sum()
+        for (arm, seed), r in g.iterrows():
+            rows.append(
+                {"arm": arm, "seed": seed, "family": family, "metric": name, "score": r.mass / r.n_samples}
+            )
+
+    niah = cells[cells.family == "niah"]
+    for group, prefix in NIAH_GROUPS.items():
+        part = niah[niah.task.str.startswith(prefix)]
+        for length in sorted(set(part.length.dropna())):
+            size = f"{int(length) // 1024}K" if length % 1024 == 0 else f"{int(length)}"
+            add(part[part.length == length], f"{group} {size}", "niah")
+        if not part.empty:
+            add(part, f"{group} avg", "niah")
+    for family in [f for f in dict.fromkeys(cells.family) if f != "niah"]:
+        block = cells[cells.family == family]
+        for task in sorted(set(block.task)):
+            add(block[block.task == task], f"{FAMILY_TITLES.get(family, family)}: {task}", family)
+    out = pd.DataFrame(rows, columns=["arm", "seed", "family", "metric", "score"])
+    averages = (
+        out[out.family != "niah"]
+        .groupby(["arm", "seed", "family"], as_index=False)
+        .score.mean()
+        .assign(metric=lambda d: [f"{FAMILY_TITLES.get(f, f)} average" for f in d.family])
+    )
+    return pd.concat([out, averages], ignore_index=True)
+
+
+def headline(scores: pd.DataFrame) -> list[dict]:
+    """Per metric: base, SFT and ReFINE (mean and CI over seeds) and the paired ReFINE - SFT."""
+    rows = []
+    for metric in dict.fromkeys(scores.metric):
+        m = scores[scores.metric == metric]
+        row: dict = {"metric": metric, "family": m.family.iloc[0]}
+        for arm in ARMS:
+            values = m[m.arm == arm].sort_values("seed").score.to_numpy()
+            row[arm] = vars(bootstrap_ci(values)) if values.size else None
+        sft = m[m.arm == "sft"].set_index("seed").score
+        refine = m[m.arm == "refine"].set_index("seed").score
+        seeds = sorted(set(sft.index) & set(refine.index))
+        row["refine_minus_sft"] = vars(paired_difference(refine[seeds], sft[seeds])) if seeds else None
+        row["seeds"] = [int(s) for s in seeds]
+        rows.append(row)
+    return rows
+
+
+def _cell(value: dict | None) -> str:
+    return "—" if value is None else Interval(**value).text()
+
+
+def verdict(rows: list[dict]) -> str:
+    """The page's finding, from the paired differences only."""
+    diffs = [(r["metric"], Interval(**r["refine_minus_sft"])) for r in rows if r["refine_minus_sft"]]
+    if not diffs:
+        return "No metric has both an SFT and a ReFINE run: nothing to compare."
+    better = [m for m, d in diffs if d.excludes_zero() and d.mean > 0]
+    worse = [m for m, d in diffs if d.excludes_zero() and d.mean < 0]
+    n = max(d.n for _, d in diffs)
+    lines = [f"Paired over {n} seed(s), on {len(diffs)} metrics:"]
+    lines.append(
+        f"ReFINE beats SFT (95% CI of the difference above 0) on {len(better)}: {', '.join(better) or 'none'}."
+    )
+    lines.append(f"ReFINE is below SFT (CI below 0) on {len(worse)}: {', '.join(worse) or 'none'}.")
+    if not better:
+        lines.append(
+            "**ReFINE does not beat SFT at this scale on any metric.** The ablations that may explain it "
+            "(positions, reward, rollout length, coefficient, update protocol) come before any conclusion."
+        )
+    return " ".join(lines)
+
+
+def write_results(cells: pd.DataFrame, runs: dict[str, dict], out_dir: Path, meta: dict) -> tuple[Path, Path]:
+    """Write out_dir/results.md and results.json (see the module docstring). cells: evaluation rows
+    with run (arm) and seed; runs: label ("sft seed 1") -> {"summary": summary.json, "metrics":
+    metric lines, "protocol": ..., ...}; meta: command, date, card and anything else to record."""
+    if cells.empty:
+        raise EvalError(f"{out_dir}: no evaluation results to report; run the evaluations first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scores = metric_scores(cells)
+    rows = headline(scores)
+    figures: list[str] = []
+    for arm in ARMS:
+        niah = cells[(cells.run == arm) & (cells.family == "niah")]
+        if not niah.empty:
+            path = niah_heatmap(
+                niah.drop(columns="seed"), f"NIAH: {arm} (all seeds)", out_dir / f"niah_{arm}.png"
+            )
+            figures.append(path.name)
+    # Mid-training runs share an axis; the base (many more steps) gets a figure of its own.
+    mid = {k: v["metrics"] for k, v in runs.items() if k != "base"}
+    plots = [(mid, keys, name, f"curves_{name}.png") for name, keys in CURVES.items()]
+    base = {k: v["metrics"] for k, v in runs.items() if k == "base"}
+    plots.append((base, ("loss", "val/loss"), "base", "curves_base.png"))
+    for curves, keys, name, file in plots:
+        path = curve_plot(curves, keys, name, out_dir / file)
+        if path is not None:
+            figures.append(path.name)
+    finding = verdict(rows)
+    md = [
+        "# Results: base vs SFT vs ReFINE\n",
+        f"Written by `{meta.get('command', 'refine report')}`; {meta.get('date', '')}.\n",
+    ]
+    md.append(finding + "\n")
+    md.append("## Headline (scores x 100; mean [95% bootstrap CI] over seeds)\n")
+    md.append(
+        _md_table(
+            ["metric", "base", "SFT", "ReFINE", "ReFINE - SFT (paired)"],
+            [
+                [
+                    r["metric"],
+                    _cell(r["base"]),
+                    _cell(r["sft"]),
+                    _cell(r["refine"]),
+                    _cell(r["refine_minus_sft"]),
+                ]
+                for r in rows
+            ],
+        )
+    )
+    md.append("\n## Runs\n")
+    run_rows = []
+    for label, run in runs.items():
+        s = run.get("summary", {})
+        run_rows.append(
+            [
+                label,
+                str(run.get("protocol", "-")),
+                str(s.get("steps", "-")),
+                f"{s.get('tokens', 0):,}",
+                f"{s.get('seconds', 0):.0f}",
+                str(s.get("device", "-")),
+                f"{s.get('final_ntp') or float('nan'):.4f}",
+            ]
+        )
+    md.append(_md_table(["run", "protocol", "steps", "tokens", "wall s", "device", "final NTP"], run_rows))
+    md.append("\n## Figures\n")
+    md += [f"![{name}]({name})\n" for name in figures]
+    md_path, json_path = out_dir / "results.md", out_dir / "results.json"
+    md_path.write_text("\n".join(md), encoding="utf-8")
+    payload = {
+        **meta,
+        "finding": finding,
+        "headline": rows,
+        "scores": scores.to_dict(orient="records"),
+        "runs": {k: {kk: vv for kk, vv in v.items() if kk != "metrics"} for k, v in runs.items()},
+        "figures": figures,
+    }
+    json_path.write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
+    return md_path, json_path

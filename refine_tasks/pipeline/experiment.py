@@ -1,0 +1,159 @@
+"""The experiment: the lifecycle's SFT and ReFINE arms at several seeds from one base, and its page.
+
+Seed `seed` is the lifecycle itself (`refine run`: data/runs, data/eval). Each further seed of
+`lifecycle.seeds` runs, under `lifecycle.experiment_dir/seed-<s>/`, the stages that depend on the
+seed: positions, midtrain_sft, midtrain_refine and every evaluation of sft and refine, starting
+from the lifecycle's base (imported as that seed's base, so every arm of every seed starts from
+the same weights). A seed's stage whose outputs are already there is not run again, so an
+interrupted experiment continues where it stopped. `write_experiment_results` then writes
+`lifecycle.results_dir/results.{md,json}` (refine_tasks.evaluate.experiment) from the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from refine_tasks.config import PipelineConfig
+from refine_tasks.pipeline.lifecycle import (
+    EVAL_STAGES,
+    SUMMARY_FILE,
+    StageResult,
+    final_checkpoint,
+    run_dir,
+    run_stage,
+    stage_outputs,
+)
+
+SCORES_FILE = "scores.json"  # an evaluation stage's last file (refine_tasks.evaluate.results)
+SEED_STAGES = (
+    "base",
+    "positions",
+    "midtrain_sft",
+    "midtrain_refine",
+    *(f"{stage}@{model}" for stage in EVAL_STAGES for model in ("sft", "refine")),
+)
+
+
+def seed_config(cfg: PipelineConfig, seed: int) -> PipelineConfig:
+    """The configuration of seed `seed`: cfg itself for cfg.seed, else the same with its own folders
+    (runs, positions, evaluations) and the lifecycle's base as its base."""
+    if seed == cfg.seed:
+        return cfg
+    data = cfg.model_dump()
+    root = Path(cfg.lifecycle.experiment_dir) / f"seed-{seed}"
+    data["seed"] = seed
+    data["lifecycle"].update(
+        runs_dir=root / "runs",
+        positions_dir=root / "positions",
+        eval_dir=root / "eval",
+        base_checkpoint=str(final_checkpoint(cfg, "base")),
+    )
+    return PipelineConfig.model_validate(data)
+
+
+def experiment_seeds(cfg: PipelineConfig) -> list[int]:
+    return list(dict.fromkeys([cfg.seed, *cfg.lifecycle.seeds]))
+
+
+def stage_done(name: str, cfg: PipelineConfig) -> bool:
+    """Whether stage `name` finished here: each output holds the file a stage writes last (a
+    training run's or the positions' summary.json, an evaluation's scores.json); a stage killed
+    midway leaves none, so it runs again."""
+    return all((p / SUMMARY_FILE).is_file() or (p / SCORES_FILE).is_file() for p in stage_outputs(name, cfg))
+
+
+def run_seeds(
+    cfg: PipelineConfig, on_stage: Callable[[int, StageResult], None] | None = None
+) -> list[tuple[int, str]]:
+    """Run every further seed's stages that have no outputs yet; returns the (seed, stage) run."""
+    done = []
+    for seed in cfg.lifecycle.seeds:
+        if seed == cfg.seed:
+            continue
+        seed_cfg = seed_config(cfg, seed)
+        for name in SEED_STAGES:
+            if stage_done(name, seed_cfg):
+                continue
+            result = run_stage(name, seed_cfg)
+            done.append((seed, name))
+            if on_stage is not None:
+                on_stage(seed, result)
+    return done
+
+
+def _cells(cfg: PipelineConfig):
+    import pandas as pd
+
+    from refine_tasks.evaluate.report import results_from_scores
+
+    frames = []
+    for seed in experiment_seeds(cfg):
+        seed_cfg = seed_config(cfg, seed) if seed == cfg.seed or _has_base(cfg) else None
+        if seed_cfg is None:
+            continue
+        arms = ("base", "sft", "refine") if seed == cfg.seed else ("sft", "refine")
+        root = Path(seed_cfg.lifecycle.eval_dir)
+        files = [root / f / arm / "scores.json" for f in EVAL_STAGES.values() for arm in arms]
+        files = [f for f in files if f.is_file() and json.loads(f.read_text())["cells"]]
+        if files:
+            frames.append(results_from_scores(files).drop(columns="label").assign(seed=seed))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _has_base(cfg: PipelineConfig) -> bool:
+    try:
+        final_checkpoint(cfg, "base")
+    except ValueError:
+        return False
+    return True
+
+
+def _runs(cfg: PipelineConfig) -> dict[str, dict]:
+    """label -> the training run's summary, protocol and metric lines, for every run there is."""
+    runs: dict[str, dict] = {}
+    for seed in experiment_seeds(cfg):
+        if seed != cfg.seed and not _has_base(cfg):
+            continue
+        seed_cfg = seed_config(cfg, seed)
+        for arm in ("base", "sft", "refine") if seed == cfg.seed else ("sft", "refine"):
+            folder = run_dir(seed_cfg, arm)
+            if not (folder / SUMMARY_FILE).is_file():
+                continue
+            summary = json.loads((folder / SUMMARY_FILE).read_text())
+            metrics = folder / "metrics.jsonl"
+            lines = (
+                [json.loads(x) for x in metrics.read_text().splitlines() if x] if metrics.is_file() else []
+            )
+            label = arm if arm == "base" else f"{arm} seed {seed}"
+            runs[label] = {
+                "seed": seed,
+                "protocol": summary.get("protocol", "-"),
+                "summary": summary,
+                "metrics": lines,
+            }
+    return runs
+
+
+def write_experiment_results(cfg: PipelineConfig, command: str | None = None) -> tuple[Path, Path]:
+    """results.md and results.json in lifecycle.results_dir, from every seed's outputs."""
+    from refine_tasks.evaluate.experiment import write_results
+
+    runs = _runs(cfg)
+    devices = sorted({str(r["summary"].get("device")) for r in runs.values() if r["summary"].get("device")})
+    meta = {
+        "command": command or shlex.join(["refine", *sys.argv[1:]]),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "card": ", ".join(devices) or "unknown",
+        "seeds": experiment_seeds(cfg),
+        "model": {"preset": cfg.model.preset, "mixer": cfg.model.mixer},
+        "refine": {"coef": cfg.refine.coef, "protocol": cfg.refine.protocol, "reward": cfg.refine.reward},
+        "tokens": sum(r["summary"].get("tokens", 0) for r in runs.values()),
+        "steps": {label: r["summary"].get("steps") for label, r in runs.items()},
+        "train_wall_s": round(sum(r["summary"].get("seconds", 0.0) for r in runs.values()), 1),
+    }
+    return write_results(_cells(cfg), runs, Path(cfg.lifecycle.results_dir), meta)

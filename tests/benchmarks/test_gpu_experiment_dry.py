@@ -1,0 +1,43 @@
+"""benchmarks/gpu_experiment.py on the CPU at a tiny size: the lifecycle timed, a further seed, the
+results page, and the two figures recorded (about 3 minutes on 2 busy cores)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_the_experiment_benchmark_records_the_lifecycle_and_writes_the_page(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    tiny = [
+        f"paths.data_dir={d}", f"paths.corpus_dir={d / 'corpus'}", f"paths.tokenizer_dir={d / 'tokenizer'}",
+        f"paths.catalog={d / 'cache' / 'refine.duckdb'}", f"paths.kernel_cache={d / 'cache' / 'kernels'}",
+        f"lifecycle.runs_dir={d / 'runs'}", f"lifecycle.positions_dir={d / 'positions'}",
+        f"lifecycle.eval_dir={d / 'eval'}", f"lifecycle.experiment_dir={d / 'experiment'}",
+        f"lifecycle.results_dir={tmp_path / 'docs'}", f"evaluate.report_dir={d / 'reports'}",
+        "tokenizer.path=null", "tokenizer.vocab_size=512", "corpus.limit=6", "corpus.retrieval_chars=3000",
+        "model.preset=tiny", "train.device=cpu", "evaluate.device=cpu", "train.seq_len=256",
+        "train.max_steps=2", "train.val_sequences=2", "train.val_every=1", "lifecycle.base_steps=2",
+        "lifecycle.seeds=[1]", "positions.n_chunks=2", "refine.rollout_len=3", "evaluate.niah_lengths=[512]",
+        "evaluate.niah_variants=[niah_single_1]", "evaluate.niah_depths=[50.0]", "evaluate.niah_samples=1",
+        "evaluate.niah_max_new_tokens=8", "evaluate.max_prompt_tokens=512",
+        "evaluate.ruler_qa_files=[missing.parquet]", "evaluate.longbench_source=missing",
+    ]  # fmt: skip
+    out = tmp_path / "out"
+    command = [sys.executable, "benchmarks/gpu_experiment.py", "--out", str(out)]
+    command += [w for item in tiny for w in ("--set", item)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr + (out / "lifecycle.log").read_text()
+    figures = {json.loads(x)["metric"]: json.loads(x) for x in (out / "results.jsonl").open()}
+    assert set(figures) == {"gpu_lifecycle_wall_s", "gpu_pretrain_tokens_per_s"}
+    assert figures["gpu_lifecycle_wall_s"]["value"] > 0 and figures["gpu_pretrain_tokens_per_s"]["value"] > 0
+    page = json.loads((out / "results" / "results.json").read_text())
+    assert page["seeds"] == [0, 1] and "sft seed 1" in page["runs"] and "refine seed 1" in page["runs"]
+    assert any(r["metric"] == "S-NIAH 512" for r in page["headline"])

@@ -1,0 +1,101 @@
+"""Validation during training: held-out sequences never trained on, val/loss and val/accuracy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from corpus_helpers import write_corpus
+
+from refine_tasks.corpus import CorpusError
+from refine_tasks.corpus.loader import Batch, LongDocumentLoader
+from refine_tasks.models import build_model
+from refine_tasks.train.trainer import train
+from refine_tasks.train.validation import validate
+
+LENGTHS = [[120, 130, 140, 150], [160, 170, 180, 190], [200, 210, 220, 230]]
+
+
+def _synthetic(name: str) -> str:
+    return "synthetic:retrieval" if name.endswith("-3") else "test"
+
+
+def test_held_out_sequences_are_never_trained_on_and_the_same_for_every_seed(tmp_path):
+    write_corpus(tmp_path / "c", LENGTHS, source=_synthetic)
+    held = None
+    for seed in (0, 1, 2):
+        loader = LongDocumentLoader(tmp_path / "c", 96, 2, "truncate", seed, held_out=3, synthetic=True)
+        assert held is None or loader.held_out_ids == held
+        held = loader.held_out_ids
+        assert len(held) == 3 and not any(h.endswith("-3") for h in held)  # natural documents only
+        trained = {d for _ in range(3 * loader.batches_per_epoch()) for d in loader.next_batch().doc_ids}
+        assert trained and not trained & set(held)
+        assert len(trained) + len(held) == 12  # everything else is trained on
+    val = [d for b in loader.held_out_batches() for d in b.doc_ids]
+    assert val == held
+
+
+def test_packed_natural_sequences_and_held_out_ones_do_not_depend_on_generated_documents(tmp_path):
+    write_corpus(tmp_path / "c", LENGTHS, source=_synthetic)
+    both = LongDocumentLoader(tmp_path / "c", 64, 2, "pack", 0, held_out=3, synthetic=True)
+    natural = LongDocumentLoader(tmp_path / "c", 64, 2, "pack", 0, held_out=3)
+    assert both.held_out_ids == natural.held_out_ids
+    natural_ids = {natural.sequence_id(k) for k in range(len(natural.sequences))}
+    both_ids = {both.sequence_id(k) for k in range(len(both.sequences))}
+    assert natural_ids < both_ids and not any("-3" in i for i in natural_ids)
+
+
+def test_synthetic_documents_are_read_only_when_asked(tmp_path):
+    write_corpus(tmp_path / "c", LENGTHS, source=_synthetic)
+    natural = LongDocumentLoader(tmp_path / "c", 96, 1, "truncate", 0)
+    both = LongDocumentLoader(tmp_path / "c", 96, 1, "truncate", 0, synthetic=True)
+    ids = {natural.sequence_id(k) for k in range(len(natural.sequences))}
+    assert len(ids) == 9 and not any(i.endswith("-3") for i in ids)
+    assert len(both.sequences) == 12
+
+
+def test_too_few_sequences_to_hold_out_is_a_clear_error(tmp_path):
+    write_corpus(tmp_path / "c", [[120, 130, 140]])
+    with pytest.raises(CorpusError, match="train.val_sequences=2"):
+        LongDocumentLoader(tmp_path / "c", 96, 2, "truncate", 0, held_out=2)
+
+
+def test_validate_matches_a_float64_reference():
+    torch.manual_seed(0)
+    model = build_model("tiny", vocab_size=200)
+    g = torch.Generator().manual_seed(3)
+    batches = [Batch(torch.randint(0, 200, (2, 33), generator=g), ["a", "b"]) for _ in range(2)]
+    got = validate(model, batches, torch.device("cpu"))
+    model64 = model.double()
+    ids = torch.cat([b.input_ids for b in batches])
+    with torch.no_grad():
+        logits = model64(ids).logits[:, :-1]
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+    acc = (logits.argmax(-1) == ids[:, 1:]).double().mean()
+    assert got["val/tokens"] == 4 * 32
+    assert got["val/loss"] == pytest.approx(float(loss), rel=1e-4)
+    assert got["val/accuracy"] == pytest.approx(float(acc), abs=1 / 128 + 1e-9)
+    assert model64.training  # back in the mode it was in
+
+
+def test_training_logs_validation_every_n_steps_and_at_the_end(make_config, tmp_path):
+    write_corpus(tmp_path / "data" / "corpus", LENGTHS)
+    cfg = make_config(
+        "train.seq_len=96", "train.max_steps=5", "train.val_every=2", "train.val_sequences=2",
+        "refine.coef=0", f"train.out_dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    train(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "val/loss" in x] == [2, 4, 5]
+    assert all(0 <= x["val/accuracy"] <= 1 and x["val/loss"] > 0 for x in lines if "val/loss" in x)
+    tags = _tensorboard_tags(tmp_path / "run" / "tensorboard")
+    assert {"val/loss", "val/accuracy"} <= tags
+
+
+def _tensorboard_tags(folder) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
