@@ -105,6 +105,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         )
         """,
     ),
+    (
+        5,
+        """
+        CREATE TABLE qa_examples (
+            example_id VARCHAR PRIMARY KEY, -- '<task>:<length>:<question index>' (see refine_tasks.corpus.qa_data)
+            task VARCHAR NOT NULL,          -- ruler_squadqa | ruler_hotpotqa
+            question_index INTEGER NOT NULL,-- the question's index in RULER's order (>= qa_data.first_question)
+            length INTEGER NOT NULL,        -- the prompt + answer budget it was built for
+            shard VARCHAR NOT NULL,         -- Arrow shard file name inside qa_data.out_dir
+            "row" INTEGER NOT NULL,
+            n_tokens INTEGER NOT NULL       -- prompt + answer tokens
+        )
+        """,
+    ),
 ]
 
 
@@ -273,6 +287,20 @@ def write_documents(con: duckdb.DuckDBPyConnection, documents: pa.Table) -> int:
     con.execute("COMMIT")
     con.unregister("new_documents")
     return con.execute("SELECT count(*) FROM documents").fetchall()[0][0]
+
+
+def write_qa_examples(con: duckdb.DuckDBPyConnection, examples: pa.Table) -> int:
+    """Make the `qa_examples` table hold exactly `examples` (its columns, as the table's)."""
+    con.register("new_qa_examples", examples)
+    con.execute("BEGIN TRANSACTION")
+    con.execute("DELETE FROM qa_examples")
+    con.execute(
+        'INSERT INTO qa_examples (example_id, task, question_index, length, shard, "row", n_tokens) '
+        'SELECT example_id, task, question_index, length, shard, "row", n_tokens FROM new_qa_examples'
+    )
+    con.execute("COMMIT")
+    con.unregister("new_qa_examples")
+    return con.execute("SELECT count(*) FROM qa_examples").fetchall()[0][0]
 
 
 def replace_documents(catalog: Path, documents: pa.Table) -> int:
