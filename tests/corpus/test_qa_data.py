@@ -102,7 +102,9 @@ def test_training_questions_are_disjoint_from_the_released_test_sets(tokenizer, 
     assert min(e.question_index for e in examples) >= 200
 
 
-def test_training_questions_skip_the_configured_evaluation_files(tokenizer, squad_json, make_config, tmp_path):
+def test_training_questions_skip_the_configured_evaluation_files(
+    tokenizer, squad_json, make_config, tmp_path
+):
     """Every question of a configured evaluation file is left out, whatever its index: with all the
     file's other questions asked for, training holds exactly those."""
     from refine_tasks.evaluate.qa import make_qa_records, write_qa_parquet
