@@ -516,6 +516,24 @@ def _train_stage(stage: str, config: Callable[[PipelineConfig, str | None], Pipe
     )
 
 
+def _qa_stage(
+    stage: str,
+    prefix: str,
+    run: Callable[[str, PipelineConfig, OnStep | None], StageResult],
+    config: Callable[[PipelineConfig, str | None], PipelineConfig],
+    models: tuple[str, ...],
+) -> Stage:
+    """RULER QA of runs `<prefix>-<model>` (post-trained models, test-time training)."""
+    return Stage(
+        stage,
+        lambda cfg, model: [Path(cfg.lifecycle.eval_dir) / "ruler_qa" / f"{prefix}-{model}"],
+        run,
+        config,
+        models=models,
+        device="evaluate.device",
+    )
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("tokenizer", lambda cfg, _: [Path(cfg.paths.tokenizer_dir)], lambda n, cfg, s: _tokenizer(cfg, s)),
     Stage("corpus", lambda cfg, _: [Path(cfg.paths.corpus_dir)], lambda n, cfg, s: _corpus(cfg, s)),
@@ -546,22 +564,8 @@ STAGES: tuple[Stage, ...] = (
         models=POSTTRAIN_VARIANTS,
         device="train.device",
     ),
-    Stage(
-        "eval_qa_post",
-        lambda cfg, variant: [Path(cfg.lifecycle.eval_dir) / "ruler_qa" / f"post-{variant}"],
-        _evaluate,
-        _eval_post_config,
-        models=POSTTRAIN_VARIANTS,
-        device="evaluate.device",
-    ),
-    Stage(
-        "eval_qa_ttt",
-        lambda cfg, objective: [Path(cfg.lifecycle.eval_dir) / "ruler_qa" / f"ttt-{objective}"],
-        _evaluate_ttt,
-        _eval_ttt_config,
-        models=TTT_OBJECTIVES,
-        device="evaluate.device",
-    ),
+    _qa_stage("eval_qa_post", "post", _evaluate, _eval_post_config, POSTTRAIN_VARIANTS),
+    _qa_stage("eval_qa_ttt", "ttt", _evaluate_ttt, _eval_ttt_config, TTT_OBJECTIVES),
     Stage("report", lambda cfg, _: [Path(cfg.evaluate.report_dir)], lambda n, cfg, s: _report(cfg)),
 )
 
