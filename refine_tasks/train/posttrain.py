@@ -31,10 +31,10 @@ from torch import Tensor
 
 from refine_tasks.config import PipelineConfig, PositionsConfig, RefineConfig
 from refine_tasks.corpus.qa_data import QaExample, read_qa_data
-from refine_tasks.errors import RunDirError, writing_to
+from refine_tasks.errors import RunDirError, SequenceTooShort, writing_to
 from refine_tasks.models import FastWeightForCausalLM
 from refine_tasks.models.checkpoint import latest_checkpoint
-from refine_tasks.rl.positions import check_sequence_length, sequence_entropy
+from refine_tasks.rl.positions import min_sequence_length, sequence_entropy
 from refine_tasks.train.checkpoint import save_checkpoint
 from refine_tasks.train.positions import PositionSelector
 from refine_tasks.train.starting_model import make_model, mixed_precision, resolve_device
@@ -93,8 +93,13 @@ class PromptSteps:
     ) -> Tensor | None:
         if self.refine.coef == 0:
             return None
-        length = ids.shape[1]
-        check_sequence_length(length, self.positions.n_chunks, self.refine.rollout_len, self.positions.margin)
+        p = self.positions
+        if ids.shape[1] < min_sequence_length(p.n_chunks, self.refine.rollout_len, p.margin):
+            raise SequenceTooShort(
+                f"a prompt of {ids.shape[1]} tokens cannot hold positions.n_chunks={p.n_chunks} rollouts "
+                f"(refine.rollout_len={self.refine.rollout_len}) with positions.margin={p.margin} on both "
+                "sides: lower those, or take NTP-only inner steps (posttrain.variant=nested-sft, ttt.objective=sft)"
+            )
 
         def entropy(x: Tensor) -> Tensor:
             with torch.no_grad(), self.autocast():

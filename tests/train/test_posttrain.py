@@ -166,3 +166,12 @@ def test_posttrain_end_to_end_writes_a_loadable_checkpoint(make_config, tokenize
     assert (result.checkpoint / "tokenizer.json").is_file()
     with pytest.raises(Exception, match="already holds"):
         posttrain(cfg)
+
+
+def test_a_prompt_too_short_for_the_rollouts_is_a_clear_error():
+    from refine_tasks.errors import SequenceTooShort
+
+    model = tiny()
+    inner = PromptSteps(RefineConfig(coef=0.2), PositionsConfig(n_chunks=8, margin=20), 1.0, 0, 1)
+    with pytest.raises(SequenceTooShort, match=r"a prompt of 40 tokens .* ttt.objective=sft"):
+        inner.run(model, optimizer(model), [list(range(40))], salt=0)
