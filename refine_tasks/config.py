@@ -328,8 +328,9 @@ class TttConfig(Section):
     """Test-time training during evaluation (`refine evaluate --ttt`): before a batch is answered,
     `steps` inner steps on its prompts, then greedy generation with the adapted weights."""
 
-    objective: Literal["off", "refine", "sft"] = Field(
-        "off", description="off; refine: NTP + coef * GRPO (reward); sft: NTP only (the TTT-SFT baseline)"
+    objective: Literal["none", "refine", "sft"] = Field(
+        "none",
+        description="none: no test-time training (a YAML off would read as false); refine: NTP + coef * GRPO (reward); sft: NTP only (the TTT-SFT baseline)",
     )
     mode: Literal["reset", "accumulate"] = Field(
         "reset",

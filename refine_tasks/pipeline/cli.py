@@ -195,7 +195,7 @@ def evaluate_step(cfg: PipelineConfig) -> Summary:
     with console.status("evaluate: building records"):
         records = build_records(cfg.evaluate, tokenizer, cfg.seed)
     adapt = None
-    if cfg.ttt.objective != "off":
+    if cfg.ttt.objective != "none":
         from refine_tasks.train.ttt import TestTimeTrainer
 
         adapt = TestTimeTrainer(model, cfg)
@@ -243,7 +243,7 @@ def evaluate_command(
         str | None,
         typer.Option(
             "--ttt",
-            help="test-time training before each batch: refine (NTP + ttt.coef x GRPO), sft (NTP) or off "
+            help="test-time training before each batch: refine (NTP + ttt.coef x GRPO), sft (NTP) or none "
             "(sets ttt.objective; ttt.mode: reset or accumulate)",
         ),
     ] = None,

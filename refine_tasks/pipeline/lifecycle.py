@@ -172,7 +172,7 @@ def _eval_post_config(cfg: PipelineConfig, variant: str | None) -> PipelineConfi
         "checkpoint": str(final_checkpoint(cfg, run)),
         "output_dir": Path(cfg.lifecycle.eval_dir) / "ruler_qa",
     }
-    return _with(cfg, evaluate=evaluate, ttt={"objective": "off"})
+    return _with(cfg, evaluate=evaluate, ttt={"objective": "none"})
 
 
 def _eval_ttt_config(cfg: PipelineConfig, objective: str | None) -> PipelineConfig:

@@ -30,8 +30,8 @@ class TestTimeTrainer:
     __test__ = False  # not a pytest class
 
     def __init__(self, model: FastWeightForCausalLM, cfg: PipelineConfig) -> None:
-        if cfg.ttt.objective == "off":
-            raise ValueError("ttt.objective = 'off': there is no test-time training to run")
+        if cfg.ttt.objective == "none":
+            raise ValueError("ttt.objective = 'none': there is no test-time training to run")
         self.model, self.cfg, self.batches = model, cfg, 0
         device = next(model.parameters()).device
         coef = cfg.ttt.coef if cfg.ttt.objective == "refine" else 0.0

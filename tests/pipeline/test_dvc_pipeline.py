@@ -36,7 +36,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_repro_all_then_nothing_then_only_dependants(project: Path) -> None:
-    first = run(["dvc", "repro"], project)
+    first = run(["dvc", "repro"], project, timeout=900)  # 26 stages, each a process of its own
     assert ran(first.stdout) == set(stage_names()), first.stdout
     assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
     report = (project / "data" / "reports" / "comparison.md").read_text()

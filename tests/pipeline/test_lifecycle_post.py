@@ -45,7 +45,7 @@ def test_posttrain_and_ttt_stages_write_rows_and_leave_the_checkpoint(
     assert summary["variant"] == "nested-refine" and summary["steps"] == 1
     post = runs / "post-nested-refine" / "checkpoints"
     assert stage_config("eval_qa_ttt@refine", cfg).ttt.objective == "refine"
-    assert stage_config("eval_qa_post@nested-refine", cfg).ttt.objective == "off"
+    assert stage_config("eval_qa_post@nested-refine", cfg).ttt.objective == "none"
 
     def digest() -> str:
         return hashlib.sha256(
