@@ -32,12 +32,17 @@ def evaluate_flow(
     families: list[str] | None = None,
     params: str = "params.yaml",
     overrides: list[str] | None = None,
+    ttt: list[str] | None = None,
 ) -> None:
     """Evaluate each model (default: base, sft, refine) on each family stage (default: eval_niah,
-    eval_qa, eval_longbench; a family whose data path does not exist is skipped with a notice),
-    then write the report of every model evaluated so far and publish it."""
+    eval_qa, eval_longbench; a family whose data path does not exist is skipped with a notice);
+    with `ttt` (objectives sft and/or refine), also RULER QA of the nested-refine post-trained
+    model with test-time training (eval_qa_ttt@<objective>). Then write the report of every model
+    evaluated so far and publish it."""
     for family in families or EVAL_STAGES:
         for model in models or MODELS:
             run_stage(f"{family}@{model}", params, overrides)
+    for objective in ttt or []:
+        run_stage(f"eval_qa_ttt@{objective}", params, overrides)
     run_stage("report", params, overrides)
     publish_report(params, overrides)

@@ -9,6 +9,7 @@ from prefect.concurrency.sync import concurrency
 
 from flows.evaluate import evaluate_flow
 from flows.midtrain import midtrain_flow
+from flows.posttrain import posttrain_flow
 from refine_tasks.config import load_config
 from refine_tasks.pipeline.experiment import run_seeds, write_experiment_results
 
@@ -33,10 +34,12 @@ def lifecycle_flow(
     refresh_corpus: bool = False,
     experiment: bool = False,
 ) -> None:
-    """Tokenizer, corpus, base model, SFT and ReFINE mid-training, every evaluation, the report;
-    with `experiment`, then every further seed (lifecycle.seeds) and the results page."""
+    """Tokenizer, corpus, base model, SFT and ReFINE mid-training, every evaluation, post-training
+    and test-time training with their QA evaluations, the report; with `experiment`, then every
+    further seed (lifecycle.seeds) and the results page."""
     midtrain_flow("sft", params, overrides, refresh_corpus)
     midtrain_flow("refine", params, overrides)
     evaluate_flow(params=params, overrides=overrides)
+    posttrain_flow(params=params, overrides=overrides)
     if experiment:
         experiment_task(params, list(overrides or []))

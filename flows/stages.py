@@ -25,6 +25,7 @@ from refine_tasks.pipeline.dvc_state import DvcStages, write_overrides
 from refine_tasks.pipeline.lifecycle import TRAIN_STAGES, StageResult, run_tracked, split_stage, stage_config
 
 MODEL_STAGES = {*TRAIN_STAGES, "kernels", "positions", "eval_niah", "eval_qa", "eval_longbench"}
+MODEL_STAGES |= {"posttrain", "eval_qa_post", "eval_qa_ttt"}
 PROGRESS_EVERY_S = 2.0  # artifact updates are API calls: at most one per this many seconds
 
 

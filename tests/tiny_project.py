@@ -24,7 +24,8 @@ BIN = Path(sys.executable).parent
 
 
 def tiny_params(params: dict, shared_data: Path | None) -> dict:
-    """Seconds a stage: 16 documents, 6 base steps, 4 mid-training steps, one record per benchmark."""
+    """Seconds a stage: 16 documents, 6 base steps, 4 mid-training steps, one record per benchmark,
+    4 QA examples of 512 tokens (2 post-training batches a variant), one TTT step a batch."""
     params["corpus"]["limit"] = 16
     params["tokenizer"]["vocab_size"] = 512
     params["lifecycle"].update(base_steps=6)
@@ -42,6 +43,9 @@ def tiny_params(params: dict, shared_data: Path | None) -> dict:
         longbench_samples=1,
         max_prompt_tokens=1024,
     )
+    params["qa_data"].update(lengths=[512], samples=1)
+    params["posttrain"].update(batch_size=2, max_prompt_tokens=512, max_answer_tokens=8)
+    params["ttt"].update(steps=1, max_prompt_tokens=512)
     if shared_data is not None:  # the QA and LongBench stages run where the data exists, else skip
         ev["ruler_qa_files"] = [str(shared_data / "ruler_qa" / Path(f).name) for f in ev["ruler_qa_files"]]
         ev["longbench_source"] = str(shared_data / "longbench")

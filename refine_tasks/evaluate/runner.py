@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ from refine_tasks.models import FastWeightForCausalLM, build_model, load_model
 from refine_tasks.models.checkpoint import LATEST, damaged_weights, latest_checkpoint
 from refine_tasks.store.catalog import open_writer
 
+PAPER_MAX_NEW_TOKENS = 32  # evaluate.protocol = paper: every LongBench task's budget
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -75,8 +76,46 @@ def build_records(cfg: EvalConfig, tokenizer: Tokenizer, seed: int = 0) -> list[
         )
     if "longbench" in cfg.families:
         for task in cfg.longbench_tasks or available_tasks(cfg.longbench_source):
-            records += read_longbench(cfg.longbench_source, task, limit=cfg.longbench_samples)
+            task_records = read_longbench(cfg.longbench_source, task, limit=cfg.longbench_samples)
+            if cfg.protocol == "paper":  # the reference generates 32 new tokens for every task
+                task_records = [replace(r, max_new_tokens=PAPER_MAX_NEW_TOKENS) for r in task_records]
+            records += task_records
     return records
+
+
+# Adapts the model to one batch's prompts (token ids) before they are answered: test-time training.
+Adapt = Callable[[list[list[int]]], None]
+
+
+def _generate(
+    model: FastWeightForCausalLM,
+    tokenizer: Tokenizer,
+    requests: list[GenerationRequest],
+    batch_size: int,
+    on_batch: Callable[[int], None] | None,
+    adapt: Adapt | None,
+) -> list[list[int]]:
+    """Greedy generations; with `adapt`, batches of `batch_size` in record order, each answered
+    right after `adapt` saw its prompts (the batch is then generated as one)."""
+    if adapt is None:
+        return greedy_generate(
+            model,
+            requests,
+            tokenizer,
+            batch_size=batch_size,
+            eos_token_id=tokenizer.eos_token_id,
+            on_batch=on_batch,
+        )
+    outputs: list[list[int]] = []
+    for start in range(0, len(requests), batch_size):
+        chunk = requests[start : start + batch_size]
+        adapt([list(r.prompt) for r in chunk])
+        outputs += greedy_generate(
+            model, chunk, tokenizer, batch_size=len(chunk), eos_token_id=tokenizer.eos_token_id
+        )
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return outputs
 
 
 def evaluate_records(
@@ -87,26 +126,28 @@ def evaluate_records(
     batch_size: int = 8,
     max_prompt_tokens: int = 4096,
     on_batch: Callable[[int], None] | None = None,
+    protocol: str = "official",
+    adapt: Adapt | None = None,
 ) -> list[SampleResult]:
-    """Generate an answer for every record and score it."""
+    """Generate an answer for every record and score it under `protocol` (official or paper).
+    With `adapt` (test-time training), records are answered in batches of `batch_size` in their
+    order, `adapt` called with each batch's prompts first."""
     prompts = [truncate_middle(tokenizer.encode(r.prompt), max_prompt_tokens) for r in records]
     requests = [
         GenerationRequest(ids, r.max_new_tokens, r.stop_on_newline)
         for r, (ids, _) in zip(records, prompts, strict=True)
     ]
-    generations = greedy_generate(
-        model,
-        requests,
-        tokenizer,
-        batch_size=batch_size,
-        eos_token_id=tokenizer.eos_token_id,
-        on_batch=on_batch,
-    )
+    generations = _generate(model, tokenizer, requests, batch_size, on_batch, adapt)
     results = []
     for record, (ids, truncated), tokens in zip(records, prompts, generations, strict=True):
         prediction = tokenizer.decode(tokens, skip_special_tokens=True)
         score = score_sample(
-            record.metric, record.task, prediction, record.references, record.meta.get("all_classes", ())
+            record.metric,
+            record.task,
+            prediction,
+            record.references,
+            record.meta.get("all_classes", ()),
+            protocol=protocol,
         )
         results.append(SampleResult(record, prediction, score, len(ids), len(tokens), truncated))
     return results
@@ -253,9 +294,11 @@ def run_evaluation(
     checkpoint: str,
     records: list[EvalRecord] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    adapt: Adapt | None = None,
 ) -> EvalRun:
     """Evaluate `model` on `records` (default: `build_records`) and store everything for run
-    `evaluate.run`: files under `<output_dir>/<run>/` and the rows of `eval_results`."""
+    `evaluate.run`: files under `<output_dir>/<run>/` and the rows of `eval_results`. `adapt`:
+    test-time training before each batch (see `evaluate_records`)."""
     ev = cfg.evaluate
     if records is None:
         records = build_records(ev, tokenizer, cfg.seed)
@@ -269,6 +312,8 @@ def run_evaluation(
         batch_size=ev.batch_size,
         max_prompt_tokens=ev.max_prompt_tokens,
         on_batch=on_batch,
+        protocol=ev.protocol,
+        adapt=adapt,
     )
     seconds = time.perf_counter() - start
     out = ev.output_dir / ev.run

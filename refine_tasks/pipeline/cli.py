@@ -200,8 +200,15 @@ def evaluate_step(cfg: PipelineConfig) -> Summary:
     model, tokenizer, checkpoint = load_eval_model(cfg)
     with console.status("evaluate: building records"):
         records = build_records(cfg.evaluate, tokenizer, cfg.seed)
+    adapt = None
+    if cfg.ttt.objective != "none":
+        from refine_tasks.train.ttt import TestTimeTrainer
+
+        adapt = TestTimeTrainer(model, cfg)
     with progress_bar("evaluate: samples", total=len(records)) as advance:
-        run = run_evaluation(cfg, model, tokenizer, checkpoint=checkpoint, records=records, on_batch=advance)
+        run = run_evaluation(
+            cfg, model, tokenizer, checkpoint=checkpoint, records=records, on_batch=advance, adapt=adapt
+        )
     table = Table(title=f"evaluate: {run.run}", title_justify="left")
     for column in ("family", "task", "metric", "samples"):
         table.add_column(column)
@@ -238,11 +245,22 @@ def evaluate_command(
         ),
     ] = None,
     run: Annotated[str | None, typer.Option("--run", "-r", help="run name (sets evaluate.run)")] = None,
+    ttt: Annotated[
+        str | None,
+        typer.Option(
+            "--ttt",
+            help="test-time training before each batch: refine (NTP + ttt.coef x GRPO), sft (NTP) or none "
+            "(sets ttt.objective; ttt.mode: reset or accumulate)",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model on RULER NIAH, RULER QA and LongBench (evaluate.*): greedy answers, official
-    metrics; writes <output_dir>/<run>/samples.parquet, scores.json and the catalog's eval_results."""
+    metrics (evaluate.protocol=paper: the paper's); writes <output_dir>/<run>/samples.parquet,
+    scores.json and the catalog's eval_results. With --ttt the model adapts to each batch's prompts
+    first (in memory only: the checkpoint is never written)."""
     extra = [f"evaluate.checkpoint={checkpoint}"] if checkpoint else []
     extra += [f"evaluate.run={run}"] if run else []
+    extra += [f"ttt.objective={ttt}"] if ttt else []
     run_steps(resolve(params, [*(set_ or []), *extra]), [("evaluate", evaluate_step)])
 
 
@@ -347,6 +365,23 @@ def train_step(cfg: PipelineConfig, resume: bool | None = None) -> Summary:
 STEP_ERRORS += TRAINING_ERRORS
 
 
+def posttrain_step(cfg: PipelineConfig) -> Summary:
+    from refine_tasks.train.posttrain import posttrain
+
+    prepare_device(cfg, "train.device")
+    with progress_bar("posttrain: batches", latest=("answer_loss",)) as advance:
+        result = posttrain(cfg, on_step=lambda line: advance(1, answer_loss=line["answer_loss"]))
+    return result.summary_rows()
+
+
+@app.command("posttrain")
+def posttrain_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Post-train a mid-trained checkpoint (posttrain.init_from) on the QA data (qa_data.out_dir, built by
+    `refine stage qa_data`): posttrain.variant sft, nested-sft or nested-refine; metrics and the final
+    checkpoint go to posttrain.out_dir."""
+    run_steps(resolve(params, set_), [("posttrain", posttrain_step)])
+
+
 @app.command("positions")
 def positions_command(params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Select rollout positions for every training sequence with the starting weights and cache them in
@@ -407,9 +442,9 @@ def stage_step(name: str, tracked: bool) -> StepFn:
     def step(cfg: PipelineConfig) -> Summary:
         stage, _ = split_stage(name)
         training = stage in TRAIN_STAGES
-        if training or stage in ("positions", "kernels"):
+        if training or stage in ("positions", "kernels", "posttrain"):
             prepare_device(cfg, "train.device")
-        elif stage in EVAL_STAGES:
+        elif stage in EVAL_STAGES or stage.startswith("eval_"):
             prepare_device(cfg, "evaluate.device")
         counters, latest = (("tokens",), ("loss",)) if training else ((), ())
 

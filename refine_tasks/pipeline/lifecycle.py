@@ -9,6 +9,11 @@ stage NAME` runs one, `refine run` and the refine-lifecycle flow run them all):
   positions                          rollout positions under the base weights, cached in the catalog
   midtrain_sft, midtrain_refine      mid-training from the base: refine.coef = 0 (SFT) or as set
   eval_niah@M, eval_qa@M, eval_longbench@M   one benchmark family on model M (base, sft, refine)
+  qa_data                            post-training's QA examples (questions >= 200, no test question)
+  posttrain@V                        post-training of the ReFINE model: V = sft, nested-sft, nested-refine
+  eval_qa_post@V                     RULER QA of post-trained model V (run post-V)
+  eval_qa_ttt@O                      RULER QA of the nested-refine model with test-time training,
+                                     O = sft (NTP) or refine (run ttt-O)
   report                             the comparison across models, from the evaluation outputs
 
 A stage writes only its own outputs (`stage_outputs`). `run_stage` validates the stage's
@@ -17,7 +22,6 @@ fresh ones; if it fails, it removes what the stage had written and puts the prev
 back, so no half-written output is left for DVC (or the next stage) to take and the last good
 one stays. A stage killed midway leaves its copy aside: the next `run_stage` puts it back first.
 The kernel cache only grows (DVC `persist`): its stage runs on the folder as it is.
-Post-training and test-time training join this list with their own stages.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ from refine_tasks.store.catalog import process_alive
 from refine_tasks.store.scratch import marked_pid, remove_path
 
 MODELS = ("base", "sft", "refine")
+POSTTRAIN_VARIANTS = ("sft", "nested-sft", "nested-refine")
+TTT_OBJECTIVES = ("sft", "refine")
+TTT_MODEL = "post-nested-refine"  # test-time training adapts the last post-trained model (the paper's rows)
+# Every evaluated model in the order of the paper's cumulative rows.
+ALL_RUNS = (*MODELS, *(f"post-{v}" for v in POSTTRAIN_VARIANTS), *(f"ttt-{o}" for o in TTT_OBJECTIVES))
 EVAL_STAGES = {"eval_niah": "niah", "eval_qa": "ruler_qa", "eval_longbench": "longbench"}
 TRAIN_STAGES = {"base": "base", "midtrain_sft": "sft", "midtrain_refine": "refine"}
 ASIDE_MARK = ".aside-"  # `<output>.aside-<pid>`: a stage's previous output while it runs
@@ -96,7 +105,7 @@ def final_checkpoint(cfg: PipelineConfig, model: str) -> Path:
     root = run_dir(cfg, model)
     ckpt = latest_checkpoint(root / "checkpoints")
     if ckpt is None:
-        stage = {v: k for k, v in TRAIN_STAGES.items()}[model]
+        stage = {v: k for k, v in TRAIN_STAGES.items()}.get(model, f"posttrain@{model.removeprefix('post-')}")
         raise LifecycleError(f"{root}: no checkpoint of model {model!r}; run the `{stage}` stage first")
     return ckpt
 
@@ -147,6 +156,36 @@ def _eval_config(family: str) -> Callable[[PipelineConfig, str | None], Pipeline
         return _with(cfg, evaluate=evaluate)
 
     return config
+
+
+def _posttrain_config(cfg: PipelineConfig, variant: str | None) -> PipelineConfig:
+    posttrain = {
+        "variant": variant,
+        "init_from": str(final_checkpoint(cfg, "refine")),
+        "out_dir": run_dir(cfg, f"post-{variant}"),
+    }
+    return _with(cfg, posttrain=posttrain)
+
+
+def _eval_post_config(cfg: PipelineConfig, variant: str | None) -> PipelineConfig:
+    run = f"post-{variant}"
+    evaluate = {
+        "families": ["ruler_qa"],
+        "run": run,
+        "checkpoint": str(final_checkpoint(cfg, run)),
+        "output_dir": Path(cfg.lifecycle.eval_dir) / "ruler_qa",
+    }
+    return _with(cfg, evaluate=evaluate, ttt={"objective": "none"})
+
+
+def _eval_ttt_config(cfg: PipelineConfig, objective: str | None) -> PipelineConfig:
+    evaluate = {
+        "families": ["ruler_qa"],
+        "run": f"ttt-{objective}",
+        "checkpoint": str(final_checkpoint(cfg, TTT_MODEL)),
+        "output_dir": Path(cfg.lifecycle.eval_dir) / "ruler_qa",
+    }
+    return _with(cfg, evaluate=evaluate, ttt={"objective": objective})
 
 
 def _as_given(cfg: PipelineConfig, model: str | None) -> PipelineConfig:
@@ -323,14 +362,42 @@ def _positions(cfg: PipelineConfig, on_step: OnStep | None) -> StageResult:
     return StageResult("positions", report.summary_rows())
 
 
+def _qa_data(cfg: PipelineConfig) -> StageResult:
+    from refine_tasks.pipeline.qa_data import build_qa_data
+
+    return StageResult("qa_data", build_qa_data(cfg))
+
+
+def _posttrain(name: str, cfg: PipelineConfig, on_step: OnStep | None) -> StageResult:
+    from refine_tasks.train.posttrain import posttrain
+
+    result = posttrain(stage_config(name, cfg), on_step)
+    curve = [{k: h[k] for k in ("step", "inner_loss", "answer_loss") if k in h} for h in result.history]
+    (result.out_dir / CURVE_FILE).write_text(json.dumps(curve, indent=1) + "\n")
+    return StageResult(name, result.summary_rows())
+
+
 def _evaluate(name: str, cfg: PipelineConfig, on_step: OnStep | None) -> StageResult:
+    """An evaluation stage: one family on one model, its outputs in <evaluate.output_dir>/<evaluate.run>."""
+    return _evaluate_with(name, stage_config(name, cfg), on_step, None)
+
+
+def _evaluate_ttt(name: str, cfg: PipelineConfig, on_step: OnStep | None) -> StageResult:
+    """An evaluation stage with test-time training (ttt.*) before each batch."""
+    from refine_tasks.train.ttt import TestTimeTrainer
+
+    return _evaluate_with(name, stage_config(name, cfg), on_step, TestTimeTrainer)
+
+
+def _evaluate_with(
+    name: str, ev_cfg: PipelineConfig, on_step: OnStep | None, ttt: Callable | None
+) -> StageResult:
     from refine_tasks.evaluate.results import task_summary
     from refine_tasks.evaluate.runner import build_records, load_eval_model, run_evaluation
 
-    stage, model = split_stage(name)
-    family = EVAL_STAGES[stage]
-    ev_cfg = stage_config(name, cfg)
-    out = Path(ev_cfg.evaluate.output_dir) / str(model)
+    (family,) = ev_cfg.evaluate.families
+    model = ev_cfg.evaluate.run
+    out = Path(ev_cfg.evaluate.output_dir) / model
     reason = missing_eval_data(family, ev_cfg)
     if reason is not None:
         notice = f"{name}: skipped, {reason} (run `dvc repro -f -s {name}` once the data is there)"
@@ -340,6 +407,7 @@ def _evaluate(name: str, cfg: PipelineConfig, on_step: OnStep | None) -> StageRe
         return StageResult(name, [("skipped", reason)], notice=notice)
     eval_model, tokenizer, checkpoint = load_eval_model(ev_cfg)
     records = build_records(ev_cfg.evaluate, tokenizer, ev_cfg.seed)
+    adapt = ttt(eval_model, ev_cfg) if ttt is not None else None
     run = run_evaluation(
         ev_cfg,
         eval_model,
@@ -347,6 +415,7 @@ def _evaluate(name: str, cfg: PipelineConfig, on_step: OnStep | None) -> StageRe
         checkpoint=checkpoint,
         records=records,
         on_batch=lambda n: on_step and on_step({"done": n}),
+        adapt=adapt,
     )
     rows = [(f"{task} ({t['metric']})", f"{t['score']:.2f}") for task, t in task_summary(run.results).items()]
     rows += [("samples", f"{len(run.results):,}"), ("seconds", f"{run.seconds:.1f}")]
@@ -356,7 +425,8 @@ def _evaluate(name: str, cfg: PipelineConfig, on_step: OnStep | None) -> StageRe
 def score_files(cfg: PipelineConfig) -> list[Path]:
     """Every evaluation output the report reads (skipped stages' files hold no cells)."""
     root = Path(cfg.lifecycle.eval_dir)
-    return [root / family / model / "scores.json" for family in EVAL_STAGES.values() for model in MODELS]
+    files = [root / family / model / "scores.json" for family in EVAL_STAGES.values() for model in MODELS]
+    return files + [root / "ruler_qa" / run / "scores.json" for run in ALL_RUNS[len(MODELS) :]]
 
 
 def evaluation_results(cfg: PipelineConfig):
@@ -366,7 +436,7 @@ def evaluation_results(cfg: PipelineConfig):
     files = [f for f in score_files(cfg) if f.is_file()]
     scores = [json.loads(f.read_text(encoding="utf-8")) for f in files]
     present = {s["run"] for s in scores if s["cells"]}
-    return results_from_scores(files, [m for m in MODELS if m in present] or list(MODELS))
+    return results_from_scores(files, [m for m in ALL_RUNS if m in present] or list(MODELS))
 
 
 def comparison(cfg: PipelineConfig) -> tuple[list[str], list[list[str]]]:
@@ -468,6 +538,24 @@ def _train_stage(stage: str, config: Callable[[PipelineConfig, str | None], Pipe
     )
 
 
+def _qa_stage(
+    stage: str,
+    prefix: str,
+    run: Callable[[str, PipelineConfig, OnStep | None], StageResult],
+    config: Callable[[PipelineConfig, str | None], PipelineConfig],
+    models: tuple[str, ...],
+) -> Stage:
+    """RULER QA of runs `<prefix>-<model>` (post-trained models, test-time training)."""
+    return Stage(
+        stage,
+        lambda cfg, model: [Path(cfg.lifecycle.eval_dir) / "ruler_qa" / f"{prefix}-{model}"],
+        run,
+        config,
+        models=models,
+        device="evaluate.device",
+    )
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("tokenizer", lambda cfg, _: [Path(cfg.paths.tokenizer_dir)], lambda n, cfg, s: _tokenizer(cfg, s)),
     Stage("corpus", lambda cfg, _: [Path(cfg.paths.corpus_dir)], lambda n, cfg, s: _corpus(cfg, s)),
@@ -489,6 +577,17 @@ STAGES: tuple[Stage, ...] = (
     _train_stage("midtrain_sft", _midtrain_config("sft")),
     _train_stage("midtrain_refine", _midtrain_config("refine")),
     *(_eval_stage(stage, family) for stage, family in EVAL_STAGES.items()),
+    Stage("qa_data", lambda cfg, _: [Path(cfg.qa_data.out_dir)], lambda n, cfg, s: _qa_data(cfg)),
+    Stage(
+        "posttrain",
+        lambda cfg, variant: [run_dir(cfg, f"post-{variant}")],
+        _posttrain,
+        _posttrain_config,
+        models=POSTTRAIN_VARIANTS,
+        device="train.device",
+    ),
+    _qa_stage("eval_qa_post", "post", _evaluate, _eval_post_config, POSTTRAIN_VARIANTS),
+    _qa_stage("eval_qa_ttt", "ttt", _evaluate_ttt, _eval_ttt_config, TTT_OBJECTIVES),
     Stage("report", lambda cfg, _: [Path(cfg.evaluate.report_dir)], lambda n, cfg, s: _report(cfg)),
 )
 

@@ -105,6 +105,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         )
         """,
     ),
+    (
+        5,
+        """
+        CREATE TABLE qa_examples (
+            example_id VARCHAR PRIMARY KEY, -- '<task>:<length>:<question index>' (see refine_tasks.corpus.qa_data)
+            task VARCHAR NOT NULL,          -- ruler_squadqa | ruler_hotpotqa
+            question_index INTEGER NOT NULL,-- the question's index in RULER's order (>= qa_data.first_question)
+            length INTEGER NOT NULL,        -- the prompt + answer budget it was built for
+            shard VARCHAR NOT NULL,         -- Arrow shard file name inside qa_data.out_dir
+            "row" INTEGER NOT NULL,
+            n_tokens INTEGER NOT NULL       -- prompt + answer tokens
+        )
+        """,
+    ),
 ]
 
 
@@ -261,18 +275,29 @@ def open_reader(catalog: Path, wait_s: float = 10.0) -> duckdb.DuckDBPyConnectio
             time.sleep(0.1)
 
 
+def _replace_rows(
+    con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...], rows: pa.Table
+) -> int:
+    """Make `table` hold exactly `rows` (its `columns`), in one transaction; returns the row count."""
+    names = ", ".join(f'"{c}"' for c in columns)
+    con.register(f"new_{table}", rows)
+    con.execute("BEGIN TRANSACTION")
+    con.execute(f"DELETE FROM {table}")
+    con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM new_{table}")
+    con.execute("COMMIT")
+    con.unregister(f"new_{table}")
+    return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+
 def write_documents(con: duckdb.DuckDBPyConnection, documents: pa.Table) -> int:
     """Make the `documents` table hold exactly `documents` (doc_id, source, shard, row, n_tokens)."""
-    con.register("new_documents", documents)
-    con.execute("BEGIN TRANSACTION")
-    con.execute("DELETE FROM documents")
-    con.execute(
-        'INSERT INTO documents (doc_id, source, shard, "row", n_tokens) '
-        'SELECT doc_id, source, shard, "row", n_tokens FROM new_documents'
-    )
-    con.execute("COMMIT")
-    con.unregister("new_documents")
-    return con.execute("SELECT count(*) FROM documents").fetchall()[0][0]
+    return _replace_rows(con, "documents", ("doc_id", "source", "shard", "row", "n_tokens"), documents)
+
+
+def write_qa_examples(con: duckdb.DuckDBPyConnection, examples: pa.Table) -> int:
+    """Make the `qa_examples` table hold exactly `examples` (its columns, as the table's)."""
+    columns = ("example_id", "task", "question_index", "length", "shard", "row", "n_tokens")
+    return _replace_rows(con, "qa_examples", columns, examples)
 
 
 def replace_documents(catalog: Path, documents: pa.Table) -> int:

@@ -62,9 +62,9 @@ def test_budgets_and_eos_end_each_stream(tiny_model, tokenizer, prompts):
 
 
 def _first_line_cut(tokenizer, tokens: list[int]) -> list[int]:
-    # Shortest prefix whose text, leading newlines removed, contains a newline.
+    # Shortest prefix whose text, leading white space removed, contains a newline.
     for k in range(1, len(tokens) + 1):
-        if "\n" in tokenizer.decode(tokens[:k]).lstrip("\n"):
+        if "\n" in tokenizer.decode(tokens[:k]).lstrip():
             return tokens[:k]
     return tokens
 

@@ -101,7 +101,7 @@ def test_string_match_all_share_of_references_case_insensitive():
 def test_ruler_qa_any_reference_in_first_line():
     assert ruler_qa_score("Frank lowy\nsomething else", ["Frank Lowy"]) == 1.0
     assert ruler_qa_score("He was Frank Lowy.", ["Mr Lowy", "frank lowy"]) == 1.0
-    assert ruler_qa_score("\nFrank Lowy", ["Frank Lowy"]) == 0.0  # first line empty
+    assert ruler_qa_score("\n \nFrank Lowy\nno", ["Frank Lowy"]) == 1.0  # leading blank lines skipped
     assert ruler_qa_score("no\nFrank Lowy", ["Frank Lowy"]) == 0.0
     assert ruler_qa_score("", ["Frank Lowy"]) == 0.0
 
@@ -112,6 +112,8 @@ def test_score_sample_dispatch_and_task_score():
     assert score_sample("string_match_all", "niah_single_1", "7", ["7", "8"]) == 0.5
     with pytest.raises(ValueError, match="unknown metric"):
         score_sample("bleu", "x", "a", ["a"])
+    with pytest.raises(ValueError, match="unknown protocol"):
+        score_sample("ruler_qa", "x", "a", ["a"], protocol="lenient")
     assert task_score([1.0, 0.0, 0.5]) == 50.0
     assert task_score([1 / 3] * 3) == 33.33
     with pytest.raises(ValueError):
@@ -126,3 +128,33 @@ def test_every_shared_longbench_task_has_an_official_metric():
         "multifieldqa_en": "qa_f1", "narrativeqa": "qa_f1", "qmsum": "rouge_l",
         "repobench-p": "code_sim", "samsum": "rouge_l", "trec": "classification", "triviaqa": "qa_f1",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("protocol", ["official", "paper"])
+@pytest.mark.parametrize(
+    "metric, task, references",
+    [
+        ("ruler_qa", "ruler_squadqa", ["Frank Lowy"]),
+        ("longbench", "hotpotqa", ["Frank Lowy"]),
+        ("longbench", "triviaqa", ["Frank Lowy"]),
+        ("longbench", "trec", ["City"]),
+    ],
+)
+def test_leading_blank_lines_never_zero_a_correct_answer(protocol, metric, task, references):
+    answer = references[0]
+    for prefix in ("", "\n", "\n\n", "\n  \n"):
+        assert score_sample(metric, task, f"{prefix}{answer}", references, protocol=protocol) == 1.0, prefix
+
+
+def test_protocols_differ_where_the_paper_reads_the_first_line_only():
+    # RULER's own scorer reads the whole prediction; the paper's reads the first line.
+    assert score_sample("ruler_qa", "ruler_squadqa", "no idea\nFrank Lowy", ["Frank Lowy"]) == 1.0
+    assert (
+        score_sample("ruler_qa", "ruler_squadqa", "no idea\nFrank Lowy", ["Frank Lowy"], protocol="paper")
+        == 0.0
+    )
+    # LongBench's QA tasks: F1 over the whole text officially, over the first line in the paper's.
+    text, ref = "Frank Lowy\nwho was born in 1930 in Czechoslovakia", ["Frank Lowy"]
+    official = score_sample("longbench", "hotpotqa", text, ref)
+    assert 0.0 < official < 1.0
+    assert score_sample("longbench", "hotpotqa", text, ref, protocol="paper") == 1.0

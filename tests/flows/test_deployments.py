@@ -93,7 +93,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def test_deployments_pools_and_limits(server: Server) -> None:
     listing = server.prefect("deployment", "ls").stdout
     for name in ("refine-midtrain/tiny-cpu", "refine-midtrain/nightly", "refine-evaluate/tiny-cpu",
-                 "refine-lifecycle/tiny-cpu", "refine-preprocess/tiny-cpu", "refine-positions/tiny-cpu"):  # fmt: skip
+                 "refine-lifecycle/tiny-cpu", "refine-preprocess/tiny-cpu", "refine-positions/tiny-cpu",
+                 "refine-posttrain/tiny-cpu"):  # fmt: skip
         assert name in listing
     for name in ("refine-lifecycle/gpu-small", "refine-lifecycle/gpu-small-lact"):  # long names: inspect
         shown = server.prefect("deployment", "inspect", name).stdout

@@ -45,11 +45,15 @@ STAGE_ENTRIES = {
     "eval_niah": EVALUATION,
     "eval_qa": EVALUATION,
     "eval_longbench": EVALUATION,
+    "qa_data": ("refine_tasks.pipeline.qa_data",),
+    "posttrain": ("refine_tasks.train.posttrain", CHECKPOINT, THREADS),
+    "eval_qa_post": EVALUATION,
+    "eval_qa_ttt": (*EVALUATION, "refine_tasks.train.ttt"),
     "report": ("refine_tasks.evaluate.report",),
 }
 BOOKKEEPING = {"refine_tasks.pipeline.dvc_state"}  # run_tracked's `dvc commit` around a stage
 EVAL_STAGES = {stage for stage in STAGE_ENTRIES if stage.startswith("eval_")}
-MODEL_STAGES = {"kernels", "base", "positions", "midtrain_sft", "midtrain_refine", *EVAL_STAGES}
+MODEL_STAGES = {"kernels", "base", "positions", "midtrain_sft", "midtrain_refine", "posttrain", *EVAL_STAGES}
 
 
 def module_file(name: str) -> Path | None:

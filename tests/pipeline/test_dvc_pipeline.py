@@ -13,6 +13,9 @@ from tiny_project import make_project, read_params, run, write_params
 
 from refine_tasks.pipeline.lifecycle import EVAL_STAGES, MODELS, stage_names
 
+# Post-training and its evaluations: downstream of the ReFINE model (qa_data is not).
+POST_STAGES = [n for n in stage_names() if n.split("@")[0] in ("posttrain", "eval_qa_post", "eval_qa_ttt")]
+
 pytestmark = pytest.mark.slow
 
 RAN = re.compile(r"Running stage '([^']+)'")
@@ -33,7 +36,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_repro_all_then_nothing_then_only_dependants(project: Path) -> None:
-    first = run(["dvc", "repro"], project)
+    first = run(["dvc", "repro"], project, timeout=900)  # 26 stages, each a process of its own
     assert ran(first.stdout) == set(stage_names()), first.stdout
     assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
     report = (project / "data" / "reports" / "comparison.md").read_text()
@@ -47,6 +50,7 @@ def test_repro_all_then_nothing_then_only_dependants(project: Path) -> None:
     changed = run(["dvc", "exp", "run", "-S", "refine.coef=0.5"], project)  # an experiment on one value
     assert read_params(project)["refine"]["coef"] == 0.5
     refine_chain = {"midtrain_refine", "eval_niah@refine", "eval_qa@refine", "eval_longbench@refine"}
+    refine_chain |= set(POST_STAGES)  # post-training starts from the ReFINE model
     # the report re-runs only when an evaluation output changed (a tiny model may answer the same)
     assert ran(changed.stdout) - {"report"} == refine_chain, changed.stdout
 
@@ -96,8 +100,7 @@ def test_a_model_change_marks_positions_training_and_evaluation_stale(project: P
     finally:
         forward.write_text(source)
     evaluations = {f"{stage}@{model}" for stage in EVAL_STAGES for model in MODELS}
-    assert set(stale) == {"kernels", "base", "positions", "midtrain_sft", "midtrain_refine", *evaluations}, (
-        stale
-    )
+    training = {"kernels", "base", "positions", "midtrain_sft", "midtrain_refine"}
+    assert set(stale) == {*training, *evaluations, *POST_STAGES}, stale
     assert all(change == {"changed deps": {"refine_tasks/models": "modified"}} for [change] in stale.values())
     assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout

@@ -39,8 +39,11 @@ def test_stage_names_follow_the_lifecycle() -> None:
         "midtrain_sft",
         "midtrain_refine",
     ]
-    assert names[-1] == "report" and len(names) == 17
+    assert names[-1] == "report" and len(names) == 26
     assert names.index("eval_qa@sft") > names.index("midtrain_refine")
+    post = ["qa_data", "posttrain@sft", "posttrain@nested-sft", "posttrain@nested-refine"]
+    post += ["eval_qa_post@sft", "eval_qa_post@nested-sft", "eval_qa_post@nested-refine"]
+    assert names[-10:-1] == [*post, "eval_qa_ttt@sft", "eval_qa_ttt@refine"]
     assert split_stage("eval_longbench@refine") == ("eval_longbench", "refine")
     with pytest.raises(LifecycleError, match="stage 'eval_qa@big': unknown; stages are tokenizer"):
         split_stage("eval_qa@big")
