@@ -18,13 +18,14 @@
 #                $TRAIN_RESTORE: a kernel cache archive the warm runs restore, e.g. benchmarks/kernel_cache/*.txz)
 #   lact         gpu_lact.py --phases $LACT_PHASES         (default all: LaCT's kernels, fast-weight layer, attention,
 #                                                           paper-760m; its paths are config fields, not variables)
-# Carry: .whl .whl_lead or .whl_min (wheels the image lacks; .whl_min without DuckDB, enough for the
-# GPU benchmarks) and the Triton cache tarball folders named in TC_DIRS (default .tc; git-ignored).
+# Carry: .whl (benchmarks/device_wheels.py: the wheels the image lacks; the experiment adds .whl_exp1,
+# .whl_exp2, one folder a call: a call carries at most 64 MiB) and the Triton cache tarball folders
+# named in TC_DIRS (default .tc; git-ignored).
 set -u
 OUT=${OUT:?OUT must name the folder whose files come back}
 if [ -z "${SKIP_INSTALL:-}" ]; then  # SKIP_INSTALL=1: a second runner beside one that installed them
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        $(ls .whl*/*.whl | sort -u) || exit 1  # every carried wheel folder (.whl, .whl_lead, .whl_min)
+        $(ls .whl*/*.whl | sort -u) || exit 1  # every carried wheel folder (.whl, .whl_exp1, ...)
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR=$PWD/.triton_cache
