@@ -19,10 +19,11 @@ def midtrain_flow(
     refresh_corpus: bool = False,
     evaluate: bool = False,
 ) -> None:
-    """Bring the corpus and the base model up to date, then mid-train (`midtrain_<objective>`).
+    """Bring the corpus, the kernel cache and the base model up to date, then mid-train (`midtrain_<objective>`).
     refresh_corpus re-reads the corpus source first (the nightly retraining); evaluate runs the
     evaluations of the new model and the report afterwards."""
     preprocess_flow(params, overrides, refresh_corpus)
+    run_stage("kernels", params, overrides)  # the kernel cache `dvc repro` and `refine run` keep too
     run_stage("base", params, overrides)
     if objective == "refine":
         run_stage("positions", params, overrides)

@@ -21,7 +21,7 @@ from tiny_project import BIN, make_project, read_params, run, tool_env, write_pa
 pytestmark = pytest.mark.slow
 
 UUID = re.compile(r"UUID: ([0-9a-f-]{36})")
-FLOW_STAGES = ("tokenizer", "corpus", "base", "positions", "midtrain_refine")
+FLOW_STAGES = ("tokenizer", "corpus", "kernels", "base", "positions", "midtrain_refine")
 
 
 def free_port() -> int:

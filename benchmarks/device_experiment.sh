@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 17's GPU run (benchmarks/gpu_lifecycle_flow.py: the lifecycle as a Prefect flow run of
+# refine-lifecycle/gpu-small, the further seeds and the results page, then `dvc repro` and `refine run`)
+# on one fresh device machine, in calls that each carry at most 64 MiB of working tree.
+#
+# Here first:  .venv/bin/python benchmarks/device_wheels.py && .venv/bin/python benchmarks/device_wheels.py experiment
+#              mkdir -p .shared_data && tar -cJf .shared_data/data.txz -C ../shared data   (git-ignored)
+# Then, one call each, while the machine stays warm (whatever a call installs or unpacks lives
+# outside the repository, under /tmp, and stays):
+#   carry [.whl]          bash benchmarks/device_experiment.sh prepare
+#   carry [.whl_exp1]     bash benchmarks/device_experiment.sh prepare
+#   carry [.whl_exp2]     bash benchmarks/device_experiment.sh prepare
+#   carry [.shared_data]  bash benchmarks/device_experiment.sh prepare && \
+#                         WAIT=500 bash benchmarks/device_bg.sh start-script benchmarks/device_experiment.sh run
+#   carry [.shared_data]  WAIT=560 bash benchmarks/device_bg.sh wait          (until it says finished)
+# The kernel cache comes from benchmarks/kernel_cache/ (tracked); a stale one costs minutes, not results.
+set -u
+case "${1:-}" in
+prepare)
+    wheels=$(ls .whl*/*.whl 2>/dev/null)
+    if [ -n "$wheels" ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            $wheels || exit 1
+        echo "installed $(echo "$wheels" | wc -w) wheels into /tmp/site"
+    fi
+    for archive in .shared_data/*.txz; do
+        [ -f "$archive" ] || continue
+        mkdir -p /tmp/shared && tar -xJf "$archive" -C /tmp/shared && echo "unpacked $archive into /tmp/shared"
+    done
+    ;;
+run)
+    OUT=${OUT:?OUT must name the folder whose files come back}
+    export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+    # The evaluation data where the configuration looks for it (../shared/data, beside the checkout).
+    if [ ! -d ../shared/data ] && [ -d /tmp/shared/data ]; then mkdir -p ../shared && ln -s /tmp/shared/data ../shared/data; fi
+    mkdir -p data/cache && tar -xJf benchmarks/kernel_cache/nvidia-h200-triton3.6.0.txz -C data/cache
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    python3 benchmarks/gpu_lifecycle_flow.py --out "$OUT/flow" "${@:2}"
+    echo "gpu_lifecycle_flow exit $?"
+    ;;
+*) echo "usage: $0 prepare | run [gpu_lifecycle_flow.py options]" >&2; exit 2 ;;
+esac
