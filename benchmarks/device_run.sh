@@ -16,6 +16,8 @@
 #   train-loop   gpu_train_loop.py: `refine train` at params-gpu-small.yaml on .gpu_data (carried: tokenizer,
 #                corpus, catalog), its own kernel cache (data/cache/kernels; $TRAIN_RUNS, default cold,warm,ntp;
 #                $TRAIN_RESTORE: a kernel cache archive the warm runs restore, e.g. benchmarks/kernel_cache/*.txz)
+#   posttrain-ttt gpu_posttrain_ttt.py: small preset, 4K prompts (ttt_overhead_x, ttt_overhead_naive_x,
+#                posttrain_step_over_sft; $PT_REPS reps, default 3)
 #   lact         gpu_lact.py --phases $LACT_PHASES         (default all: LaCT's kernels, fast-weight layer, attention,
 #                                                           paper-760m; its paths are config fields, not variables)
 # Carry: .whl (benchmarks/device_wheels.py: the wheels the image lacks; the experiment adds .whl_exp1,
@@ -56,6 +58,7 @@ run_step() {
         train-loop) env -u TRITON_CACHE_DIR timeout "$limit" python3 benchmarks/gpu_train_loop.py --out "$dir" \
             --data .gpu_data --params params-gpu-small.yaml ${TRAIN_RUNS:+--runs $TRAIN_RUNS} \
             ${TRAIN_RESTORE:+--restore $TRAIN_RESTORE} ;;
+        posttrain-ttt) timeout "$limit" python3 benchmarks/gpu_posttrain_ttt.py --out "$dir" --reps "${PT_REPS:-3}" ;;
         lact) timeout "$limit" python3 benchmarks/gpu_lact.py --out "$dir" --budget-s $((limit - 60)) ${LACT_PHASES:+--phases $LACT_PHASES} ;;
         *) echo "unknown step $step" ;;
     esac

@@ -9,6 +9,12 @@ Modes: `reset` restores the starting weights and a fresh optimizer before every 
 seeds the batch's random draws by its prompts, so a batch's answers do not depend on which
 batches came before it; `accumulate` (the reference) adapts across batches in file order.
 Only the model in memory changes: the checkpoint on disk is never written.
+
+Evaluation holds the weights in bfloat16 on a GPU, where w + lr * update at lr 1e-6 rounds back
+to w (bf16 keeps 8 significant bits): AdamW on those weights would change nothing. `MasterWeights`
+keeps float32 copies of the adapted parameters, steps AdamW on them and copies them back, so the
+generation keeps the bf16 model (its kernels, its memory) and the updates accumulate in float32.
+A float32 model under bf16 autocast would do the same for twice the weights' memory in generation.
 """
 
 from __future__ import annotations
@@ -22,6 +28,31 @@ from refine_tasks.models import FastWeightForCausalLM
 from refine_tasks.train.posttrain import PromptSteps, truncate_right
 from refine_tasks.train.starting_model import mixed_precision
 from refine_tasks.train.trainer import make_optimizer
+
+
+class MasterWeights:
+    """AdamW on float32 master copies of `model`'s low-precision parameters (see the module): `step`
+    moves the model's gradients onto the masters, steps, and writes the masters back; the same
+    `param_groups`, `step` and `zero_grad` as the optimizer it wraps."""
+
+    def __init__(self, model: torch.nn.Module, cfg: PipelineConfig) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        masters = [torch.nn.Parameter(p.detach().float().clone()) for p in self.params]
+        self.optimizer = make_optimizer(torch.nn.ParameterList(masters), cfg)
+        self.masters, self.param_groups = masters, self.optimizer.param_groups
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p, m in zip(self.params, self.masters, strict=True):
+            m.grad = None if p.grad is None else p.grad.float()
+        self.optimizer.step()
+        for p, m in zip(self.params, self.masters, strict=True):
+            p.copy_(m)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+        self.optimizer.zero_grad(set_to_none=set_to_none)
 
 
 class TestTimeTrainer:
@@ -47,8 +78,9 @@ class TestTimeTrainer:
         self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.optimizer = self._optimizer()
 
-    def _optimizer(self) -> torch.optim.Optimizer:
-        optimizer = make_optimizer(self.model, self.cfg)
+    def _optimizer(self) -> torch.optim.Optimizer | MasterWeights:
+        low = any(p.dtype in (torch.bfloat16, torch.float16) for p in self.model.parameters())
+        optimizer = MasterWeights(self.model, self.cfg) if low else make_optimizer(self.model, self.cfg)
         for group in optimizer.param_groups:
             group["lr"] = self.cfg.ttt.lr
         return optimizer

@@ -116,3 +116,69 @@ def test_ttt_evaluation_never_changes_the_checkpoint(
     assert len(run.results) == 2
     assert not torch.equal(_weights(eval_model), _weights(model))  # adapted in memory
     assert digest() == before
+
+
+def test_bf16_weights_keep_float32_masters_that_follow_the_float64_adamw(make_config, model):
+    """At lr 1e-6, K AdamW steps on bf16 weights with fixed random gradients: plain bf16 AdamW
+    leaves every weight but those near 0 unchanged; the float32 masters follow float64 AdamW on the same gradients
+    (within float32 rounding: see the tolerance), and the bf16 weights are their rounding."""
+    from refine_tasks.train.trainer import make_optimizer
+    from refine_tasks.train.ttt import MasterWeights
+
+    cfg = make_config("ttt.lr=1e-6")
+    steps = 4
+    bf16 = model.to(torch.bfloat16)
+    start = [p.detach().clone() for p in bf16.parameters()]
+    gen = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in start] for _ in range(steps)]
+
+    def run(optimizer, params) -> None:
+        for g in grads:
+            for p, gk in zip(params, g, strict=True):
+                p.grad = gk.to(p.dtype)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    ref = torch.nn.ParameterList([torch.nn.Parameter(p.double()) for p in start])
+    reference = make_optimizer(ref, cfg)
+    for group in reference.param_groups:
+        group["lr"] = 1e-6
+    run(reference, list(ref))
+
+    plain = make_optimizer(bf16, cfg)
+    for group in plain.param_groups:
+        group["lr"] = 1e-6
+    run(plain, list(bf16.parameters()))
+    # Lost: every weight of magnitude >= 1e-2 (bf16 spacing there >= 6e-5, far above K * lr) is
+    # unchanged; only weights near 0 move at all.
+    for p, s in zip(bf16.parameters(), start, strict=True):
+        big = s.abs() >= 1e-2
+        assert big.any() and torch.equal(p[big], s[big])
+
+    with torch.no_grad():
+        for p, s0 in zip(bf16.parameters(), start, strict=True):
+            p.copy_(s0)
+    master = MasterWeights(bf16, cfg)
+    for group in master.param_groups:
+        group["lr"] = 1e-6
+    run(master, list(bf16.parameters()))
+    for m, r, s, p in zip(master.masters, ref, start, bf16.parameters(), strict=True):
+        update = (r.detach() - s.double()).abs().max()
+        assert update > 1e-7  # the reference moved
+        # float32 rounding of each step's sum (half a spacing of the largest weight, K times), with
+        # 1e-4 of the update's size for the float32 moment arithmetic.
+        tol = steps * 2.0**-24 * s.double().abs().max() + 1e-4 * update
+        assert (m.double() - r.detach()).abs().max() <= tol
+        assert torch.equal(p, m.detach().to(torch.bfloat16))
+
+
+def test_bf16_ttt_reset_restores_exactly(make_config, model, tokenizer, records):
+    cfg = make_config("ttt.objective=sft", "evaluate.batch_size=2", *TTT)
+    bf16 = model.to(torch.bfloat16)
+    start = _weights(bf16).clone()
+    ttt = TestTimeTrainer(bf16, cfg)
+    assert type(ttt.optimizer).__name__ == "MasterWeights"
+    ttt([tokenizer.encode(r.prompt)[:40] for r in records[:2]])
+    assert not torch.equal(_weights(bf16), start)
+    ttt.restore()
+    assert torch.equal(_weights(bf16), start)
