@@ -30,6 +30,7 @@ from benchmarks.record import FigureLog  # noqa: E402
 from refine_tasks.config import PipelineConfig  # noqa: E402
 from refine_tasks.evaluate.generate import GenerationRequest, greedy_generate  # noqa: E402
 from refine_tasks.models.presets import build_model  # noqa: E402
+from refine_tasks.pipeline.kernel_cache import activate  # noqa: E402
 from refine_tasks.train.posttrain import inner_steps, nested_step  # noqa: E402
 from refine_tasks.train.starting_model import mixed_precision  # noqa: E402
 from refine_tasks.train.trainer import make_optimizer  # noqa: E402
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         args.batch = 2
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
+    if device.type == "cuda":  # the product's kernel cache (data/cache/kernels), as `refine` uses it
+        activate(PipelineConfig())
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     rows: list[tuple[str, str, str]] = []
     command = "python benchmarks/gpu_posttrain_ttt.py " + " ".join(argv if argv is not None else sys.argv[1:])
