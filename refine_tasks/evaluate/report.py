@@ -82,6 +82,18 @@ def task_scores(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="mass").reset_index()
 
 
+def length_scores(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (label, family, task, length), for records with a context length (NIAH, RULER QA):
+    samples and score, sample-weighted over the cell's depths / variants."""
+    with_length = df[df.length.notna()]
+    g = with_length.assign(mass=with_length.score * with_length.n_samples).groupby(
+        ["label", "family", "task", "length"], observed=True
+    )
+    out = g[["mass", "n_samples"]].sum()
+    out["score"] = out.mass / out.n_samples
+    return out.drop(columns="mass").reset_index()
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -119,9 +131,16 @@ def run_markdown(df: pd.DataFrame, label: str) -> str:
 
 
 def comparison_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the comparison: every task's score per run, family averages, best in bold."""
+    """(header, rows) of the comparison: every task's score per run, then, for a task evaluated at
+    several context lengths, its score at each length ("task @ length"); family averages (over
+    tasks); best in bold."""
     scores = task_scores(df).pivot_table(
         index=["family", "task"], columns="label", values="score", observed=True
+    )
+    by_length = (
+        length_scores(df)
+        .pivot_table(index=["family", "task", "length"], columns="label", values="score", observed=True)
+        .reindex(columns=scores.columns)
     )
     labels = list(scores.columns)
     rows = []
@@ -136,6 +155,11 @@ def comparison_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         block = scores.loc[family]
         for task, values in block.iterrows():
             rows.append([FAMILY_TITLES.get(family, family), str(task), *cells(values)])
+            key = (family, task)
+            lengths = by_length.loc[key] if key in by_length.index.droplevel("length") else None
+            if lengths is not None and len(lengths) > 1:
+                for length, at in lengths.iterrows():
+                    rows.append([FAMILY_TITLES.get(family, family), f"{task} @ {int(length):,}", *cells(at)])
         rows.append([FAMILY_TITLES.get(family, family), "average", *cells(block.mean())])
     return ["family", "task", *map(str, labels)], rows
 

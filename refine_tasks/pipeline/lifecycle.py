@@ -447,7 +447,7 @@ def comparison(cfg: PipelineConfig) -> tuple[list[str], list[list[str]]]:
 
 
 def _report(cfg: PipelineConfig) -> StageResult:
-    from refine_tasks.evaluate.report import task_scores, write_report_frame
+    from refine_tasks.evaluate.report import length_scores, task_scores, write_report_frame
 
     df = evaluation_results(cfg)
     out = Path(cfg.evaluate.report_dir)
@@ -456,6 +456,8 @@ def _report(cfg: PipelineConfig) -> StageResult:
     metrics: dict[str, dict[str, float]] = {}
     for (label, family), score in averages.items():
         metrics.setdefault(str(label), {})[str(family)] = round(float(score), 4)
+    for t in length_scores(df).itertuples():  # every task at every evaluated length
+        metrics.setdefault(str(t.label), {})[f"{t.task}@{int(t.length)}"] = round(float(t.score), 4)
     (out / REPORT_METRICS).write_text(json.dumps(metrics, indent=1) + "\n")
     skipped = [
         json.loads(f.read_text())["skipped"]

@@ -82,3 +82,27 @@ def test_report_errors_and_labels(catalog, tmp_path: Path):
         store_eval_results(con, [_row("base", "longbench", "trec", 70.0, 4, 16384, checkpoint="/x/step-200")])
     labels = list(load_results(catalog, ["base"]).label.cat.categories)
     assert labels == ["base@ck", "base@step-200"]
+
+
+def test_comparison_has_each_task_at_each_length(tmp_path: Path):
+    from refine_tasks.evaluate.report import comparison_rows
+
+    rows = []
+    for run, shift in (("base", 0.0), ("refine", 5.0)):
+        for length, score, n in ((4096, 40.0, 3), (8192, 10.0, 1)):
+            rows.append(_row(run, "ruler_qa", "ruler_squadqa", score + shift, n, length))
+            for depth, d in ((0.0, 0.0), (100.0, 20.0)):
+                rows.append(_row(run, "niah", "niah_single_1", score + shift + d, 1, length, depth))
+        rows.append(_row(run, "longbench", "trec", 30.0 + shift, 4, 16384))
+    path = tmp_path / "two.duckdb"
+    with open_writer(path) as con:
+        store_eval_results(con, rows)
+    header, body = comparison_rows(load_results(path, ["base", "refine"]))
+    table = {r[1]: r[2:] for r in body if r[1] != "average"}
+    assert header == ["family", "task", "base", "refine"]
+    assert table["ruler_squadqa @ 4,096"] == ["40.00", "**45.00**"]
+    assert table["ruler_squadqa @ 8,192"] == ["10.00", "**15.00**"]
+    assert table["ruler_squadqa"] == ["32.50", "**37.50**"]  # (3 * 40 + 10) / 4
+    assert table["niah_single_1 @ 4,096"] == ["50.00", "**55.00**"]  # mean over the two depths
+    assert table["niah_single_1 @ 8,192"] == ["20.00", "**25.00**"]
+    assert not any(t.startswith("trec @") for t in table)  # one length: no per-length row
