@@ -164,9 +164,23 @@ def comparison_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return ["family", "task", *map(str, labels)], rows
 
 
+def runs_as_rows(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    """The comparison turned: a row per run (the paper's cumulative rows: base, mid SFT, mid ReFINE,
+    + post-training, + TTT), a column per task and per task at each length ("family: task @ length")."""
+    columns = [f"{row[0]}: {row[1]}" for row in rows]
+    return ["run", *columns], [[run, *(row[2 + j] for row in rows)] for j, run in enumerate(header[2:])]
+
+
 def comparison_markdown(df: pd.DataFrame) -> str:
-    """Task scores side by side, one column per run; family averages; best per row in bold."""
-    return "# Evaluation comparison\n\n" + _md_table(*comparison_rows(df))
+    """Task scores side by side, one column per run; family averages; best per row in bold. Then the
+    same numbers with a row per run and a column per task and length."""
+    header, rows = comparison_rows(df)
+    return (
+        "# Evaluation comparison\n\n"
+        + _md_table(header, rows)
+        + "\n\n## By run (a row per run, a column per task and length)\n\n"
+        + _md_table(*runs_as_rows(header, rows))
+    )
 
 
 def write_report(catalog: Path, runs: list[str] | None, out_dir: Path) -> list[Path]:

@@ -106,3 +106,12 @@ def test_comparison_has_each_task_at_each_length(tmp_path: Path):
     assert table["niah_single_1 @ 4,096"] == ["50.00", "**55.00**"]  # mean over the two depths
     assert table["niah_single_1 @ 8,192"] == ["20.00", "**25.00**"]
     assert not any(t.startswith("trec @") for t in table)  # one length: no per-length row
+
+    from refine_tasks.evaluate.report import comparison_markdown, runs_as_rows
+
+    by_run_header, by_run = runs_as_rows(header, body)
+    assert [r[0] for r in by_run] == ["base", "refine"]  # a row per run
+    by_column = dict(zip(by_run_header[1:], zip(*(r[1:] for r in by_run), strict=True), strict=True))
+    assert by_column["RULER QA: ruler_squadqa @ 8,192"] == ("10.00", "**15.00**")
+    assert by_column["RULER NIAH: niah_single_1 @ 4,096"] == ("50.00", "**55.00**")
+    assert "| refine | " in comparison_markdown(load_results(path, ["base", "refine"]))
