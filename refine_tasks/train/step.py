@@ -21,7 +21,8 @@ dispatches on refine.mode), each taking a `RolloutBatch` (what to train on) and 
 (how: the config, the gradient scale, the KL reference, the phase timer and the continuation
 graphs, whose owner is the caller). They backpropagate `scale * loss` themselves (scale = 1 /
 grad_accum): the naive way must call backward per sequence to fit in memory, and all ways share
-that interface. A non-finite loss is reported and not backpropagated.
+that interface. A non-finite loss is reported and not backpropagated (under data
+parallelism it is: see StepOptions.backward_nonfinite).
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ class StepOptions:
     ref_model: FastWeightForCausalLM | None = None
     timer: PhaseTimer = field(default_factory=PhaseTimer)
     graphs: ContinuationGraphs | None = None
+    # Under data parallelism the gradient all-reduce runs inside backward, so a rank that skipped
+    # it would leave the others waiting until the process group times out. There a non-finite loss
+    # is backpropagated as it is: its NaN reaches every rank's gradient norm, and all skip the step.
+    backward_nonfinite: bool = False
 
 
 @dataclass
@@ -136,11 +141,13 @@ def sampling_params(cfg: RefineConfig) -> SamplingParams:
     return SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
 
 
-def _backward(loss: Tensor, scale: float) -> bool:
-    if not bool(torch.isfinite(loss.detach())):
-        return False
-    (loss * scale).backward()
-    return True
+def _backward(loss: Tensor, scale: float, opts: StepOptions) -> bool:
+    """Backpropagate scale * loss; returns whether the loss was finite. A non-finite one is
+    backpropagated only under data parallelism (StepOptions.backward_nonfinite)."""
+    finite = bool(torch.isfinite(loss.detach()))
+    if finite or opts.backward_nonfinite:
+        (loss * scale).backward()
+    return finite
 
 
 def ntp_backward(model: FastWeightForCausalLM, input_ids: Tensor, opts: StepOptions) -> StepStats:
@@ -148,7 +155,7 @@ def ntp_backward(model: FastWeightForCausalLM, input_ids: Tensor, opts: StepOpti
     with opts.timer.phase("loss_forward"):
         loss = ntp_loss(model(input_ids).logits, input_ids)
     with opts.timer.phase("backward"):
-        _backward(loss, opts.scale)
+        _backward(loss, opts.scale, opts)
     value = float(loss.detach())
     return StepStats(loss=value, ntp=value, tokens=input_ids.numel())
 
@@ -389,7 +396,7 @@ def _branch_loss(
         grpo, kl, pl = _policy_terms(logp, scored.old_log_probs, scored.advantages, cfg, ref_logp)
         loss = refine_loss(ntp, grpo, cfg.coef)
     with opts.timer.phase("backward"):
-        _backward(loss, opts.scale)
+        _backward(loss, opts.scale, opts)
     return StepStats(
         loss=float(loss.detach()),
         ntp=float(ntp.detach()),
@@ -441,7 +448,7 @@ def _naive_loss(
     input_ids, positions, ro = batch.input_ids, batch.positions, scored.rollouts
     adv, old = scored.advantages, scored.old_log_probs
     ntp = ntp_loss(model(input_ids).logits, input_ids)
-    ok = _backward(ntp, scale)
+    ok = _backward(ntp, scale, opts)
     streams = _prefixed(input_ids, positions, ro.tokens)
     n = len(streams)
     # With every rollout the same length, each aggregation mode is the mean over rollouts of
@@ -454,7 +461,7 @@ def _naive_loss(
                 ref_logp = _stream_log_probs(ref_model, seq, p, cfg.rollout_len, cfg.temperature)
         logp = _stream_log_probs(model, seq, p, cfg.rollout_len, cfg.temperature)
         grpo, kl, pl = _policy_terms(logp, old[i : i + 1], adv[i : i + 1], cfg, ref_logp)
-        ok = ok and _backward(grpo, scale * cfg.coef / n)
+        ok = _backward(grpo, scale * cfg.coef / n, opts) and ok  # every rank, every backward
         parts = [grpo, pl.loss, kl, pl.clip_frac, pl.dual_clip_frac, pl.ratio_mean]
         totals += torch.tensor([float(x.detach()) for x in parts], dtype=torch.float64) / n
     grpo_mean, policy, kl, clip, dual, ratio = totals.tolist()

@@ -237,7 +237,9 @@ class MidTrainer:
         # The fused way's CUDA-graphed continuations: this trainer owns them (cleared when `run` ends).
         graphs = ContinuationGraphs() if cfg.refine.graph_branches else None
         timer = PhaseTimer(timing=t.phase_timing)
-        self.step_options = StepOptions(cfg.refine, 1.0 / t.grad_accum, self.ref_model, timer, graphs)
+        self.step_options = StepOptions(
+            cfg.refine, 1.0 / t.grad_accum, self.ref_model, timer, graphs, backward_nonfinite=self.world > 1
+        )
         cache = PositionCache(cfg.paths.catalog) if cfg.positions.policy == "precomputed" else None
         self.selector = PositionSelector(
             cfg.positions, cfg.refine.rollout_len, cfg.seed, self.base_id, self.run_id, cache
