@@ -18,6 +18,8 @@
 #                $TRAIN_RESTORE: a kernel cache archive the warm runs restore, e.g. benchmarks/kernel_cache/*.txz)
 #   posttrain-ttt gpu_posttrain_ttt.py: small preset, 4K prompts (ttt_overhead_x, ttt_overhead_naive_x,
 #                posttrain_step_over_sft; $PT_REPS reps, default 3)
+#   fsdp         gpu_fsdp.py, paper-1.3b at 16K: FSDP2 (world size 1) over plain, peak memory with and without
+#                activation checkpointing, the longest length that fits (searched within the step's limit)
 #   lact         gpu_lact.py --phases $LACT_PHASES         (default all: LaCT's kernels, fast-weight layer, attention,
 #                                                           paper-760m; its paths are config fields, not variables)
 # Carry: .whl (benchmarks/device_wheels.py: the wheels the image lacks; the experiment adds .whl_exp1,
@@ -62,6 +64,8 @@ run_step() {
                 && tar -xJf benchmarks/kernel_cache/nvidia-h200-triton3.6.0.txz -C data/cache; }  # the product's cache
             env -u TRITON_CACHE_DIR timeout "$limit" python3 benchmarks/gpu_posttrain_ttt.py --out "$dir" \
             --reps "${PT_REPS:-3}" ;;
+        fsdp) env -u TRITON_CACHE_DIR timeout "$limit" python3 benchmarks/gpu_fsdp.py --out "$dir" --data .gpu_data \
+            --set model.preset=paper-1.3b --set train.device=cuda --budget-s $((limit - 90)) ;;
         lact) timeout "$limit" python3 benchmarks/gpu_lact.py --out "$dir" --budget-s $((limit - 60)) ${LACT_PHASES:+--phases $LACT_PHASES} ;;
         *) echo "unknown step $step" ;;
     esac

@@ -21,10 +21,12 @@ with the command line beside them.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -95,9 +97,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=16384)
     parser.add_argument("--lengths", default="16384,24576,32768,49152,65536,98304,131072")
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--probe-steps", type=int, default=2, help="steps of each longest-length probe")
+    parser.add_argument(
+        "--budget-s", type=float, default=None,
+        help="stop the longest-length search before a probe that would not end in this many seconds "
+        "from the start (each probe guessed from the last one's time, scaled by length)",
+    )  # fmt: skip
     parser.add_argument("--port", type=int, default=29517)
     parser.add_argument("--set", dest="extra", action="append", default=[], help="overrides, all runs")
     args = parser.parse_args(argv)
+    began = time.perf_counter()
     import torch  # after argparse: --help stays quick
 
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -113,14 +122,28 @@ def main(argv: list[str] | None = None) -> None:
     log.emit("fsdp1_over_plain_step", fsdp_s / plain_s, "x", f"{fsdp_s:.4f} s over {plain_s:.4f} s; {note}")
     log.emit("fsdp1_peak_gib_1p3b_16k", fsdp_peak, "GiB", note)
     log.emit("ac_peak_gib_1p3b_16k", ac_peak, "GiB", note)
-    fits = 0
+    fits, stopped, last = 0, "every length ran", None
+    probe = argparse.Namespace(**{**vars(args), "steps": args.probe_steps})
     for length in (int(x) for x in args.lengths.split(",")):
-        try:
-            run(args, f"ac_{length}", length, True, ac)
-        except torch.OutOfMemoryError:
+        elapsed = time.perf_counter() - began
+        guess = last[1] * length / last[0] if last else 0.0
+        if args.budget_s is not None and elapsed + guess > args.budget_s:
+            stopped = f"stopped before {length:,} (budget {args.budget_s:.0f} s; a probe ~{guess:.0f} s)"
             break
-        fits = length
-    log.emit("max_seq_len_1p3b_ac", fits, "tokens", f"largest of {args.lengths} that ran; 0: none")
+        print(f"probe {length:,} tokens ({elapsed:.0f} s in)", flush=True)
+        t0 = time.perf_counter()
+        try:
+            run(probe, f"ac_{length}", length, True, ac)
+        except torch.OutOfMemoryError:
+            stopped = f"out of memory at {length:,}"
+            break
+        finally:  # an OOM's traceback holds the run's tensors: free them before the next probe
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        fits, last = length, (length, time.perf_counter() - t0)
+    note = f"largest of {args.lengths} that ran ({args.probe_steps} steps each); 0: none; {stopped}"
+    log.emit("max_seq_len_1p3b_ac", fits, "tokens", note)
 
 
 if __name__ == "__main__":

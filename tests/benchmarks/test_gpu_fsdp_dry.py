@@ -43,5 +43,13 @@ def test_the_fsdp_benchmark_trains_sharded_and_records_its_figures(
         "fsdp1_over_plain_step", "fsdp1_peak_gib_1p3b_16k", "ac_peak_gib_1p3b_16k", "max_seq_len_1p3b_ac"
     }  # fmt: skip
     assert figures["fsdp1_over_plain_step"]["value"] > 0 and figures["max_seq_len_1p3b_ac"]["value"] == 256
-    for name in ("fsdp", "fsdp_ac", "ac_256"):  # each sharded run trained its steps
-        assert len((out / "work" / name / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+    for name, steps in (("fsdp", 3), ("fsdp_ac", 3), ("ac_256", 2)):  # each sharded run trained its steps
+        assert len((out / "work" / name / "run" / "metrics.jsonl").read_text().splitlines()) == steps
+    assert "every length ran" in figures["max_seq_len_1p3b_ac"]["note"]
+
+    # A budget the first probe already used up: the search stops before the next length, and says so.
+    done = subprocess.run([*command, "--budget-s", "0.001"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    assert last["metric"] == "max_seq_len_1p3b_ac" and last["value"] == 0
+    assert "stopped before 128" in last["note"]
