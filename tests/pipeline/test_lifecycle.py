@@ -127,7 +127,14 @@ def test_report_compares_the_models_from_their_scores(make_config, tmp_path: Pat
     assert "| family | task | base | sft |" in comparison
     assert "| RULER QA | average | 20.00 | **30.00** |" in comparison
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
-    assert metrics == {"base": {"niah": 50.0, "ruler_qa": 20.0}, "sft": {"niah": 0.0, "ruler_qa": 30.0}}
+    at_1k = {  # every task at every evaluated length, beside the family averages
+        "base": {"niah_single_1@1024": 50.0, "squad@1024": 10.0, "hotpotqa@1024": 30.0},
+        "sft": {"niah_single_1@1024": 0.0, "squad@1024": 20.0, "hotpotqa@1024": 40.0},
+    }
+    assert metrics == {
+        "base": {"niah": 50.0, "ruler_qa": 20.0, **at_1k["base"]},
+        "sft": {"niah": 0.0, "ruler_qa": 30.0, **at_1k["sft"]},
+    }
     assert (tmp_path / "rep" / "base_niah.png").is_file() and (
         "report",
         str(tmp_path / "rep" / "comparison.md"),
