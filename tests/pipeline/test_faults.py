@@ -60,6 +60,9 @@ def _child(project: Path, argv: list[str], log: Path) -> None:
         os.dup2(out.fileno(), 2)
         sys.stdout = sys.stderr = out
         os.chdir(project)
+        # Ctrl-C as in a terminal: a shell's background job (`make test &`) starts with SIGINT
+        # ignored, and this fork would inherit that and finish every command it was meant to stop.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             cli.app(args=argv, prog_name="refine")
             code = 0
