@@ -7,6 +7,7 @@
 #   bash benchmarks/device_bg.sh start STEP[:SECONDS] ...     # the first call (on the device, OUT set)
 #   bash benchmarks/device_bg.sh start-script SCRIPT ARG ...  # or a script of several device_run.sh calls
 #   bash benchmarks/device_bg.sh wait                         # each later call, right after the last
+# Give each call a limit of at least WAIT + ARCHIVE_S + 30 s (the archives below are written after WAIT).
 set -u
 OUT=${OUT:?OUT must name the folder whose files come back}
 WORK=/tmp/device_bg
@@ -25,7 +26,9 @@ if kill -0 "$(cat "$WORK/pid")" 2>/dev/null; then
     echo "device_bg: still running after ${WAIT}s of this call"
 else
     echo "device_bg: finished"
-    [ -d data/cache/kernels ] && tar -cJf "$WORK/out/kernels.txz" data/cache/kernels
+    # Bounded (ARCHIVE_S, default 90 s): a call that runs past its limit brings nothing back.
+    [ -d data/cache/kernels ] && { XZ_OPT="-T0 -3" timeout "${ARCHIVE_S:-90}" tar -cJf "$WORK/out/kernels.txz" \
+        data/cache/kernels || { rm -f "$WORK/out/kernels.txz"; echo "device_bg: kernel archive left out (over ${ARCHIVE_S:-90} s)"; }; }
 fi
 tail -n 40 "$WORK/log"
 cp "$WORK/log" "$OUT/log.txt"

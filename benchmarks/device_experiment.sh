@@ -23,6 +23,21 @@ prepare)
             $wheels || exit 1
         echo "installed $(echo "$wheels" | wc -w) wheels into /tmp/site"
     fi
+    # pip --target --upgrade replaces the whole bin/ folder with the last call's: write every installed
+    # distribution's console scripts again from its entry points.
+    [ -d /tmp/site ] && python3 - <<'PY'
+import configparser, pathlib
+site = pathlib.Path("/tmp/site"); (site / "bin").mkdir(exist_ok=True)
+for ep in site.glob("*.dist-info/entry_points.txt"):
+    cp = configparser.ConfigParser(delimiters=("=",)); cp.optionxform = str; cp.read(ep)
+    for name, target in (cp["console_scripts"].items() if cp.has_section("console_scripts") else []):
+        module, _, attr = target.strip().partition(":")
+        script = site / "bin" / name
+        script.write_text(f"#!/usr/bin/env python3\nimport sys\nfrom {module} import {attr.split('.')[0]} as _f\n"
+                          f"sys.exit(_f{''.join('.' + a for a in attr.split('.')[1:])}())\n")
+        script.chmod(0o755)
+print("console scripts in /tmp/site/bin:", len(list((site / "bin").iterdir())))
+PY
     for archive in .shared_data/*.txz; do
         [ -f "$archive" ] || continue
         mkdir -p /tmp/shared && tar -xJf "$archive" -C /tmp/shared && echo "unpacked $archive into /tmp/shared"

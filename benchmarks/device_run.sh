@@ -64,7 +64,8 @@ run_step() {
                 && tar -xJf benchmarks/kernel_cache/nvidia-h200-triton3.6.0.txz -C data/cache; }  # the product's cache
             env -u TRITON_CACHE_DIR timeout "$limit" python3 benchmarks/gpu_posttrain_ttt.py --out "$dir" \
             --reps "${PT_REPS:-3}" ;;
-        fsdp) env -u TRITON_CACHE_DIR timeout "$limit" python3 benchmarks/gpu_fsdp.py --out "$dir" --data .gpu_data \
+        fsdp) mkdir -p data/cache && tar -xJf benchmarks/kernel_cache/nvidia-h200-triton3.6.0.txz -C data/cache
+            env -u TRITON_CACHE_DIR timeout "$limit" python3 benchmarks/gpu_fsdp.py --out "$dir" --data .gpu_data \
             --set model.preset=paper-1.3b --set train.device=cuda --budget-s $((limit - 90)) ;;
         lact) timeout "$limit" python3 benchmarks/gpu_lact.py --out "$dir" --budget-s $((limit - 60)) ${LACT_PHASES:+--phases $LACT_PHASES} ;;
         *) echo "unknown step $step" ;;

@@ -67,23 +67,31 @@ def image_packages() -> set[str]:
 
 
 def closure(names: list[str], image: set[str]) -> dict[str, str]:
-    """Installed distribution -> version for names and everything they require (extras left out), less
-    what the image holds: its packages come with their own requirements."""
+    """Installed distribution -> version for names and everything they require, with the extras a
+    requirement names (`sqlalchemy[asyncio]` brings greenlet), less what the image holds: its packages
+    come with their own requirements."""
     found: dict[str, str] = {}
-    todo = list(names)
+    followed: set[tuple[str, str]] = set()  # (distribution, extra) whose requirements are queued
+    todo: list[tuple[str, frozenset[str]]] = [(name, frozenset()) for name in names]
     while todo:
-        name = todo.pop()
-        if norm(name) in found or norm(name) in image:
+        name, extras = todo.pop()
+        key = norm(name)
+        if key in image:
+            continue
+        wanted = {""} | set(extras)
+        if all((key, extra) in followed for extra in wanted):
             continue
         try:
             dist = md.distribution(name)
         except md.PackageNotFoundError:
             sys.exit(f"device_wheels: {name} is not installed in this Python (run `make install` first)")
-        found[norm(name)] = dist.version
+        found[key] = dist.version
         for text in dist.requires or []:
             req = Requirement(text)
-            if req.marker is None or req.marker.evaluate(DEVICE_ENV):
-                todo.append(req.name)
+            for extra in wanted - {e for k, e in followed if k == key}:
+                if req.marker is None or req.marker.evaluate({**DEVICE_ENV, "extra": extra}):
+                    todo.append((req.name, frozenset(req.extras)))
+        followed |= {(key, extra) for extra in wanted}
     return found
 
 

@@ -73,7 +73,13 @@ def run(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     steps: list[float] = []
-    on_step = lambda line: steps.append(line["step_s"])  # noqa: E731
+    began = time.perf_counter()
+    print(f"[{name}] seq_len {seq_len:,}, {args.steps} steps", flush=True)
+
+    def on_step(line: dict) -> None:  # a line a step: a cold machine's minutes of compiling show up
+        steps.append(line["step_s"])
+        print(f"[{name}] step {len(steps)}: {line['step_s']:.3f} s ({time.perf_counter() - began:.0f} s in)", flush=True)
+
     if sharded:  # the only rank of a one-process group, as `torchrun --nproc_per_node=1` starts it
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(args.port))
@@ -110,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     import torch  # after argparse: --help stays quick
 
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    # The product's kernel cache, as `refine train` uses it (compiled kernels and autotune results kept).
+    from refine_tasks.pipeline.kernel_cache import activate
+
+    activate(config(args, "plain", args.seq_len, []))
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str, str]] = []
     log = FigureLog(card, " ".join(sys.argv), args.out / "results.jsonl", args.out / "RESULTS.md", rows)

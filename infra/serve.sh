@@ -17,8 +17,17 @@ PY
 if ! health; then
   nohup "$PREFECT_BIN" server start --host 127.0.0.1 --port "$PREFECT_PORT" >"$RUN_DIR/server.log" 2>&1 &
   echo $! >"$RUN_DIR/server.pid"
-  for _ in $(seq 120); do health && break; sleep 1; done
-  health || { echo "Prefect server did not come up; see $RUN_DIR/server.log" >&2; exit 1; }
+  # Up to 120 s for the database migrations; a server that exits (a missing command or module) ends it at once.
+  for _ in $(seq 120); do
+    health && break
+    kill -0 "$(cat "$RUN_DIR/server.pid")" 2>/dev/null || break
+    sleep 1
+  done
+  health || {
+    echo "Prefect server did not come up; the tail of $RUN_DIR/server.log:" >&2
+    tail -n 15 "$RUN_DIR/server.log" >&2
+    exit 1
+  }
 fi
 
 # The process pool this worker serves, and the GPU pool that workers on GPU hosts serve
