@@ -9,8 +9,9 @@
 # Then, one call each, back to back (a machine left idle for idle_release_s, 30 s on 2026-12-03, is taken
 # back, and whatever a call installed or unpacked under /tmp goes with it):
 #   carry [.whl]          bash benchmarks/device_experiment.sh prepare
-#   carry [.whl_exp1]     bash benchmarks/device_experiment.sh prepare      (and so on, one .whl_expN a call)
-#   carry [.shared_data]  bash benchmarks/device_experiment.sh prepare && \
+#   carry [.whl_exp1]     bash benchmarks/device_experiment.sh prepare      (and so on, one .whl_expN a call;
+#                                                                         the last small one beside .shared_data)
+#   carry [.whl_exp3, .shared_data]  bash benchmarks/device_experiment.sh prepare && \
 #                         WAIT=500 bash benchmarks/device_bg.sh start-script benchmarks/device_experiment.sh run
 #   carry [.shared_data]  WAIT=500 bash benchmarks/device_bg.sh wait          (until it says finished)
 # (each call's limit at least WAIT + 120 s: device_bg.sh archives what came out after WAIT)
