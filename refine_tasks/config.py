@@ -7,11 +7,12 @@ YAML mapping per section, keys as the field names below); the CLI and the flows 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
@@ -402,6 +403,22 @@ class TttConfig(Section):
     )
 
 
+# The ablations of DESIGN.md section 7 / issue 17, each against the embedded defaults (entropy positions,
+# cosine reward, 5-token rollouts, coefficient 0.2, our one-step protocol). The reference's protocol
+# takes refine.mini_batches optimizer steps per batch of train.grad_accum micro-batches, so it runs at
+# grad_accum 4, with an SFT of its own at the same batch.
+ABLATIONS: dict[str, tuple[str, ...]] = {
+    "positions-uniform": ("positions.selection=uniform",),
+    "reward-exact": ("refine.reward=exact",),
+    "reward-hybrid": ("refine.reward=hybrid",),
+    "rollout-1": ("refine.rollout_len=1",),
+    "rollout-10": ("refine.rollout_len=10",),
+    "coef-0.1": ("refine.coef=0.1",),
+    "coef-0.4": ("refine.coef=0.4",),
+    "protocol-reference": ("refine.protocol=reference", "train.grad_accum=4"),
+}
+
+
 class LifecycleConfig(Section):
     """The whole lifecycle (`refine run`, dvc.yaml, the refine-lifecycle flow): base -> SFT / ReFINE -> eval."""
 
@@ -432,6 +449,30 @@ class LifecycleConfig(Section):
         Path("docs"),
         description="`refine experiment` / `refine report --experiment`: results.md, results.json, figures",
     )
+    ablate: Literal["if-no-gain", "always", "never"] = Field(
+        "if-no-gain",
+        description="`refine experiment`: run lifecycle.ablations after the seeds when ReFINE beats SFT on "
+        "no metric (if-no-gain), always, or never",
+    )
+    ablations: dict[str, list[str]] = Field(
+        default_factory=lambda: {name: list(settings) for name, settings in ABLATIONS.items()},
+        description="name -> settings (`section.field=value`) of a ReFINE run from the lifecycle's base at "
+        "`seed`, one setting changed from the lifecycle's; one that changes train.* also trains its own SFT",
+    )
+
+    @field_validator("ablations")
+    @classmethod
+    def _ablation_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, settings in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+                raise ValueError(
+                    f"ablation {name!r}: a name of letters, digits, '.', '_' and '-' (it names a folder)"
+                )
+            if not settings or any("=" not in item for item in settings):
+                raise ValueError(
+                    f"ablation {name!r}: a list of section.field=value settings, got {settings!r}"
+                )
+        return value
 
 
 class PipelineConfig(Section):
@@ -482,6 +523,18 @@ def load_config(params: str | Path | None = "params.yaml", overrides: list[str] 
             raise ConfigError(f"{params}: not valid YAML: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{params}: expected a mapping of sections, got {type(data).__name__}")
+    return _with_overrides(data, overrides, origin)
+
+
+def config_with(cfg: PipelineConfig, overrides: list[str], origin: str) -> PipelineConfig:
+    """cfg with `a.b=value` overrides applied, validated again; errors name `origin`."""
+    try:
+        return _with_overrides(cfg.model_dump(mode="json"), overrides, origin)
+    except ConfigError as e:
+        raise ConfigError(f"{origin}: {e}") from None
+
+
+def _with_overrides(data: dict[str, Any], overrides: list[str], origin: str) -> PipelineConfig:
     set_by: dict[tuple[str, ...], str] = {}
     for item in overrides:
         path, value = _parse_override(item)

@@ -88,7 +88,9 @@ def test_gpu_profile_is_valid_and_its_resolved_form_is_the_same_configuration(tm
     profile = load_config(REPO / "params-gpu-small.yaml")
     assert profile.model.preset == "small" and profile.tokenizer.path == "mistral-common:tokenizer.model.v1"
     assert profile.train.val_every > 0 and len(profile.lifecycle.seeds) >= 2
-    assert profile.evaluate.niah_lengths == [1024, 2048, 4096, 8192] and len(profile.evaluate.niah_variants) == 8
+    assert (
+        profile.evaluate.niah_lengths == [1024, 2048, 4096, 8192] and len(profile.evaluate.niah_variants) == 8
+    )
     out = CliRunner().invoke(app, ["config", "-p", str(REPO / "params-gpu-small.yaml")])
     assert out.exit_code == 0, out.output
     (tmp_path / "params.yaml").write_text(out.output)

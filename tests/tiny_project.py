@@ -16,6 +16,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# The same formats and file names, synthetic (tests/fixtures/README.md): a fresh clone's evaluations
+# read these, so `refine evaluate` in a tiny project never points at a missing ../shared.
+FIXTURE_DATA = ROOT / "tests" / "fixtures" / "data"
 # What the pipeline needs of the project: its declarations, the library (DVC hashes it as deps,
 # and flow runs import it from the working directory) and the flows.
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "prefect.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore")
@@ -23,7 +26,7 @@ PROJECT_DIRS = ("refine_tasks", "flows", "infra")
 BIN = Path(sys.executable).parent
 
 
-def tiny_params(params: dict, shared_data: Path | None) -> dict:
+def tiny_params(params: dict, shared_data: Path) -> dict:
     """Seconds a stage: 16 documents, 6 base steps, 4 mid-training steps, one record per benchmark,
     4 QA examples of 512 tokens (2 post-training batches a variant), one TTT step a batch."""
     params["corpus"]["limit"] = 16
@@ -46,9 +49,8 @@ def tiny_params(params: dict, shared_data: Path | None) -> dict:
     params["qa_data"].update(lengths=[512], samples=1)
     params["posttrain"].update(batch_size=2, max_prompt_tokens=512, max_answer_tokens=8)
     params["ttt"].update(steps=1, max_prompt_tokens=512)
-    if shared_data is not None:  # the QA and LongBench stages run where the data exists, else skip
-        ev["ruler_qa_files"] = [str(shared_data / "ruler_qa" / Path(f).name) for f in ev["ruler_qa_files"]]
-        ev["longbench_source"] = str(shared_data / "longbench")
+    ev["ruler_qa_files"] = [str(shared_data / "ruler_qa" / Path(f).name) for f in ev["ruler_qa_files"]]
+    ev["longbench_source"] = str(shared_data / "longbench")
     return params
 
 
@@ -60,7 +62,7 @@ def make_project(dest: Path) -> Path:
         shutil.copy2(ROOT / name, dest / name)
     for name in PROJECT_DIRS:
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shared = SHARED_DATA if SHARED_DATA.is_dir() else None
+    shared = SHARED_DATA if SHARED_DATA.is_dir() else FIXTURE_DATA
     params = tiny_params(yaml.safe_load((ROOT / "params.yaml").read_text()), shared)
     write_params(dest, params)
     (dest / ".gitignore").write_text("__pycache__/\n/data/*\n")

@@ -138,12 +138,18 @@ def _cell(value: dict | None) -> str:
     return "—" if value is None else Interval(**value).text()
 
 
+def gains(rows: list[dict]) -> list[str]:
+    """The metrics where ReFINE beats SFT: the paired difference's 95% CI above 0."""
+    diffs = [(r["metric"], Interval(**r["refine_minus_sft"])) for r in rows if r["refine_minus_sft"]]
+    return [m for m, d in diffs if d.excludes_zero() and d.mean > 0]
+
+
 def verdict(rows: list[dict]) -> str:
     """The page's finding, from the paired differences only."""
     diffs = [(r["metric"], Interval(**r["refine_minus_sft"])) for r in rows if r["refine_minus_sft"]]
     if not diffs:
         return "No metric has both an SFT and a ReFINE run: nothing to compare."
-    better = [m for m, d in diffs if d.excludes_zero() and d.mean > 0]
+    better = gains(rows)
     worse = [m for m, d in diffs if d.excludes_zero() and d.mean < 0]
     n = max(d.n for _, d in diffs)
     lines = [f"Paired over {n} seed(s), on {len(diffs)} metrics:"]
@@ -159,10 +165,48 @@ def verdict(rows: list[dict]) -> str:
     return " ".join(lines)
 
 
-def write_results(cells: pd.DataFrame, runs: dict[str, dict], out_dir: Path, meta: dict) -> tuple[Path, Path]:
+def ablation_rows(scores: pd.DataFrame, ablations: dict[str, list[str]], seed: int) -> list[dict]:
+    """Per ablation that has scores: its settings, and per metric its score and the difference from
+    the SFT it is compared with (its own, `ablation NAME sft`, if it trained one; else the lifecycle's
+    SFT at `seed`) and from the lifecycle's ReFINE at `seed`. One run each: no interval."""
+    at_seed = scores[scores.seed == seed].set_index(["arm", "metric"]).score
+    rows = []
+    for name, settings in ablations.items():
+        arm = f"ablation {name}"
+        if arm not in set(scores.arm):
+            continue
+        sft_arm = f"{arm} sft" if f"{arm} sft" in set(scores.arm) else "sft"
+        metrics = {}
+        for metric in dict.fromkeys(scores[scores.arm == arm].metric):
+            score = float(at_seed[(arm, metric)])
+            sft = at_seed.get((sft_arm, metric))
+            refine = at_seed.get(("refine", metric))
+            metrics[metric] = {
+                "score": score,
+                "minus_sft": None if sft is None else score - float(sft),
+                "minus_refine": None if refine is None else score - float(refine),
+            }
+        rows.append(
+            {"ablation": name, "settings": list(settings), "compared_sft": sft_arm, "metrics": metrics}
+        )
+    return rows
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}"
+
+
+def write_results(
+    cells: pd.DataFrame,
+    runs: dict[str, dict],
+    out_dir: Path,
+    meta: dict,
+    ablations: dict[str, list[str]] | None = None,
+) -> tuple[Path, Path]:
     """Write out_dir/results.md and results.json (see the module docstring). cells: evaluation rows
     with run (arm) and seed; runs: label ("sft seed 1") -> {"summary": summary.json, "metrics":
-    metric lines, "protocol": ..., ...}; meta: command, date, card and anything else to record."""
+    metric lines, "protocol": ..., ...}; meta: command, date, card and anything else to record;
+    ablations: name -> settings of the `ablation NAME` runs among the cells (a table of their own)."""
     if cells.empty:
         raise EvalError(f"{out_dir}: no evaluation results to report; run the evaluations first")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,6 +251,24 @@ def write_results(cells: pd.DataFrame, runs: dict[str, dict], out_dir: Path, met
             ],
         )
     )
+    seed = int(meta["seeds"][0]) if meta.get("seeds") else int(cells.seed.min())
+    ablated = ablation_rows(scores, ablations or {}, seed)
+    if ablated:
+        summaries = [m for m in dict.fromkeys(scores.metric) if m.endswith((" avg", " average"))]
+        md.append(f"\n## Ablations (seed {seed}, one run each; score, then its difference from SFT)\n")
+        md.append(
+            "Each is a ReFINE run from the same base with the settings shown; it is compared with the "
+            "lifecycle's SFT, or with an SFT at the same settings where it changes train.* "
+            "(`compared with`). Every metric is in results.json.\n"
+        )
+        table = []
+        for row in ablated:
+            cells_ = [
+                f"{m['score']:.1f} ({_signed(m['minus_sft'])})" if (m := row["metrics"].get(name)) else "-"
+                for name in summaries
+            ]
+            table.append([row["ablation"], ", ".join(row["settings"]), row["compared_sft"], *cells_])
+        md.append(_md_table(["ablation", "settings", "compared with", *summaries], table))
     md.append("\n## Runs\n")
     run_rows = []
     for label, run in runs.items():
@@ -231,6 +293,7 @@ def write_results(cells: pd.DataFrame, runs: dict[str, dict], out_dir: Path, met
         **meta,
         "finding": finding,
         "headline": rows,
+        "ablations": ablated,
         "scores": scores.to_dict(orient="records"),
         "runs": {k: {kk: vv for kk, vv in v.items() if kk != "metrics"} for k, v in runs.items()},
         "figures": figures,

@@ -314,6 +314,23 @@ def seeds_step(cfg: PipelineConfig) -> Summary:
     return [("stages run", f"{len(done)}"), ("seeds", ", ".join(map(str, cfg.lifecycle.seeds)) or "-")]
 
 
+def ablations_step(cfg: PipelineConfig) -> Summary:
+    from refine_tasks.pipeline.experiment import run_ablations, should_ablate
+
+    run, why = should_ablate(cfg)
+    if not run:
+        return [("ablations", f"not run: {why}")]
+    prepare_device(cfg, "train.device")
+    done = run_ablations(
+        cfg, on_stage=lambda name, result: print_summary(f"ablation {name}: {result.name}", result.rows)
+    )
+    return [
+        ("ablations", f"run: {why}"),
+        ("stages run", f"{len(done)}"),
+        ("names", ", ".join(cfg.lifecycle.ablations)),
+    ]
+
+
 @app.command("experiment")
 def experiment_command(
     params: ParamsOpt = None,
@@ -324,10 +341,14 @@ def experiment_command(
 ) -> None:
     """The experiment: the whole lifecycle (as `refine run`) at `seed`, then SFT and ReFINE from the
     same base at every seed of lifecycle.seeds (their positions, training and evaluations), then
+    the ablations of lifecycle.ablations when ReFINE beats SFT on no metric (lifecycle.ablate), then
     the page: lifecycle.results_dir/results.md and results.json (means, bootstrap 95% CIs, the
-    paired ReFINE - SFT difference, heat-maps and curves)."""
+    paired ReFINE - SFT difference, the ablations' table, heat-maps and curves)."""
     steps = [] if seeds_only else list(RUN_STEPS)
-    run_steps(resolve(params, set_), [*steps, ("seeds", seeds_step), ("results", results_step)])
+    run_steps(
+        resolve(params, set_),
+        [*steps, ("seeds", seeds_step), ("ablations", ablations_step), ("results", results_step)],
+    )
 
 
 # --- ReFINE mid-training: positions cache and the trainer ------------------------------------------

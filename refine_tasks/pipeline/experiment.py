@@ -7,6 +7,11 @@ from the lifecycle's base (imported as that seed's base, so every arm of every s
 the same weights). A seed's stage whose outputs are already there is not run again, so an
 interrupted experiment continues where it stopped. `write_experiment_results` then writes
 `lifecycle.results_dir/results.{md,json}` (refine_tasks.evaluate.experiment) from the outputs.
+
+An ablation of `lifecycle.ablations` is one ReFINE run at `seed` from the same base with its settings
+changed (its positions, training and evaluations under `lifecycle.experiment_dir/ablation-<name>/`);
+one that changes train.* trains an SFT at the same settings beside it, the SFT it is compared with.
+`refine experiment` runs them when ReFINE beats SFT on no metric (`lifecycle.ablate`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from refine_tasks.config import PipelineConfig
+from refine_tasks.config import ConfigError, PipelineConfig, config_with
 from refine_tasks.pipeline.lifecycle import (
     EVAL_STAGES,
     SUMMARY_FILE,
@@ -39,6 +44,10 @@ SEED_STAGES = (
 )
 
 
+ABLATION_STAGES = ("base", "positions", "midtrain_refine", *(f"{stage}@refine" for stage in EVAL_STAGES))
+ABLATION_SFT_STAGES = ("midtrain_sft", *(f"{stage}@sft" for stage in EVAL_STAGES))
+
+
 def seed_config(cfg: PipelineConfig, seed: int) -> PipelineConfig:
     """The configuration of seed `seed`: cfg itself for cfg.seed, else the same with its own folders
     (runs, positions, evaluations) and the lifecycle's base as its base."""
@@ -54,6 +63,62 @@ def seed_config(cfg: PipelineConfig, seed: int) -> PipelineConfig:
         base_checkpoint=str(final_checkpoint(cfg, "base")),
     )
     return PipelineConfig.model_validate(data)
+
+
+def ablation_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
+    """The configuration of ablation `name`: cfg with its settings, its own folders, the lifecycle's base."""
+    if name not in cfg.lifecycle.ablations:
+        raise ConfigError(
+            f"lifecycle.ablations: no ablation {name!r} (there are: {', '.join(cfg.lifecycle.ablations)})"
+        )
+    root = Path(cfg.lifecycle.experiment_dir) / f"ablation-{name}"
+    folders = [
+        f"lifecycle.runs_dir={root / 'runs'}",
+        f"lifecycle.positions_dir={root / 'positions'}",
+        f"lifecycle.eval_dir={root / 'eval'}",
+        f"lifecycle.base_checkpoint={final_checkpoint(cfg, 'base')}",
+    ]
+    return config_with(cfg, [*cfg.lifecycle.ablations[name], *folders], f"lifecycle.ablations.{name}")
+
+
+def ablation_stages(cfg: PipelineConfig, name: str) -> tuple[str, ...]:
+    """The base imported from the lifecycle's, ReFINE's positions, training and evaluations; with an
+    SFT of its own when train.* changes."""
+    own_sft = any(item.startswith("train.") for item in cfg.lifecycle.ablations[name])
+    return (*ABLATION_STAGES, *ABLATION_SFT_STAGES) if own_sft else ABLATION_STAGES
+
+
+def run_ablations(
+    cfg: PipelineConfig, on_stage: Callable[[str, StageResult], None] | None = None
+) -> list[tuple[str, str]]:
+    """Run every ablation's stages that have no outputs yet; returns the (ablation, stage) run."""
+    configs = {name: ablation_config(cfg, name) for name in cfg.lifecycle.ablations}  # all valid first
+    done = []
+    for name, ablation_cfg in configs.items():
+        for stage in ablation_stages(cfg, name):
+            if stage_done(stage, ablation_cfg):
+                continue
+            result = run_stage(stage, ablation_cfg)
+            done.append((name, stage))
+            if on_stage is not None:
+                on_stage(name, result)
+    return done
+
+
+def should_ablate(cfg: PipelineConfig) -> tuple[bool, str]:
+    """Whether `refine experiment` runs the ablations, and why (lifecycle.ablate and the paired CIs)."""
+    from refine_tasks.evaluate.experiment import gains, headline, metric_scores
+
+    mode = cfg.lifecycle.ablate
+    if mode != "if-no-gain" or not cfg.lifecycle.ablations:
+        return mode == "always" and bool(cfg.lifecycle.ablations), f"lifecycle.ablate: {mode}"
+    cells = _cells(cfg)
+    if cells.empty:
+        return False, "no evaluation results yet"
+    better = gains(headline(metric_scores(cells)))
+    if better:
+        return False, f"ReFINE beats SFT on {len(better)} metric(s): {', '.join(better)}"
+    return True, "ReFINE beats SFT on no metric"
 
 
 def experiment_seeds(cfg: PipelineConfig) -> list[int]:
@@ -102,7 +167,24 @@ def _cells(cfg: PipelineConfig):
         files = [f for f in files if f.is_file() and json.loads(f.read_text())["cells"]]
         if files:
             frames.append(results_from_scores(files).drop(columns="label").assign(seed=seed))
+    if _has_base(cfg):
+        for name in cfg.lifecycle.ablations:
+            root = Path(ablation_config(cfg, name).lifecycle.eval_dir)
+            for arm in ("sft", "refine"):
+                files = [root / f / arm / SCORES_FILE for f in EVAL_STAGES.values()]
+                files = [f for f in files if f.is_file() and json.loads(f.read_text())["cells"]]
+                if files:
+                    label = ablation_label(name, arm)
+                    frames.append(
+                        results_from_scores(files).drop(columns="label").assign(run=label, seed=cfg.seed)
+                    )
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def ablation_label(name: str, arm: str) -> str:
+    """The run name of an ablation's arm in the page's cells and runs: `ablation NAME` (ReFINE) or
+    `ablation NAME sft` (its own SFT)."""
+    return f"ablation {name}" + (" sft" if arm == "sft" else "")
 
 
 def _has_base(cfg: PipelineConfig) -> bool:
@@ -136,6 +218,20 @@ def _runs(cfg: PipelineConfig) -> dict[str, dict]:
                 "summary": summary,
                 "metrics": lines,
             }
+    if _has_base(cfg):
+        for name in cfg.lifecycle.ablations:
+            ablation_cfg = ablation_config(cfg, name)
+            for arm in ("sft", "refine"):
+                folder = run_dir(ablation_cfg, arm)
+                if (folder / SUMMARY_FILE).is_file():
+                    summary = json.loads((folder / SUMMARY_FILE).read_text())
+                    runs[ablation_label(name, arm)] = {
+                        "seed": cfg.seed,
+                        "protocol": summary.get("protocol", "-"),
+                        "settings": cfg.lifecycle.ablations[name],
+                        "summary": summary,
+                        "metrics": [],
+                    }
     return runs
 
 
@@ -156,4 +252,5 @@ def write_experiment_results(cfg: PipelineConfig, command: str | None = None) ->
         "steps": {label: r["summary"].get("steps") for label, r in runs.items()},
         "train_wall_s": round(sum(r["summary"].get("seconds", 0.0) for r in runs.values()), 1),
     }
-    return write_results(_cells(cfg), runs, Path(cfg.lifecycle.results_dir), meta)
+    ablations = {name: settings for name, settings in cfg.lifecycle.ablations.items()}
+    return write_results(_cells(cfg), runs, Path(cfg.lifecycle.results_dir), meta, ablations)

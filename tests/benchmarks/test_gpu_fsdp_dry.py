@@ -48,7 +48,9 @@ def test_the_fsdp_benchmark_trains_sharded_and_records_its_figures(
     assert "every length ran" in figures["max_seq_len_1p3b_ac"]["note"]
 
     # A budget the first probe already used up: the search stops before the next length, and says so.
-    done = subprocess.run([*command, "--budget-s", "0.001"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [*command, "--budget-s", "0.001"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
     assert last["metric"] == "max_seq_len_1p3b_ac" and last["value"] == 0

@@ -119,7 +119,9 @@ def test_mixer_continues_from_states_at_different_offsets(lact64):
     rows = torch.arange(2)[:, None]
     cont = x[rows, starts + torch.arange(20)]
     later = torch.tensor([[9, 20], [3, 4]])
-    second = mixer(cont, backend="torch", state=first.captured, capture=Capture(later), output_final_state=True)
+    second = mixer(
+        cont, backend="torch", state=first.captured, capture=Capture(later), output_final_state=True
+    )
     assert rel_err(second.hidden, first.hidden[rows, starts + torch.arange(20)]) < 1e-12
     for b in range(2):
         ref = mixer(x[b : b + 1], backend="torch", capture=Capture(starts[b : b + 1] + later[b : b + 1]))

@@ -20,7 +20,9 @@ from refine_tasks.models import build_model
 from refine_tasks.pipeline import cli
 
 runner = CliRunner()
-DISK_FULL = 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+DISK_FULL = (
+    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+)
 
 
 def sets(*values: str) -> list[str]:
@@ -107,7 +109,9 @@ def test_disk_full_during_training_keeps_the_last_checkpoint(
     assert (checkpoints / "latest").read_text().strip() == "step-0000002"
 
 
-def test_read_only_training_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tokenizer_dir: Path) -> None:
+def test_read_only_training_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tokenizer_dir: Path
+) -> None:
     write_corpus(tmp_path / "data" / "corpus", [[120, 400, 97], [300, 50, 250]])
     refuse_writes_under(monkeypatch, tmp_path / "run", errno.EROFS)
     result = runner.invoke(cli.app, train_args(tmp_path, tokenizer_dir))
@@ -131,15 +135,21 @@ def test_disk_full_during_ingest_leaves_no_partial_shard(
     result = runner.invoke(cli.app, ingest_args(tmp_path, tokenizer_dir))
     assert result.exit_code == 2, result.output
     corpus = tmp_path / "data" / "corpus"
-    assert_short_message(result.output, f"ingest: {corpus}", "no space left on the device", "paths.corpus_dir")
+    assert_short_message(
+        result.output, f"ingest: {corpus}", "no space left on the device", "paths.corpus_dir"
+    )
     assert not [p.name for p in corpus.iterdir() if not p.name.endswith(".lock")]
 
 
-def test_read_only_corpus_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tokenizer_dir: Path) -> None:
+def test_read_only_corpus_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tokenizer_dir: Path
+) -> None:
     refuse_writes_under(monkeypatch, tmp_path / "data" / "corpus", errno.EROFS)
     result = runner.invoke(cli.app, ingest_args(tmp_path, tokenizer_dir))
     assert result.exit_code == 2, result.output
-    assert_short_message(result.output, "ingest: ", str(tmp_path / "data" / "corpus"), "read-only file system")
+    assert_short_message(
+        result.output, "ingest: ", str(tmp_path / "data" / "corpus"), "read-only file system"
+    )
 
 
 def evaluate_args(tmp_path: Path, tokenizer_dir: Path, fixture_data: Path, *extra: str) -> list[str]:
@@ -174,9 +184,13 @@ def test_evaluating_a_truncated_checkpoint(tmp_path: Path, tokenizer_dir: Path, 
     build_model("tiny", vocab_size=512).save_pretrained(model_dir, safe_serialization=True)
     weights = model_dir / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    result = runner.invoke(cli.app, [*evaluate_args(tmp_path, tokenizer_dir, fixture_data), "-c", str(model_dir)])
+    result = runner.invoke(
+        cli.app, [*evaluate_args(tmp_path, tokenizer_dir, fixture_data), "-c", str(model_dir)]
+    )
     assert result.exit_code == 2, result.output
-    assert_short_message(result.output, f"evaluate: evaluate.checkpoint = '{model_dir}'", str(weights), "truncated")
+    assert_short_message(
+        result.output, f"evaluate: evaluate.checkpoint = '{model_dir}'", str(weights), "truncated"
+    )
     assert not (tmp_path / "eval").exists()
 
 
@@ -184,6 +198,8 @@ def test_evaluating_a_truncated_checkpoint(tmp_path: Path, tokenizer_dir: Path, 
 def test_cuda_on_a_machine_without_it(tmp_path: Path, tokenizer_dir: Path) -> None:
     result = runner.invoke(cli.app, train_args(tmp_path, tokenizer_dir, "train.device=cuda"))
     assert result.exit_code == 2, result.output
-    assert_short_message(result.output, "train: train.device = 'cuda': no CUDA device here", "train.device=cpu")
+    assert_short_message(
+        result.output, "train: train.device = 'cuda': no CUDA device here", "train.device=cpu"
+    )
     assert result.output.count("train.device") == 2, result.output  # said once, not twice over
     assert not (tmp_path / "run").exists()

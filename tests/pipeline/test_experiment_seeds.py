@@ -4,13 +4,30 @@ written from the lifecycle's outputs at every seed (synthetic outputs, no traini
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from refine_tasks.config import load_config
-from refine_tasks.pipeline.experiment import SEED_STAGES, seed_config, stage_done, write_experiment_results
-from refine_tasks.pipeline.lifecycle import LifecycleError, stage_config
+from refine_tasks.config import ConfigError, load_config
+from refine_tasks.pipeline.experiment import (
+    ABLATION_STAGES,
+    SEED_STAGES,
+    ablation_config,
+    ablation_stages,
+    run_ablations,
+    seed_config,
+    should_ablate,
+    stage_done,
+    write_experiment_results,
+)
+from refine_tasks.pipeline.lifecycle import (
+    EVAL_STAGES,
+    LifecycleError,
+    StageResult,
+    stage_config,
+    stage_outputs,
+)
 
 
 def _config(tmp_path: Path, *more: str):
@@ -107,3 +124,117 @@ def test_a_stage_killed_midway_is_not_taken_for_done(tmp_path):
     assert not stage_done("eval_niah@sft", one)
     _scores(tmp_path / "exp" / "seed-1" / "eval" / "niah" / "sft", "sft", 1, "niah", 1.0)
     assert stage_done("eval_niah@sft", one)
+
+
+# --- ablations ------------------------------------------------------------------------------------
+
+
+def test_an_ablation_has_its_settings_its_folders_and_the_lifecycles_base(tmp_path):
+    cfg = _config(tmp_path)
+    base = _base(tmp_path)
+    coef = ablation_config(cfg, "coef-0.4")
+    assert coef.refine.coef == 0.4 and cfg.refine.coef == 0.2 and coef.seed == cfg.seed
+    assert coef.lifecycle.base_checkpoint == str(base)
+    assert coef.lifecycle.runs_dir == tmp_path / "exp" / "ablation-coef-0.4" / "runs"
+    assert coef.lifecycle.eval_dir == tmp_path / "exp" / "ablation-coef-0.4" / "eval"
+    ref = ablation_config(cfg, "protocol-reference")
+    assert ref.refine.protocol == "reference" and ref.train.grad_accum == 4
+    # train.* changed: an SFT at the same settings is trained beside it, the SFT it is compared with
+    assert "midtrain_sft" in ablation_stages(cfg, "protocol-reference")
+    assert "midtrain_sft" not in ablation_stages(cfg, "coef-0.4")
+    assert set(ablation_stages(cfg, "coef-0.4")) == {"base", "positions", "midtrain_refine", *(
+        f"{s}@refine" for s in EVAL_STAGES)}  # fmt: skip
+
+
+def test_a_bad_ablation_is_refused_naming_it(tmp_path):
+    _base(tmp_path)
+    with pytest.raises(ConfigError, match="lifecycle.ablations.fast.*refine.coef"):
+        ablation_config(_config(tmp_path, "lifecycle.ablations={fast: [refine.coef=-1]}"), "fast")
+    with pytest.raises(ConfigError, match="names a folder"):
+        _config(tmp_path, "lifecycle.ablations={'a/b': [refine.coef=0.1]}")
+    with pytest.raises(ConfigError, match="section.field=value"):
+        _config(tmp_path, "lifecycle.ablations={a: [coef]}")
+    with pytest.raises(ConfigError, match="no ablation 'nope'"):
+        ablation_config(_config(tmp_path), "nope")
+
+
+def _arms_at_seeds(tmp_path: Path, gain: list[float]) -> None:
+    """SFT and ReFINE scores at seeds 0, 1, 2 with ReFINE - SFT = gain[seed]."""
+    _run(tmp_path / "runs" / "base", 0)
+    for seed in (0, 1, 2):
+        root = tmp_path / ("eval" if seed == 0 else f"exp/seed-{seed}/eval")
+        runs = tmp_path / ("runs" if seed == 0 else f"exp/seed-{seed}/runs")
+        for arm, score in (("sft", 20.0 + 10 * seed), ("refine", 20.0 + 10 * seed + gain[seed])):
+            _scores(root / "ruler_qa" / arm, arm, seed, "ruler_qa", score)
+            _run(runs / arm, seed)
+
+
+def test_ablations_run_only_when_refine_beats_sft_nowhere_unless_asked(tmp_path):
+    _base(tmp_path)
+    _arms_at_seeds(tmp_path, gain=[2.0, 2.0, 2.0])  # a gain at every seed: the CI is above 0
+    assert should_ablate(_config(tmp_path))[0] is False
+    assert should_ablate(_config(tmp_path, "lifecycle.ablate=always"))[0] is True
+    for seed_dir in ("eval", "exp/seed-1/eval", "exp/seed-2/eval"):
+        for arm in ("sft", "refine"):
+            shutil.rmtree(tmp_path / seed_dir / "ruler_qa" / arm)
+    _arms_at_seeds(tmp_path, gain=[3.0, -1.0, -2.0])  # the CI of the difference holds 0
+    run, why = should_ablate(_config(tmp_path))
+    assert run is True and "no metric" in why
+    assert should_ablate(_config(tmp_path, "lifecycle.ablate=never"))[0] is False
+
+
+def test_run_ablations_runs_each_missing_stage_once(tmp_path, monkeypatch):
+    import refine_tasks.pipeline.experiment as experiment
+
+    cfg = _config(tmp_path, "lifecycle.ablations={coef-0.4: [refine.coef=0.4], ga: [train.grad_accum=2]}")
+    _base(tmp_path)
+    ran = []
+
+    def fake_run_stage(name, stage_cfg):
+        ran.append((name, stage_cfg.refine.coef, stage_cfg.train.grad_accum))
+        for out in stage_outputs(name, stage_cfg):
+            out.mkdir(parents=True, exist_ok=True)
+            (
+                out
+                / (
+                    "summary.json"
+                    if name in ("positions", "midtrain_sft", "midtrain_refine")
+                    else "scores.json"
+                )
+            ).write_text("{}")
+        return StageResult(name, [])
+
+    monkeypatch.setattr(experiment, "run_stage", fake_run_stage)
+    done = run_ablations(cfg)
+    assert [n for n, _ in done if n == "coef-0.4"] == ["coef-0.4"] * len(ABLATION_STAGES)
+    assert {s for n, s in done if n == "ga"} == {
+        *ABLATION_STAGES,
+        "midtrain_sft",
+        *(f"{s}@sft" for s in EVAL_STAGES),
+    }
+    assert all(coef == 0.4 for name, coef, _ in ran if name == "midtrain_refine" and coef != 0.2)
+    assert {(c, g) for n, c, g in ran if n == "midtrain_refine"} == {(0.4, 1), (0.2, 2)}
+    assert run_ablations(cfg) == []  # everything is there: nothing runs again
+
+
+def test_the_page_has_the_ablations_table_against_the_right_sft(tmp_path):
+    cfg = _config(tmp_path, "lifecycle.ablations={coef-0.4: [refine.coef=0.4], ga: [train.grad_accum=2]}")
+    _base(tmp_path)
+    _arms_at_seeds(tmp_path, gain=[3.0, -1.0, -2.0])  # seed 0: SFT 20, ReFINE 23
+    ablation = tmp_path / "exp" / "ablation-coef-0.4"
+    _scores(ablation / "eval" / "ruler_qa" / "refine", "refine", 0, "ruler_qa", 26.0)
+    _run(ablation / "runs" / "refine", 0)
+    own = tmp_path / "exp" / "ablation-ga"
+    _scores(own / "eval" / "ruler_qa" / "refine", "refine", 0, "ruler_qa", 30.0)
+    _scores(own / "eval" / "ruler_qa" / "sft", "sft", 0, "ruler_qa", 35.0)
+    md, js = write_experiment_results(cfg, command="refine experiment")
+    rows = {r["ablation"]: r for r in json.loads(js.read_text())["ablations"]}
+    coef = rows["coef-0.4"]["metrics"]["RULER QA: squad"]
+    assert coef == {"score": 26.0, "minus_sft": 6.0, "minus_refine": 3.0}
+    assert rows["coef-0.4"]["compared_sft"] == "sft"
+    ga = rows["ga"]["metrics"]["RULER QA: squad"]
+    assert rows["ga"]["compared_sft"] == "ablation ga sft" and ga["minus_sft"] == -5.0
+    text = md.read_text()
+    assert "## Ablations" in text and "| coef-0.4 | refine.coef=0.4 | sft | 26.0 (+6.0) |" in text
+    row = next(r for r in json.loads(js.read_text())["headline"] if r["metric"] == "RULER QA: squad")
+    assert row["seeds"] == [0, 1, 2]  # the ablations stay out of the headline's pairs
