@@ -93,15 +93,22 @@ def run_ablations(
 ) -> list[tuple[str, str]]:
     """Run every ablation's stages that have no outputs yet; returns the (ablation, stage) run."""
     configs = {name: ablation_config(cfg, name) for name in cfg.lifecycle.ablations}  # all valid first
-    done = []
+    done: list[tuple[str, str]] = []
     for name, ablation_cfg in configs.items():
-        for stage in ablation_stages(cfg, name):
-            if stage_done(stage, ablation_cfg):
-                continue
-            result = run_stage(stage, ablation_cfg)
-            done.append((name, stage))
-            if on_stage is not None:
-                on_stage(name, result)
+        done += _run_missing(name, ablation_cfg, ablation_stages(cfg, name), on_stage)
+    return done
+
+
+def _run_missing(key, stage_cfg: PipelineConfig, stages, on_stage) -> list[tuple]:
+    """Run each of `stages` that has no outputs in stage_cfg's folders; returns (key, stage) per run."""
+    done = []
+    for stage in stages:
+        if stage_done(stage, stage_cfg):
+            continue
+        result = run_stage(stage, stage_cfg)
+        done.append((key, stage))
+        if on_stage is not None:
+            on_stage(key, result)
     return done
 
 
@@ -136,18 +143,10 @@ def run_seeds(
     cfg: PipelineConfig, on_stage: Callable[[int, StageResult], None] | None = None
 ) -> list[tuple[int, str]]:
     """Run every further seed's stages that have no outputs yet; returns the (seed, stage) run."""
-    done = []
+    done: list[tuple[int, str]] = []
     for seed in cfg.lifecycle.seeds:
-        if seed == cfg.seed:
-            continue
-        seed_cfg = seed_config(cfg, seed)
-        for name in SEED_STAGES:
-            if stage_done(name, seed_cfg):
-                continue
-            result = run_stage(name, seed_cfg)
-            done.append((seed, name))
-            if on_stage is not None:
-                on_stage(seed, result)
+        if seed != cfg.seed:
+            done += _run_missing(seed, seed_config(cfg, seed), SEED_STAGES, on_stage)
     return done
 
 
