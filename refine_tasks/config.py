@@ -413,8 +413,8 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "reward-hybrid": ("refine.reward=hybrid",),
     "rollout-1": ("refine.rollout_len=1",),
     "rollout-10": ("refine.rollout_len=10",),
-    "coef-0.1": ("refine.coef=0.1",),
-    "coef-0.4": ("refine.coef=0.4",),
+    "coef-0p1": ("refine.coef=0.1",),
+    "coef-0p4": ("refine.coef=0.4",),
     "protocol-reference": ("refine.protocol=reference", "train.grad_accum=4"),
 }
 
@@ -464,9 +464,10 @@ class LifecycleConfig(Section):
     @classmethod
     def _ablation_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
         for name, settings in value.items():
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
                 raise ValueError(
-                    f"ablation {name!r}: a name of letters, digits, '.', '_' and '-' (it names a folder)"
+                    f"ablation {name!r}: a name of letters, digits, '_' and '-' (it names a folder; "
+                    "a '.' would read as a nested field in --set)"
                 )
             if not settings or any("=" not in item for item in settings):
                 raise ValueError(

@@ -34,7 +34,7 @@ def test_the_experiment_benchmark_records_the_lifecycle_and_writes_the_page(tmp_
         "posttrain.max_prompt_tokens=512", "posttrain.max_answer_tokens=8", "ttt.steps=1",
         "ttt.max_prompt_tokens=512",
         # one ablation, always run (a tiny model's scores would call for all eight)
-        "lifecycle.ablate=always", "lifecycle.ablations={coef-0.4: [refine.coef=0.4]}",
+        "lifecycle.ablate=always", "lifecycle.ablations={coef-0p4: [refine.coef=0.4]}",
     ]  # fmt: skip
     out = tmp_path / "out"
     command = [sys.executable, "benchmarks/gpu_experiment.py", "--out", str(out)]
@@ -48,6 +48,6 @@ def test_the_experiment_benchmark_records_the_lifecycle_and_writes_the_page(tmp_
     assert page["seeds"] == [0, 1] and "sft seed 1" in page["runs"] and "refine seed 1" in page["runs"]
     assert any(r["metric"] == "S-NIAH 512" for r in page["headline"])
     [ablation] = page["ablations"]  # trained and evaluated from the same base, compared with seed 0's SFT
-    assert ablation["ablation"] == "coef-0.4" and ablation["compared_sft"] == "sft"
-    assert "S-NIAH 512" in ablation["metrics"] and page["runs"]["ablation coef-0.4"]["summary"]["steps"] == 2
+    assert ablation["ablation"] == "coef-0p4" and ablation["compared_sft"] == "sft"
+    assert "S-NIAH 512" in ablation["metrics"] and page["runs"]["ablation coef-0p4"]["summary"]["steps"] == 2
     assert "## Ablations" in (out / "results" / "results.md").read_text()

@@ -132,17 +132,17 @@ def test_a_stage_killed_midway_is_not_taken_for_done(tmp_path):
 def test_an_ablation_has_its_settings_its_folders_and_the_lifecycles_base(tmp_path):
     cfg = _config(tmp_path)
     base = _base(tmp_path)
-    coef = ablation_config(cfg, "coef-0.4")
+    coef = ablation_config(cfg, "coef-0p4")
     assert coef.refine.coef == 0.4 and cfg.refine.coef == 0.2 and coef.seed == cfg.seed
     assert coef.lifecycle.base_checkpoint == str(base)
-    assert coef.lifecycle.runs_dir == tmp_path / "exp" / "ablation-coef-0.4" / "runs"
-    assert coef.lifecycle.eval_dir == tmp_path / "exp" / "ablation-coef-0.4" / "eval"
+    assert coef.lifecycle.runs_dir == tmp_path / "exp" / "ablation-coef-0p4" / "runs"
+    assert coef.lifecycle.eval_dir == tmp_path / "exp" / "ablation-coef-0p4" / "eval"
     ref = ablation_config(cfg, "protocol-reference")
     assert ref.refine.protocol == "reference" and ref.train.grad_accum == 4
     # train.* changed: an SFT at the same settings is trained beside it, the SFT it is compared with
     assert "midtrain_sft" in ablation_stages(cfg, "protocol-reference")
-    assert "midtrain_sft" not in ablation_stages(cfg, "coef-0.4")
-    assert set(ablation_stages(cfg, "coef-0.4")) == {"base", "positions", "midtrain_refine", *(
+    assert "midtrain_sft" not in ablation_stages(cfg, "coef-0p4")
+    assert set(ablation_stages(cfg, "coef-0p4")) == {"base", "positions", "midtrain_refine", *(
         f"{s}@refine" for s in EVAL_STAGES)}  # fmt: skip
 
 
@@ -150,8 +150,9 @@ def test_a_bad_ablation_is_refused_naming_it(tmp_path):
     _base(tmp_path)
     with pytest.raises(ConfigError, match="lifecycle.ablations.fast.*refine.coef"):
         ablation_config(_config(tmp_path, "lifecycle.ablations={fast: [refine.coef=-1]}"), "fast")
-    with pytest.raises(ConfigError, match="names a folder"):
-        _config(tmp_path, "lifecycle.ablations={'a/b': [refine.coef=0.1]}")
+    for name in ("a/b", "coef-0.1"):
+        with pytest.raises(ConfigError, match="names a folder"):
+            _config(tmp_path, f"lifecycle.ablations={{'{name}': [refine.coef=0.1]}}")
     with pytest.raises(ConfigError, match="section.field=value"):
         _config(tmp_path, "lifecycle.ablations={a: [coef]}")
     with pytest.raises(ConfigError, match="no ablation 'nope'"):
@@ -186,7 +187,7 @@ def test_ablations_run_only_when_refine_beats_sft_nowhere_unless_asked(tmp_path)
 def test_run_ablations_runs_each_missing_stage_once(tmp_path, monkeypatch):
     import refine_tasks.pipeline.experiment as experiment
 
-    cfg = _config(tmp_path, "lifecycle.ablations={coef-0.4: [refine.coef=0.4], ga: [train.grad_accum=2]}")
+    cfg = _config(tmp_path, "lifecycle.ablations={coef-0p4: [refine.coef=0.4], ga: [train.grad_accum=2]}")
     _base(tmp_path)
     ran = []
 
@@ -206,7 +207,7 @@ def test_run_ablations_runs_each_missing_stage_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(experiment, "run_stage", fake_run_stage)
     done = run_ablations(cfg)
-    assert [n for n, _ in done if n == "coef-0.4"] == ["coef-0.4"] * len(ABLATION_STAGES)
+    assert [n for n, _ in done if n == "coef-0p4"] == ["coef-0p4"] * len(ABLATION_STAGES)
     assert {s for n, s in done if n == "ga"} == {
         *ABLATION_STAGES,
         "midtrain_sft",
@@ -218,10 +219,10 @@ def test_run_ablations_runs_each_missing_stage_once(tmp_path, monkeypatch):
 
 
 def test_the_page_has_the_ablations_table_against_the_right_sft(tmp_path):
-    cfg = _config(tmp_path, "lifecycle.ablations={coef-0.4: [refine.coef=0.4], ga: [train.grad_accum=2]}")
+    cfg = _config(tmp_path, "lifecycle.ablations={coef-0p4: [refine.coef=0.4], ga: [train.grad_accum=2]}")
     _base(tmp_path)
     _arms_at_seeds(tmp_path, gain=[3.0, -1.0, -2.0])  # seed 0: SFT 20, ReFINE 23
-    ablation = tmp_path / "exp" / "ablation-coef-0.4"
+    ablation = tmp_path / "exp" / "ablation-coef-0p4"
     _scores(ablation / "eval" / "ruler_qa" / "refine", "refine", 0, "ruler_qa", 26.0)
     _run(ablation / "runs" / "refine", 0)
     own = tmp_path / "exp" / "ablation-ga"
@@ -229,12 +230,12 @@ def test_the_page_has_the_ablations_table_against_the_right_sft(tmp_path):
     _scores(own / "eval" / "ruler_qa" / "sft", "sft", 0, "ruler_qa", 35.0)
     md, js = write_experiment_results(cfg, command="refine experiment")
     rows = {r["ablation"]: r for r in json.loads(js.read_text())["ablations"]}
-    coef = rows["coef-0.4"]["metrics"]["RULER QA: squad"]
+    coef = rows["coef-0p4"]["metrics"]["RULER QA: squad"]
     assert coef == {"score": 26.0, "minus_sft": 6.0, "minus_refine": 3.0}
-    assert rows["coef-0.4"]["compared_sft"] == "sft"
+    assert rows["coef-0p4"]["compared_sft"] == "sft"
     ga = rows["ga"]["metrics"]["RULER QA: squad"]
     assert rows["ga"]["compared_sft"] == "ablation ga sft" and ga["minus_sft"] == -5.0
     text = md.read_text()
-    assert "## Ablations" in text and "| coef-0.4 | refine.coef=0.4 | sft | 26.0 (+6.0) |" in text
+    assert "## Ablations" in text and "| coef-0p4 | refine.coef=0.4 | sft | 26.0 (+6.0) |" in text
     row = next(r for r in json.loads(js.read_text())["headline"] if r["metric"] == "RULER QA: squad")
     assert row["seeds"] == [0, 1, 2]  # the ablations stay out of the headline's pairs
