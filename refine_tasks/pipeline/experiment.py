@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from refine_tasks.config import ConfigError, PipelineConfig, config_with
 from refine_tasks.pipeline.lifecycle import (
@@ -53,16 +54,7 @@ def seed_config(cfg: PipelineConfig, seed: int) -> PipelineConfig:
     (runs, positions, evaluations) and the lifecycle's base as its base."""
     if seed == cfg.seed:
         return cfg
-    data = cfg.model_dump()
-    root = Path(cfg.lifecycle.experiment_dir) / f"seed-{seed}"
-    data["seed"] = seed
-    data["lifecycle"].update(
-        runs_dir=root / "runs",
-        positions_dir=root / "positions",
-        eval_dir=root / "eval",
-        base_checkpoint=str(final_checkpoint(cfg, "base")),
-    )
-    return PipelineConfig.model_validate(data)
+    return _branch(cfg, f"seed-{seed}", [f"seed={seed}"], f"seed {seed}")
 
 
 def ablation_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
@@ -71,14 +63,24 @@ def ablation_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
         raise ConfigError(
             f"lifecycle.ablations: no ablation {name!r} (there are: {', '.join(cfg.lifecycle.ablations)})"
         )
-    root = Path(cfg.lifecycle.experiment_dir) / f"ablation-{name}"
-    folders = [
-        f"lifecycle.runs_dir={root / 'runs'}",
-        f"lifecycle.positions_dir={root / 'positions'}",
-        f"lifecycle.eval_dir={root / 'eval'}",
-        f"lifecycle.base_checkpoint={final_checkpoint(cfg, 'base')}",
-    ]
-    return config_with(cfg, [*cfg.lifecycle.ablations[name], *folders], f"lifecycle.ablations.{name}")
+    return _branch(cfg, f"ablation-{name}", cfg.lifecycle.ablations[name], f"lifecycle.ablations.{name}")
+
+
+def _branch(cfg: PipelineConfig, folder: str, settings: list[str], origin: str) -> PipelineConfig:
+    """cfg with `settings`, its runs, positions and evaluations under lifecycle.experiment_dir/folder,
+    and the lifecycle's base model as its base."""
+    root = Path(cfg.lifecycle.experiment_dir) / folder
+    return config_with(
+        cfg,
+        [
+            *settings,
+            f"lifecycle.runs_dir={root / 'runs'}",
+            f"lifecycle.positions_dir={root / 'positions'}",
+            f"lifecycle.eval_dir={root / 'eval'}",
+            f"lifecycle.base_checkpoint={final_checkpoint(cfg, 'base')}",
+        ],
+        origin,
+    )
 
 
 def ablation_stages(cfg: PipelineConfig, name: str) -> tuple[str, ...]:
@@ -150,33 +152,50 @@ def run_seeds(
     return done
 
 
+class Arm(NamedTuple):
+    """One run the page may hold. run: its name in the evaluation cells (the arm, or `ablation NAME`
+    / `ablation NAME sft`); label: its name among the runs; settings: an ablation's, else None."""
+
+    run: str
+    label: str
+    seed: int
+    cfg: PipelineConfig
+    arm: str
+    settings: list[str] | None = None
+
+
+def _arms(cfg: PipelineConfig) -> list[Arm]:
+    """The base, SFT and ReFINE at `seed`; SFT and ReFINE at each further seed and each ablation's,
+    once the base exists."""
+    arms = [
+        Arm(a, a if a == "base" else f"{a} seed {cfg.seed}", cfg.seed, cfg, a)
+        for a in ("base", "sft", "refine")
+    ]
+    if not _has_base(cfg):
+        return arms
+    for seed in experiment_seeds(cfg)[1:]:
+        seed_cfg = seed_config(cfg, seed)
+        arms += [Arm(a, f"{a} seed {seed}", seed, seed_cfg, a) for a in ("sft", "refine")]
+    for name, settings in cfg.lifecycle.ablations.items():
+        ablation_cfg = ablation_config(cfg, name)
+        for a in ("sft", "refine"):
+            label = ablation_label(name, a)
+            arms.append(Arm(label, label, cfg.seed, ablation_cfg, a, settings))
+    return arms
+
+
 def _cells(cfg: PipelineConfig):
     import pandas as pd
 
     from refine_tasks.evaluate.report import results_from_scores
 
     frames = []
-    for seed in experiment_seeds(cfg):
-        seed_cfg = seed_config(cfg, seed) if seed == cfg.seed or _has_base(cfg) else None
-        if seed_cfg is None:
-            continue
-        arms = ("base", "sft", "refine") if seed == cfg.seed else ("sft", "refine")
-        root = Path(seed_cfg.lifecycle.eval_dir)
-        files = [root / f / arm / "scores.json" for f in EVAL_STAGES.values() for arm in arms]
+    for a in _arms(cfg):
+        root = Path(a.cfg.lifecycle.eval_dir)
+        files = [root / f / a.arm / SCORES_FILE for f in EVAL_STAGES.values()]
         files = [f for f in files if f.is_file() and json.loads(f.read_text())["cells"]]
         if files:
-            frames.append(results_from_scores(files).drop(columns="label").assign(seed=seed))
-    if _has_base(cfg):
-        for name in cfg.lifecycle.ablations:
-            root = Path(ablation_config(cfg, name).lifecycle.eval_dir)
-            for arm in ("sft", "refine"):
-                files = [root / f / arm / SCORES_FILE for f in EVAL_STAGES.values()]
-                files = [f for f in files if f.is_file() and json.loads(f.read_text())["cells"]]
-                if files:
-                    label = ablation_label(name, arm)
-                    frames.append(
-                        results_from_scores(files).drop(columns="label").assign(run=label, seed=cfg.seed)
-                    )
+            frames.append(results_from_scores(files).drop(columns="label").assign(run=a.run, seed=a.seed))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -195,42 +214,21 @@ def _has_base(cfg: PipelineConfig) -> bool:
 
 
 def _runs(cfg: PipelineConfig) -> dict[str, dict]:
-    """label -> the training run's summary, protocol and metric lines, for every run there is."""
+    """label -> the training run's summary, protocol and metric lines (an ablation's: its settings and
+    no curves), for every run there is."""
     runs: dict[str, dict] = {}
-    for seed in experiment_seeds(cfg):
-        if seed != cfg.seed and not _has_base(cfg):
+    for a in _arms(cfg):
+        folder = run_dir(a.cfg, a.arm)
+        if not (folder / SUMMARY_FILE).is_file():
             continue
-        seed_cfg = seed_config(cfg, seed)
-        for arm in ("base", "sft", "refine") if seed == cfg.seed else ("sft", "refine"):
-            folder = run_dir(seed_cfg, arm)
-            if not (folder / SUMMARY_FILE).is_file():
-                continue
-            summary = json.loads((folder / SUMMARY_FILE).read_text())
-            metrics = folder / "metrics.jsonl"
-            lines = (
-                [json.loads(x) for x in metrics.read_text().splitlines() if x] if metrics.is_file() else []
-            )
-            label = arm if arm == "base" else f"{arm} seed {seed}"
-            runs[label] = {
-                "seed": seed,
-                "protocol": summary.get("protocol", "-"),
-                "summary": summary,
-                "metrics": lines,
-            }
-    if _has_base(cfg):
-        for name in cfg.lifecycle.ablations:
-            ablation_cfg = ablation_config(cfg, name)
-            for arm in ("sft", "refine"):
-                folder = run_dir(ablation_cfg, arm)
-                if (folder / SUMMARY_FILE).is_file():
-                    summary = json.loads((folder / SUMMARY_FILE).read_text())
-                    runs[ablation_label(name, arm)] = {
-                        "seed": cfg.seed,
-                        "protocol": summary.get("protocol", "-"),
-                        "settings": cfg.lifecycle.ablations[name],
-                        "summary": summary,
-                        "metrics": [],
-                    }
+        summary = json.loads((folder / SUMMARY_FILE).read_text())
+        entry = {"seed": a.seed, "protocol": summary.get("protocol", "-"), "summary": summary, "metrics": []}
+        metrics = folder / "metrics.jsonl"
+        if a.settings is not None:
+            entry["settings"] = a.settings
+        elif metrics.is_file():
+            entry["metrics"] = [json.loads(x) for x in metrics.read_text().splitlines() if x]
+        runs[a.label] = entry
     return runs
 
 
