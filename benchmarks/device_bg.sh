@@ -20,15 +20,23 @@ if [ "${1:-}" = start ] || [ "${1:-}" = start-script ]; then
     OUT=$WORK/out setsid nohup bash "$what" "$@" >"$WORK/log" 2>&1 </dev/null &
     echo $! >"$WORK/pid"
 fi
+if [ ! -f "$WORK/pid" ]; then
+    # 2026-12-03: a `wait` answered by a fresh machine (the one that ran `start` had been given back).
+    echo "device_bg: nothing was started on this machine (a fresh one?): the run that \`start\` began is lost" >&2
+    exit 3
+fi
 began=$(date +%s)
 while kill -0 "$(cat "$WORK/pid")" 2>/dev/null && [ $(($(date +%s) - began)) -lt "$WAIT" ]; do sleep 5; done
 if kill -0 "$(cat "$WORK/pid")" 2>/dev/null; then
     echo "device_bg: still running after ${WAIT}s of this call"
 else
     echo "device_bg: finished"
+    # The product's kernel cache, unless the script brought its own (device_experiment.sh works in a copy).
     # Bounded (ARCHIVE_S, default 90 s): a call that runs past its limit brings nothing back.
-    [ -d data/cache/kernels ] && { XZ_OPT="-T0 -3" timeout "${ARCHIVE_S:-90}" tar -cJf "$WORK/out/kernels.txz" \
-        data/cache/kernels || { rm -f "$WORK/out/kernels.txz"; echo "device_bg: kernel archive left out (over ${ARCHIVE_S:-90} s)"; }; }
+    if [ ! -f "$WORK/out/kernels.txz" ] && [ -d data/cache/kernels ]; then
+        bash benchmarks/pack_kernel_cache.sh data/cache/kernels "$WORK/out/kernels.txz" "${ARCHIVE_S:-90}" \
+            || echo "device_bg: kernel archive left out (over ${ARCHIVE_S:-90} s)"
+    fi
 fi
 tail -n 40 "$WORK/log"
 cp "$WORK/log" "$OUT/log.txt"

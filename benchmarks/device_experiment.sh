@@ -13,9 +13,10 @@
 #                                                                         the last small one beside .shared_data)
 #   carry [.whl_exp3, .shared_data]  bash benchmarks/device_experiment.sh prepare && \
 #                         WAIT=500 bash benchmarks/device_bg.sh start-script benchmarks/device_experiment.sh run
-#   carry [.shared_data]  WAIT=500 bash benchmarks/device_bg.sh wait          (until it says finished)
+#   carry []              WAIT=500 bash benchmarks/device_bg.sh wait          (until it says finished)
 # (each call's limit at least WAIT + 120 s: device_bg.sh archives what came out after WAIT)
 # The kernel cache comes from benchmarks/kernel_cache/ (tracked); a stale one costs minutes, not results.
+# The run's own cache comes back in the out archive (kernels.txz): copy it over that archive.
 set -u
 case "${1:-}" in
 prepare)
@@ -47,14 +48,33 @@ PY
     ;;
 run)
     OUT=${OUT:?OUT must name the folder whose files come back}
+    # Each device call copies this session's working tree over the repository root again, so a run there
+    # would have the files it rewrites reset under it by the next `wait` call (2026-12-03: params.yaml,
+    # which gpu_lifecycle_flow.py writes from the profile, came back as the CPU defaults, and the stages
+    # that started after the first call's end trained the CPU lifecycle). The run works in a copy of
+    # its own, which outlives the calls while the machine stays warm.
+    RUN=${RUN_DIR:-/tmp/refine-run}
+    rm -rf "$RUN" && mkdir -p "$RUN" || exit 1
+    tar -cf - --exclude='./.whl*' --exclude=./.shared_data --exclude=./.gpu_data . | tar -xf - -C "$RUN" || exit 1
+    cd "$RUN" || exit 1
+    echo "running in $RUN, a copy of $OLDPWD"
     export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
     # The evaluation data where the configuration looks for it (../shared/data, beside the checkout).
     if [ ! -d ../shared/data ] && [ -d /tmp/shared/data ]; then mkdir -p ../shared && ln -s /tmp/shared/data ../shared/data; fi
     mkdir -p data/cache && tar -xJf benchmarks/kernel_cache/nvidia-h200-triton3.6.0.txz -C data/cache
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    # The kernel cache comes back as soon as the `kernels` stage has committed it (dvc.lock names the
+    # stage), so a later failure or a lost machine does not cost the next session those minutes again.
+    (until grep -q '^  kernels:' dvc.lock 2>/dev/null; do sleep 10; done
+     bash benchmarks/pack_kernel_cache.sh data/cache/kernels "$OUT/kernels-after-stage.txz") &
+    packer=$!
     python3 benchmarks/gpu_lifecycle_flow.py --out "$OUT/flow" "${@:2}"
-    echo "gpu_lifecycle_flow exit $?"
+    code=$?
+    echo "gpu_lifecycle_flow exit $code"
+    kill "$packer" 2>/dev/null
+    bash benchmarks/pack_kernel_cache.sh data/cache/kernels "$OUT/kernels.txz" && rm -f "$OUT/kernels-after-stage.txz"
+    exit $code
     ;;
 *) echo "usage: $0 prepare | run [gpu_lifecycle_flow.py options]" >&2; exit 2 ;;
 esac
