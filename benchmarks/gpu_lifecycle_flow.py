@@ -14,7 +14,8 @@ On the GPU machine (it rewrites this checkout's params.yaml and starts a Prefect
 4. a flow run with experiment=true: the lifecycle's stages are found up to date, then the further
    seeds (lifecycle.seeds) and the results page (docs/results.md, results.json);
 5. `dvc status` and `dvc repro` (nothing to run), then `refine run` (every stage skipped).
-Each step's log, both flow runs' states and logs, and the results page go to DIR; figures to
+Each step's log, both flow runs' states and logs, the lifecycle's report (as soon as its flow run
+ends: DIR/lifecycle-report) and the results page go to DIR; figures to
 DIR/results.jsonl (`python benchmarks/record.py --import` here). A failed step ends the script with
 its log's tail, after copying what there is.
 """
@@ -130,6 +131,14 @@ def stages_run(summary: str) -> list[str]:
     return [name for name in ran if name != "comparison"]
 
 
+def keep(path: Path, dest: Path) -> None:
+    """Copy a folder of the run (relative to the checkout) into DIR, if it exists: what the later steps
+    would lose when they fail or the machine is taken back comes back with the earlier ones."""
+    path = path if path.is_absolute() else ROOT / path
+    if path.is_dir():
+        shutil.copytree(path, dest, dirs_exist_ok=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -218,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
         if "tokens_per_s" in base:
             note = f"base pretraining, {cfg.model.preset} {cfg.model.mixer}, {base.get('steps')} steps"
             log.emit("gpu_pretrain_tokens_per_s", base["tokens_per_s"], "tokens/s", note)
+        # The one-seed comparison comes back even if the seeds do not finish.
+        keep(cfg.evaluate.report_dir, args.out / "lifecycle-report")
         deployment_run(
             steps,
             prefect,
@@ -230,10 +241,8 @@ def main(argv: list[str] | None = None) -> None:
         if worker is not None:
             worker.terminate()
         steps.run("stop", ["bash", "infra/stop.sh"], check=False)
-        results = Path(cfg.lifecycle.results_dir)
-        results = results if results.is_absolute() else ROOT / results
-        if results.is_dir():
-            shutil.copytree(results, args.out / "results", dirs_exist_ok=True)
+        keep(cfg.evaluate.report_dir, args.out / "lifecycle-report")
+        keep(cfg.lifecycle.results_dir, args.out / "results")
 
     status = steps.run("dvc-status", [tool("dvc"), "status"])
     repro = steps.run("dvc-repro", [tool("dvc"), "repro"], timeout=1800)
