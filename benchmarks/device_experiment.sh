@@ -6,6 +6,10 @@
 # Here first:  .venv/bin/python benchmarks/device_wheels.py && .venv/bin/python benchmarks/device_wheels.py experiment
 #              .venv/bin/python benchmarks/device_wheels.py check   (nothing the device run loads is missing)
 #              mkdir -p .shared_data && tar -cJf .shared_data/data.txz -C ../shared data   (git-ignored)
+# A CPU rehearsal of the whole path (the copy, both flow runs, dvc repro, refine run, the archives; 6 min on
+# 2 cores), before spending a lease: the tiny overrides of tests/benchmarks/test_gpu_experiment_dry.py plus
+# train.device=cpu evaluate.device=cpu lifecycle.ablate=never, each as --set, after
+#   OUT=/tmp/out RUN_DIR=/tmp/run PATH=$PWD/.venv/bin:$PATH bash benchmarks/device_experiment.sh run
 # Then, one call each, back to back (a machine left idle for idle_release_s, 30 s on 2026-12-03, is taken
 # back, and whatever a call installed or unpacked under /tmp goes with it):
 #   carry [.whl]          bash benchmarks/device_experiment.sh prepare
