@@ -17,7 +17,18 @@ On the GPU machine (it rewrites this checkout's params.yaml and starts a Prefect
 Each step's log, both flow runs' states and logs, the lifecycle's report (as soon as its flow run
 ends: DIR/lifecycle-report) and the results page go to DIR; figures to
 DIR/results.jsonl (`python benchmarks/record.py --import` here). A failed step ends the script with
-its log's tail, after copying what there is.
+its log's tail, after copying what there is. While a flow run goes on, every poll copies what its
+stages have finished (run summaries and metrics, evaluation scores, dvc.lock) into DIR/progress, and
+`gpu_pretrain_tokens_per_s` is recorded as soon as the base run's summary exists: a machine taken
+back mid-run still returns them.
+
+A run lost before its results file came back leaves the Prefect worker's log (DIR/gpu-worker.log,
+which device_bg returns on every call): the base stage's summary line in it is the same figure,
+
+    python benchmarks/gpu_lifecycle_flow.py --import-worker-log DIR/gpu-worker.log --card "NVIDIA H200" \\
+        --date 2026-12-03 [--profile params-gpu-small.yaml]
+
+records it here (benchmarks/results.jsonl, RESULTS.md).
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -77,11 +89,20 @@ def seconds_between(start: str, end: str) -> float:
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
-def wait_flow_run(steps: Steps, prefect: str, run_id: str, name: str, timeout: float) -> dict:
-    """Poll the flow run until it is final; a progress line every 30 s with the newest log line."""
+def wait_flow_run(
+    steps: Steps,
+    prefect: str,
+    run_id: str,
+    name: str,
+    timeout: float,
+    on_poll: Callable[[], None] = lambda: None,
+) -> dict:
+    """Poll the flow run until it is final; a progress line every 30 s with the newest log line, and
+    on_poll() after each poll."""
     began = time.monotonic()
     last_line = 0.0
     while True:
+        on_poll()
         flow_run = json.loads(
             steps.run(
                 f"{name}-inspect", [prefect, "flow-run", "inspect", run_id, "--output", "json"], timeout=120
@@ -106,13 +127,19 @@ def wait_flow_run(steps: Steps, prefect: str, run_id: str, name: str, timeout: f
 
 
 def deployment_run(
-    steps: Steps, prefect: str, deployment: str, name: str, params: dict, timeout: float
+    steps: Steps,
+    prefect: str,
+    deployment: str,
+    name: str,
+    params: dict,
+    timeout: float,
+    on_poll: Callable[[], None] = lambda: None,
 ) -> dict:
     args = [w for key, value in params.items() for w in ("--param", f"{key}={json.dumps(value)}")]
     out = steps.run(f"{name}-start", [prefect, "deployment", "run", deployment, *args], timeout=120)
     run_id = UUID.search(out).group(1)
     print(f"[{name}] flow run {run_id} of {deployment} {params}", flush=True)
-    flow_run = wait_flow_run(steps, prefect, run_id, name, timeout)
+    flow_run = wait_flow_run(steps, prefect, run_id, name, timeout, on_poll)
     (steps.out / f"{name}-flow-run.json").write_text(json.dumps(flow_run, indent=1), encoding="utf-8")
     steps.run(f"{name}-flow-logs", [prefect, "flow-run", "logs", run_id], timeout=120, check=False)
     state = flow_run["state"]
@@ -131,6 +158,91 @@ def stages_run(summary: str) -> list[str]:
     return [name for name in ran if name != "comparison"]
 
 
+# The base stage's closing line in the Prefect worker's log (refine_tasks.flows' task summary).
+BASE_LINE = re.compile(
+    r"Task run 'base' - base: run (?P<run>\S+), steps (?P<steps>[\d,]+),.*?tokens/s (?P<tps>[\d,.]+)"
+)
+
+
+def base_from_worker_log(text: str) -> dict:
+    """The base stage's run id, steps and tokens/s from a Prefect worker's log; the last such line wins
+    (a later flow run finds the stage up to date and writes no such line)."""
+    found = list(BASE_LINE.finditer(text))
+    if not found:
+        raise ValueError(
+            "no line of a finished base stage (\"Task run 'base' - base: run ..., tokens/s ...\")"
+        )
+    m = found[-1]
+    return {
+        "run": m["run"],
+        "steps": int(m["steps"].replace(",", "")),
+        "tokens_per_s": float(m["tps"].replace(",", "")),
+    }
+
+
+def pretrain_note(cfg, steps: object) -> str:
+    return f"base pretraining, {cfg.model.preset} {cfg.model.mixer}, {steps} steps"
+
+
+class Progress:
+    """Called on every poll of the lifecycle's flow run: copies what its stages have finished into
+    DIR/progress (small files only: run summaries and metrics, evaluation outputs, dvc.lock) and
+    records gpu_pretrain_tokens_per_s once the base run's summary exists."""
+
+    def __init__(self, cfg, out: Path, log: FigureLog) -> None:
+        from refine_tasks.pipeline.lifecycle import SUMMARY_FILE, run_dir
+
+        self.cfg, self.dest, self.log = cfg, out / "progress", log
+        self.base_summary = ROOT / run_dir(cfg, "base") / SUMMARY_FILE
+        self.pretrain_recorded = False
+
+    def __call__(self) -> None:
+        runs = ROOT / self.cfg.lifecycle.runs_dir
+        for pattern in ("*/summary.json", "*/metrics.jsonl"):
+            for f in runs.glob(pattern):
+                target = self.dest / "runs" / f.relative_to(runs)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, target)
+        keep(self.cfg.lifecycle.eval_dir, self.dest / "eval")
+        if (ROOT / "dvc.lock").is_file():
+            self.dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / "dvc.lock", self.dest / "dvc.lock")
+        if not self.pretrain_recorded and self.base_summary.is_file():
+            base = json.loads(self.base_summary.read_text())
+            if "tokens_per_s" in base:
+                note = pretrain_note(self.cfg, base.get("steps"))
+                self.log.emit("gpu_pretrain_tokens_per_s", base["tokens_per_s"], "tokens/s", note)
+                self.pretrain_recorded = True
+
+
+def import_worker_log(args: argparse.Namespace) -> None:
+    """--import-worker-log: record gpu_pretrain_tokens_per_s from a lost run's Prefect worker log."""
+    from record import record
+
+    from refine_tasks.config import load_config
+
+    path = Path(args.import_worker_log)
+    try:
+        base = base_from_worker_log(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError) as e:
+        sys.exit(f"{path}: {e}")
+    cfg = load_config(ROOT / args.profile)
+    command = (
+        f"python benchmarks/gpu_lifecycle_flow.py --profile {args.profile} --deployment {args.deployment}"
+    )
+    note = f"{pretrain_note(cfg, base['steps'])}; run {base['run']}, from the Prefect worker's log of a run lost mid-way"
+    entry = record(
+        "gpu_pretrain_tokens_per_s",
+        base["tokens_per_s"],
+        "tokens/s",
+        args.card,
+        command,
+        note,
+        date=args.date,
+    )
+    print(json.dumps(entry), flush=True)
+
+
 def keep(path: Path, dest: Path) -> None:
     """Copy a folder of the run (relative to the checkout) into DIR, if it exists: what the later steps
     would lose when they fail or the machine is taken back comes back with the earlier ones."""
@@ -141,21 +253,32 @@ def keep(path: Path, dest: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--profile", type=Path, default=Path("params-gpu-small.yaml"))
     parser.add_argument("--deployment", default="refine-lifecycle/gpu-small")
     parser.add_argument("--pool", default="refine-gpu", help="the work pool the deployment runs on")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="overrides, every door")
     parser.add_argument("--timeout-s", type=float, default=3600, help="per flow run")
     parser.add_argument("--port", type=int, default=4200)
+    parser.add_argument(
+        "--import-worker-log", metavar="LOG", help="record the base figure from LOG, then stop"
+    )
+    parser.add_argument("--card", help="with --import-worker-log: the GPU the log's run had")
+    parser.add_argument("--date", help="with --import-worker-log: the run's UTC date (YYYY-MM-DD)")
     args = parser.parse_args(argv)
+    if args.import_worker_log:
+        if not args.card or not args.date:
+            parser.error("--import-worker-log needs --card and --date (the run's GPU and day)")
+        import_worker_log(args)
+        return
+    if args.out is None:
+        parser.error("--out is required")
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
 
     import torch
 
     from refine_tasks.config import load_config
-    from refine_tasks.pipeline.lifecycle import SUMMARY_FILE, run_dir
 
     home = ROOT / "data" / "prefect"
     env = {
@@ -195,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     resolved = steps.run("params", refine_cmd("config", "-p", str(args.profile), *overrides))
     (ROOT / "params.yaml").write_text(resolved, encoding="utf-8")
     cfg = load_config(ROOT / "params.yaml")
+    progress = Progress(cfg, args.out, log)
 
     worker = None
     try:
@@ -215,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
             "lifecycle",
             {"params": "params.yaml", "experiment": False},
             args.timeout_s,
+            progress,
         )
         wall = seconds_between(lifecycle["start_time"], lifecycle["end_time"])
         log.emit(
@@ -223,10 +348,7 @@ def main(argv: list[str] | None = None) -> None:
             "s",
             f"flow run {lifecycle['id']} of {args.deployment} (experiment=false): the whole lifecycle",
         )
-        base = json.loads((run_dir(cfg, "base") / SUMMARY_FILE).read_text())
-        if "tokens_per_s" in base:
-            note = f"base pretraining, {cfg.model.preset} {cfg.model.mixer}, {base.get('steps')} steps"
-            log.emit("gpu_pretrain_tokens_per_s", base["tokens_per_s"], "tokens/s", note)
+        progress()  # the last copy, and the base figure if no poll saw its summary
         # The one-seed comparison comes back even if the seeds do not finish.
         keep(cfg.evaluate.report_dir, args.out / "lifecycle-report")
         deployment_run(
@@ -236,6 +358,7 @@ def main(argv: list[str] | None = None) -> None:
             "experiment",
             {"params": "params.yaml", "experiment": True},
             args.timeout_s,
+            progress,
         )
     finally:
         if worker is not None:
