@@ -140,6 +140,11 @@ class PositionsConfig(Section):
         ge=1,
         description="tokens per lm_head chunk when computing entropy (bounds the [chunk, V] logits)",
     )
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="sequences per model pass (and per catalog write) when `refine positions` fills the cache",
+    )
 
 
 class RefineConfig(Section):

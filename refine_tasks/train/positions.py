@@ -215,13 +215,17 @@ def precompute_positions(
         with mixed_precision(device, t.dtype):
             return sequence_entropy(model, ids, cfg.positions.entropy_chunk)
 
-    report = PositionsReport(checkpoint, len(loader.sequences), 0, 0, 0.0)
-    for k in range(len(loader.sequences)):
-        ids = loader.tokens(k)[None].to(device)
-        chosen = selector.select(ids, [loader.sequence_id(k)], 0, entropy_fn)
+    n = len(loader.sequences)
+    report = PositionsReport(checkpoint, n, 0, 0, 0.0)
+    # positions.batch_size sequences a pass: one prefill and one catalog write for all of them (one
+    # sequence at a time, the H200 spent 123 s on 638 sequences of a model whose training step is 70 ms).
+    for start in range(0, n, cfg.positions.batch_size):
+        batch = range(start, min(start + cfg.positions.batch_size, n))
+        ids = torch.stack([loader.tokens(k) for k in batch]).to(device)
+        chosen = selector.select(ids, [loader.sequence_id(k) for k in batch], 0, entropy_fn)
         report.computed += chosen.computed
         report.cache_hits += chosen.cache_hits
         if on_progress is not None:
-            on_progress(1)
+            on_progress(len(batch))
     report.seconds = time.perf_counter() - began
     return report

@@ -255,6 +255,27 @@ def test_precomputed_positions_skip_the_entropy_pass(config, monkeypatch):
     assert n == 5
 
 
+def test_positions_in_batches_are_the_positions_one_sequence_at_a_time(config, tmp_path):
+    """positions.batch_size sequences share a prefill and a catalog write; what is cached is the
+    same as one sequence a pass (entropy in float64 on the CPU, so the batch changes no rounding)."""
+    base = ("positions.policy=precomputed", "train.dtype=float64")
+    rows = {}
+    for batch in (1, 3, 8):
+        cfg = config(*base, f"positions.batch_size={batch}", f"paths.catalog={tmp_path / f'b{batch}.duckdb'}")
+        progress = []
+        report = precompute_positions(cfg, on_progress=progress.append)
+        assert report.computed == 5 and sum(progress) == 5
+        assert max(progress) == min(batch, 5)  # one progress call per batch
+        rows[batch] = catalog_rows(
+            cfg, "SELECT doc_id, checkpoint, positions, entropy_at, entropy_mean FROM positions ORDER BY doc_id"
+        )
+    assert len(rows[1]) == 5
+    for batch in (3, 8):
+        assert [r[:3] for r in rows[batch]] == [r[:3] for r in rows[1]]
+        for got, want in zip(rows[batch], rows[1], strict=True):
+            assert got[3] == pytest.approx(want[3], rel=1e-9) and got[4] == pytest.approx(want[4], rel=1e-9)
+
+
 def test_learning_rate_schedule():
     warm = [lr_lambda(s, warmup=4, total=20, schedule="cosine", min_ratio=0.1) for s in range(20)]
     assert warm[:4] == [0.25, 0.5, 0.75, 1.0] and warm[4] == 1.0
