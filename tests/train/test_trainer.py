@@ -267,7 +267,8 @@ def test_positions_in_batches_are_the_positions_one_sequence_at_a_time(config, t
         assert report.computed == 5 and sum(progress) == 5
         assert max(progress) == min(batch, 5)  # one progress call per batch
         rows[batch] = catalog_rows(
-            cfg, "SELECT doc_id, checkpoint, positions, entropy_at, entropy_mean FROM positions ORDER BY doc_id"
+            cfg,
+            "SELECT doc_id, checkpoint, positions, entropy_at, entropy_mean FROM positions ORDER BY doc_id",
         )
     assert len(rows[1]) == 5
     for batch in (3, 8):
