@@ -22,6 +22,9 @@
 #                activation checkpointing, the longest length that fits (searched within the step's limit)
 #   lact         gpu_lact.py --phases $LACT_PHASES         (default all: LaCT's kernels, fast-weight layer, attention,
 #                                                           paper-760m; its paths are config fields, not variables)
+# The steps that use the product's kernel cache (fsdp, posttrain-ttt) restore it once a machine (see
+# restore_product_cache) and return it grown as $OUT/kernels.txz; leave a step's limit ARCHIVE_S (90 s)
+# short of the call's so that packing fits.
 # Carry: .whl (benchmarks/device_wheels.py: the wheels the image lacks; the experiment adds .whl_exp1,
 # .whl_exp2, one folder a call: a call carries at most 64 MiB) and the Triton cache tarball folders
 # named in TC_DIRS (default .tc; git-ignored).
@@ -40,6 +43,19 @@ done
 sleep 1; marker=$(mktemp /tmp/cache_marker.XXXX)
 before=$(find "$TRITON_CACHE_DIR" -type f | wc -l)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+
+product_before=
+restore_product_cache() {  # the product's kernel cache (paths.kernel_cache) for the steps that use it:
+    # the tracked archive, then every carried archive in $KC_DIRS (default .kc; git-ignored: e.g. the
+    # kernels.txz a previous call brought back), once a machine: a later call on it keeps what grew
+    [ -d data/cache/kernels ] && return
+    mkdir -p data/cache
+    for archive in benchmarks/kernel_cache/nvidia-h200-triton3.6.0.txz $(for d in ${KC_DIRS:-.kc}; do
+            ls "$d"/*.txz 2>/dev/null; done); do
+        tar -xJf "$archive" -C data/cache && echo "restored $archive into data/cache"
+    done
+    product_before=$(find data/cache/kernels -type f | wc -l)
+}
 
 run_step() {
     local step=$1 limit=$2 dir=$OUT/$1
@@ -60,11 +76,10 @@ run_step() {
         train-loop) env -u TRITON_CACHE_DIR timeout "$limit" python3 benchmarks/gpu_train_loop.py --out "$dir" \
             --data .gpu_data --params params-gpu-small.yaml ${TRAIN_RUNS:+--runs $TRAIN_RUNS} \
             ${TRAIN_RESTORE:+--restore $TRAIN_RESTORE} ;;
-        posttrain-ttt) [ -d data/cache/kernels ] || { mkdir -p data/cache \
-                && tar -xJf benchmarks/kernel_cache/nvidia-h200-triton3.6.0.txz -C data/cache; }  # the product's cache
+        posttrain-ttt) restore_product_cache
             env -u TRITON_CACHE_DIR timeout "$limit" python3 benchmarks/gpu_posttrain_ttt.py --out "$dir" \
             --reps "${PT_REPS:-3}" ;;
-        fsdp) mkdir -p data/cache && tar -xJf benchmarks/kernel_cache/nvidia-h200-triton3.6.0.txz -C data/cache
+        fsdp) restore_product_cache
             env -u TRITON_CACHE_DIR timeout "$limit" python3 benchmarks/gpu_fsdp.py --out "$dir" --data .gpu_data \
             --set model.preset=paper-1.3b --set train.device=cuda --budget-s $((limit - 90)) ;;
         lact) timeout "$limit" python3 benchmarks/gpu_lact.py --out "$dir" --budget-s $((limit - 60)) ${LACT_PHASES:+--phases $LACT_PHASES} ;;
@@ -81,6 +96,11 @@ find "$OUT" -name RESULTS.md -delete
 find "$OUT" -name "trace_*.json" -exec xz -T4 {} \;  # PROFILE_TRACE's Chrome traces, compressed
 after=$(find "$TRITON_CACHE_DIR" -type f | wc -l)
 echo "Triton cache: $before files before, $after after"
+if [ -n "$product_before" ] && [ "$(find data/cache/kernels -type f | wc -l)" -gt "$product_before" ]; then
+    # what the steps compiled into the product's cache comes back even when a step ran out of time:
+    # carry it (in $KC_DIRS) to the next machine, or copy it over the tracked archive
+    bash benchmarks/pack_kernel_cache.sh data/cache/kernels "$OUT/kernels.txz" "${ARCHIVE_S:-90}"
+fi
 if [ "$after" -gt "$before" ]; then
     (cd "$TRITON_CACHE_DIR" && find . -newer "$marker" -type f -print0 \
         | tar -cJf "$OUT/triton_cache_new.txz" --null -T -)
