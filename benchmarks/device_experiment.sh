@@ -20,6 +20,12 @@
 #   carry []              WAIT=500 bash benchmarks/device_bg.sh wait          (until it says finished)
 # (each call's limit at least WAIT + 120 s: device_bg.sh archives what came out after WAIT)
 # The kernel cache comes from benchmarks/kernel_cache/ (tracked); a stale one costs minutes, not results.
+# Measured on the H200, 2026-12-03 (flow run 6d956ac8, its machine taken back as ReFINE started): the flow
+# run began 85 s after `run` (Prefect server, deployments, worker); tokenizer and corpus 22 s; kernels
+# 245 s (from the previous archive, 941 files compiled); base 2,000 steps 344 s; SFT 200 steps 39 s;
+# positions 123 s (one sequence a pass; batched since). The rest (ReFINE, the evaluations, post-training,
+# TTT, seeds 1 and 2, the doors) is unmeasured: the lease's 30 minutes are the whole budget, so issue
+# the calls back to back and give no thought between them.
 # The run's own cache comes back in the out archive (kernels.txz): copy it over that archive.
 set -u
 case "${1:-}" in
