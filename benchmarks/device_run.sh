@@ -48,13 +48,15 @@ product_before=
 restore_product_cache() {  # the product's kernel cache (paths.kernel_cache) for the steps that use it:
     # the tracked archive, then every carried archive in $KC_DIRS (default .kc; git-ignored: e.g. the
     # kernels.txz a previous call brought back), once a machine: a later call on it keeps what grew
-    [ -d data/cache/kernels ] && return
-    mkdir -p data/cache
-    for archive in benchmarks/kernel_cache/nvidia-h200-triton3.6.0.txz $(for d in ${KC_DIRS:-.kc}; do
-            ls "$d"/*.txz 2>/dev/null; done); do
-        tar -xJf "$archive" -C data/cache && echo "restored $archive into data/cache"
-    done
-    product_before=$(find data/cache/kernels -type f | wc -l)
+    if [ ! -d data/cache/kernels ]; then
+        mkdir -p data/cache
+        for archive in benchmarks/kernel_cache/nvidia-h200-triton3.6.0.txz $(for d in ${KC_DIRS:-.kc}; do
+                ls "$d"/*.txz 2>/dev/null; done); do
+            tar -xJf "$archive" -C data/cache && echo "restored $archive into data/cache"
+        done
+    fi
+    # counted once a call, also on a warm machine: what this call's steps add comes back
+    [ -n "$product_before" ] || product_before=$(find data/cache/kernels -type f | wc -l)
 }
 
 run_step() {

@@ -197,22 +197,32 @@ class Progress:
         self.pretrain_recorded = False
 
     def __call__(self) -> None:
-        runs = ROOT / self.cfg.lifecycle.runs_dir
-        for pattern in ("*/summary.json", "*/metrics.jsonl"):
-            for f in runs.glob(pattern):
-                target = self.dest / "runs" / f.relative_to(runs)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(f, target)
-        keep(self.cfg.lifecycle.eval_dir, self.dest / "eval")
-        if (ROOT / "dvc.lock").is_file():
-            self.dest.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / "dvc.lock", self.dest / "dvc.lock")
+        runs, evals = ROOT / self.cfg.lifecycle.runs_dir, ROOT / self.cfg.lifecycle.eval_dir
+        for src, dest, patterns in (
+            (runs, self.dest / "runs", ("*/summary.json", "*/metrics.jsonl")),
+            (evals, self.dest / "eval", ("**/*",)),
+            (ROOT, self.dest, ("dvc.lock",)),
+        ):
+            for f in (f for pattern in patterns for f in src.glob(pattern) if f.is_file()):
+                self._copy_changed(f, dest / f.relative_to(src))
         if not self.pretrain_recorded and self.base_summary.is_file():
             base = json.loads(self.base_summary.read_text())
             if "tokens_per_s" in base:
                 note = pretrain_note(self.cfg, base.get("steps"))
                 self.log.emit("gpu_pretrain_tokens_per_s", base["tokens_per_s"], "tokens/s", note)
                 self.pretrain_recorded = True
+
+    @staticmethod
+    def _copy_changed(src: Path, dest: Path) -> None:
+        """A poll comes every few seconds: copy only what changed since the last (copy2 keeps mtime)."""
+        stat = src.stat()
+        if dest.is_file() and (dest.stat().st_size, dest.stat().st_mtime_ns) == (
+            stat.st_size,
+            stat.st_mtime_ns,
+        ):
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
 
 
 def import_worker_log(args: argparse.Namespace) -> None:
