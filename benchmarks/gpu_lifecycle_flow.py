@@ -13,7 +13,9 @@ On the GPU machine (it rewrites this checkout's params.yaml and starts a Prefect
    gives `gpu_pretrain_tokens_per_s`;
 4. a flow run with experiment=true: the lifecycle's stages are found up to date, then the further
    seeds (lifecycle.seeds) and the results page (docs/results.md, results.json);
-5. `dvc status` and `dvc repro` (nothing to run), then `refine run` (every stage skipped).
+5. `dvc status` and `dvc repro` (nothing to run), then `refine run` (every stage skipped): once after
+   step 3 (DIR/doors-lifecycle.json, before the seeds, which may outlast a lease) and once at the end
+   (DIR/doors.json).
 Each step's log, both flow runs' states and logs, the lifecycle's report (as soon as its flow run
 ends: DIR/lifecycle-report) and the results page go to DIR; figures to
 DIR/results.jsonl (`python benchmarks/record.py --import` here). A failed step ends the script with
@@ -261,6 +263,21 @@ def keep(path: Path, dest: Path) -> None:
         shutil.copytree(path, dest, dirs_exist_ok=True)
 
 
+def doors(steps: Steps, dest: Path) -> dict:
+    """`dvc status`, `dvc repro` and `refine run` on the checkout: which stages each re-ran, into DEST."""
+    status = steps.run("dvc-status", [tool("dvc"), "status"])
+    repro = steps.run("dvc-repro", [tool("dvc"), "repro"], timeout=1800)
+    again = steps.run("refine-run", refine_cmd("run"), timeout=1800)
+    verdict = {
+        "dvc_status": status.strip(),
+        "dvc_repro_ran": re.findall(r"Running stage '([^']+)'", repro),
+        "refine_run_ran": stages_run(again),
+    }
+    dest.write_text(json.dumps(verdict, indent=1), encoding="utf-8")
+    print(json.dumps(verdict, indent=1), flush=True)
+    return verdict
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path)
@@ -361,6 +378,8 @@ def main(argv: list[str] | None = None) -> None:
         progress()  # the last copy, and the base figure if no poll saw its summary
         # The one-seed comparison comes back even if the seeds do not finish.
         keep(cfg.evaluate.report_dir, args.out / "lifecycle-report")
+        # The other two doors before the seeds, which may outlast a lease: they find the lifecycle done.
+        doors(steps, args.out / "doors-lifecycle.json")
         deployment_run(
             steps,
             prefect,
@@ -377,16 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         keep(cfg.evaluate.report_dir, args.out / "lifecycle-report")
         keep(cfg.lifecycle.results_dir, args.out / "results")
 
-    status = steps.run("dvc-status", [tool("dvc"), "status"])
-    repro = steps.run("dvc-repro", [tool("dvc"), "repro"], timeout=1800)
-    again = steps.run("refine-run", refine_cmd("run"), timeout=1800)
-    verdict = {
-        "dvc_status": status.strip(),
-        "dvc_repro_ran": re.findall(r"Running stage '([^']+)'", repro),
-        "refine_run_ran": stages_run(again),
-    }
-    (args.out / "doors.json").write_text(json.dumps(verdict, indent=1), encoding="utf-8")
-    print(json.dumps(verdict, indent=1), flush=True)
+    doors(steps, args.out / "doors.json")
 
 
 if __name__ == "__main__":
