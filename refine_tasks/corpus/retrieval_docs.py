@@ -3,14 +3,17 @@
 A base model trained from scratch at `small` scale on natural text alone scarcely learns to copy a
 fact it read thousands of tokens before, so needle tasks stay at zero and mid-training has nothing
 to move. Each generated document is natural paragraphs (the recent natural documents' own,
-shuffled) with a few records woven in: every record is *stated* in the first fifth of the
-document and *used* once or twice later, each time in another wording, so predicting the value
-at a use means retrieving it from the statement.
+shuffled) with records woven in: every record is *stated* in the first half of the document and
+*used* one to three times later (up to its end), each time in another wording, some as a question
+and its answer, so predicting the value at a use means retrieving it from the statement. Record
+subjects are fixed names or keys made of the document's own words, so retrieval is learnt over
+open-ended keys; the H200 base of 2026-12-04, trained on the first version (six records about 27
+fixed names, stated in the first fifth), scored 0 on every NIAH variant.
 
 Never the evaluation sets: no wording here is RULER's (its needle "One of the special magic ...",
 its questions, the QA instruction), the values are never 7-digit numbers or UUIDs (RULER NIAH's),
-and the keys come from word lists of our own, not RULER's (tests/corpus/test_retrieval_docs.py
-checks all three). Documents carry the source `synthetic:retrieval:<after>:<i>`, which the
+and the keys come from word lists of our own or the document's words joined by spaces, never
+RULER's hyphenated adjective-noun pairs (tests/corpus/test_retrieval_docs.py checks all three). Documents carry the source `synthetic:retrieval:<after>:<i>`, which the
 loader reads only for base pretraining (`train.synthetic_docs`); mid-training reads natural
 documents only. Everything random is seeded by the natural document a generated one follows, so
 the same corpus always gives the same generated documents.
@@ -19,6 +22,7 @@ the same corpus always gives the same generated documents.
 from __future__ import annotations
 
 import random
+import re
 from collections import deque
 from collections.abc import Iterable, Iterator
 
@@ -42,51 +46,88 @@ CODE_WORDS = (
     "kestrel", "lantern", "marble", "nettle", "oriole", "pewter", "quartz", "russet", "sable", "thistle",
 )  # fmt: skip
 
+# Kinds of thing a key made of the document's own words names ("the tariff season account").
+KEY_KINDS = ("account", "file", "crate", "permit", "contract", "parcel", "lot", "register", "dossier")
+
 # {subject}, {attribute}, {value}; statements make the fact, uses recall it later.
 STATEMENTS = (
     "For the record, the {attribute} of {subject} was set down as {value}.",
     "The clerk wrote that {subject} had {value} as its {attribute}.",
     "According to the register, {subject} was given the {attribute} {value}.",
     "It was agreed that the {attribute} for {subject} would be {value}.",
+    "Note this well: the {attribute} assigned to {subject} is {value}.",
+    "Among the entries made that day, {subject} received {attribute} {value}.",
 )
 USES = (
     "When the inspectors came, they checked {subject} and found the {attribute} to be {value}.",
     "As noted earlier, the {attribute} of {subject} is {value}.",
     "Anyone asking after {subject} was told that its {attribute} remained {value}.",
     "The report confirmed once more that {subject} carried the {attribute} {value}.",
+    "What was the {attribute} of {subject}? It was {value}.",
+    "Asked to recall the {attribute} for {subject}, the keeper answered {value}.",
+    "Looking back through these pages, the {attribute} given to {subject} was {value}.",
 )
 
 
 def _value(rng: random.Random) -> str:
-    """A short record value: a 3-5 digit number, or a code word with a number ("heron 42", "HERON-421");
-    never 7 digits, and never RULER's adjective-noun pairs (a test checks its word lists)."""
-    kind = rng.randrange(3)
-    if kind == 0:
-        return str(rng.randint(100, 99_999))
-    if kind == 1:
+    """A record value: a number of 3-6 or 8-9 digits, or a code word with a number ("heron 42",
+    "HERON-421"); never 7 digits (RULER NIAH's values), never RULER's adjective-noun pairs."""
+    kind = rng.randrange(4)
+    if kind <= 1:
+        digits = rng.choice((3, 4, 5, 6, 8, 9))
+        return str(rng.randint(10 ** (digits - 1), 10**digits - 1))
+    if kind == 2:
         return f"{rng.choice(CODE_WORDS)} {rng.randint(2, 99)}"
     return f"{rng.choice(CODE_WORDS).upper()}-{rng.randint(10, 999)}"
 
 
+def key_vocabulary(paragraphs: list[str]) -> list[str]:
+    """Words of the paragraphs a key may be made of: lower-case, 4-10 letters."""
+    return sorted({w for p in paragraphs for w in re.findall(r"\b[a-z]{4,10}\b", p)})
+
+
+def _subjects(rng: random.Random, paragraphs: list[str], n: int) -> list[str]:
+    """n distinct record subjects: the fixed places and people, and keys made of two words of the
+    document's own text ("the tariff season permit", "the lot of harbour wages"), so that
+    retrieval is learnt over open-ended keys, not a memorised list. Words are joined by spaces,
+    never by a hyphen as RULER's adjective-noun keys are."""
+    vocab = key_vocabulary(paragraphs)
+    out: list[str] = []
+    while len(out) < n:
+        kind = rng.randrange(3) if len(vocab) >= 2 else 0
+        if kind == 0:
+            subject = rng.choice([*PLACES, *PEOPLE])
+        elif kind == 1:
+            a, b = rng.sample(vocab, 2)
+            subject = f"the {a} {b} {rng.choice(KEY_KINDS)}"
+        else:
+            a, b = rng.sample(vocab, 2)
+            subject = f"the {rng.choice(KEY_KINDS)} of {a} {b}"
+        if subject not in out and not any(subject in o or o in subject for o in out):
+            out.append(subject)
+    return out
+
+
 def retrieval_document(rng: random.Random, paragraphs: list[str], n_facts: int, target_chars: int) -> str:
     """One document of about target_chars characters: paragraphs (shuffled; reused as needed) with
-    n_facts records stated in its first fifth and used, in other words, once or twice after it."""
+    n_facts records, each stated in the first half and used, in other words, one to three times
+    after it (the last use anywhere up to the document's end: recall across every distance)."""
     pool = list(paragraphs)
     rng.shuffle(pool)
     body: list[str] = []
     while sum(len(p) + 2 for p in body) < target_chars:
         body.append(pool[len(body) % len(pool)])
-    subjects = rng.sample([*PLACES, *PEOPLE], n_facts)
-    facts = [(s, rng.choice(ATTRIBUTES), _value(rng)) for s in subjects]
+    facts = [(s, rng.choice(ATTRIBUTES), _value(rng)) for s in _subjects(rng, paragraphs, n_facts)]
     n = len(body)
-    early = max(1, n // 5)
-    inserts: list[tuple[int, str]] = []
+    half = max(1, n // 2)
+    inserts: list[tuple[int, int, str]] = []  # (paragraph index, order among equal indices, sentence)
     for subject, attribute, value in facts:
         fields = {"subject": subject, "attribute": attribute, "value": value}
-        inserts.append((rng.randrange(early), rng.choice(STATEMENTS).format(**fields)))
-        for _ in range(rng.randint(1, 2)):
-            inserts.append((rng.randrange(early, n) + 1, rng.choice(USES).format(**fields)))
-    for index, sentence in sorted(inserts, key=lambda x: x[0], reverse=True):
+        stated = rng.randrange(half)
+        inserts.append((stated, 0, rng.choice(STATEMENTS).format(**fields)))
+        for _ in range(rng.randint(1, 3)):
+            inserts.append((rng.randrange(stated, n) + 1, 1, rng.choice(USES).format(**fields)))
+    for index, _, sentence in sorted(inserts, key=lambda x: (x[0], x[1]), reverse=True):
         body.insert(index, sentence)
     return "\n\n".join(body)
 

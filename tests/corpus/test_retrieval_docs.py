@@ -8,6 +8,7 @@ import re
 
 from refine_tasks.corpus.clean import Document, document_id
 from refine_tasks.corpus.retrieval_docs import (
+    ATTRIBUTES,
     PEOPLE,
     PLACES,
     STATEMENTS,
@@ -59,21 +60,48 @@ def test_documents_hold_no_needle_values_or_keys_of_the_evaluation():
         assert not codes & ruler_keys
 
 
-def test_each_fact_is_stated_in_the_first_fifth_and_used_later():
-    text = retrieval_document(random.Random(7), PARAGRAPHS, 5, 8000)
-    assert len(text) >= 8000
-    paragraphs = text.split("\n\n")
-    subjects = [s for s in (*PLACES, *PEOPLE) if s in text]
-    assert len(subjects) == 5
-    for subject in subjects:
-        at = [i for i, p in enumerate(paragraphs) if subject in p]
-        assert at[0] < len(paragraphs) // 5 + 2 and len(at) >= 2
-        stated = paragraphs[at[0]]
-        assert any(stated.startswith(t.split("{")[0]) for t in STATEMENTS)
-        for later in at[1:]:
-            assert any(paragraphs[later].startswith(t.split("{")[0]) for t in USES)
-            # the same value, recalled: the statement's last word is in the use
-            assert stated.rstrip(".").split()[-1] in paragraphs[later]
+def _pattern(template: str) -> re.Pattern[str]:
+    attribute = "|".join(map(re.escape, ATTRIBUTES))
+    fields = {
+        "subject": "(?P<subject>.+?)",
+        "attribute": f"(?P<attribute>{attribute})",
+        "value": "(?P<value>.+?)",
+    }
+    parts = re.split(r"\{([a-z]+)\}", template)
+    return re.compile("".join(fields[p] if i % 2 else re.escape(p) for i, p in enumerate(parts)) + "$")
+
+
+def _facts(paragraphs: list[str], templates) -> list[tuple[int, str, str, str]]:
+    """(paragraph index, subject, attribute, value) of every paragraph one of `templates` reads."""
+    found = []
+    for i, text in enumerate(paragraphs):
+        for template in templates:
+            m = _pattern(template).match(text)
+            if m:
+                found.append((i, m["subject"], m["attribute"], m["value"]))
+                break
+    return found
+
+
+def test_each_fact_is_stated_in_the_first_half_and_used_later_with_its_value():
+    natural = [f"Paragraph {i} speaks of tariffs, harbours and wages, at some length." for i in range(40)]
+    for seed in range(20):
+        text = retrieval_document(random.Random(seed), natural, 8, 8000)
+        assert len(text) >= 8000
+        paragraphs = text.split("\n\n")
+        n_natural = sum(p in natural for p in paragraphs)
+        stated = _facts(paragraphs, STATEMENTS)
+        used = _facts(paragraphs, USES)
+        assert len(stated) == 8 and len({s for _, s, _, _ in stated}) == 8
+        assert 8 <= len(used) <= 24
+        for at, subject, attribute, value in stated:
+            assert sum(p in natural for p in paragraphs[:at]) < n_natural // 2 + 1  # in the first half
+            uses = [u for u in used if u[1] == subject]
+            assert uses, subject
+            for later, _, use_attribute, use_value in uses:  # after the statement, the same record
+                assert later > at and (use_attribute, use_value) == (attribute, value)
+            words = subject.split()
+            assert subject in (*PLACES, *PEOPLE) or words[0] == "the" and "-" not in subject
 
 
 def test_mixing_follows_the_ratio_and_is_deterministic():
