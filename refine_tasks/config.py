@@ -436,6 +436,12 @@ class LifecycleConfig(Section):
     base_lr: float = Field(
         1e-3, gt=0, description="peak learning rate of the base model trained from scratch"
     )
+    base_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="sequences a step of the base model trained from scratch; null: train.batch_size "
+        "(a small model's step on one GPU costs about the same at 2 and at 8 sequences)",
+    )
     runs_dir: Path = Field(Path("data/runs"), description="one training run per model: base, sft, refine")
     positions_dir: Path = Field(Path("data/positions"), description="summary of the positions stage")
     eval_dir: Path = Field(Path("data/eval"), description="evaluation outputs per family and model")

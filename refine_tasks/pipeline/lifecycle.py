@@ -124,6 +124,8 @@ def _base_config(cfg: PipelineConfig, model: str | None) -> PipelineConfig:
         "max_steps": cfg.lifecycle.base_steps,
         "lr": cfg.lifecycle.base_lr,
     }
+    if cfg.lifecycle.base_batch_size is not None:
+        train["batch_size"] = cfg.lifecycle.base_batch_size
     # The generated retrieval documents (corpus.retrieval_ratio) are base pretraining's alone.
     train["synthetic_docs"] = True
     return _with(cfg, train=train, refine={"coef": 0.0}, model={"init_from": None})

@@ -6,8 +6,10 @@ refine_tasks.evaluate.runner.warm_generation.
 On random tokens, with the given model on train.device and train.dtype: one NTP micro-step and
 one ReFINE micro-step (refine.mode; refine.coef, or its default when the configuration trains
 NTP only) on [train.batch_size, train.seq_len], positions selected online as the trainer does
-(the entropy pass included). Nothing is written but what the kernels' caches keep; the gradients
-are dropped.
+(the entropy pass included); an NTP micro-step at the base pretraining's batch
+(lifecycle.base_batch_size) when it differs; and the `positions` stage's entropy pass on
+[positions.batch_size, train.seq_len]. Nothing is written but what the kernels' caches keep; the
+gradients are dropped.
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ class TrainingWarmup:
 
     shape: tuple[int, int]
     refine_mode: str
-    losses: dict[str, float]  # ntp, refine
+    losses: dict[str, float]  # ntp, refine, and "ntp [B, T]" at the base's batch
+    entropy_shape: tuple[int, int] = (0, 0)
 
     def summary_rows(self) -> list[tuple[str, str]]:
         batch, seq_len = self.shape
         return [
             ("training micro-steps", f"NTP, ReFINE ({self.refine_mode}) on [{batch}, {seq_len}]"),
             ("losses", ", ".join(f"{k} {v:.3f}" for k, v in self.losses.items())),
+            ("entropy pass (positions)", f"[{self.entropy_shape[0]}, {self.entropy_shape[1]}]"),
         ]
 
 
@@ -55,9 +59,13 @@ def warm_training(cfg: PipelineConfig, model: FastWeightForCausalLM) -> Training
     check_sequence_length(t.seq_len, cfg.positions.n_chunks, refine.rollout_len, cfg.positions.margin)
     device = model.lm_head.weight.device
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    ids = torch.randint(
-        0, model.config.vocab_size, (t.batch_size, t.seq_len), generator=generator, device=device
-    )
+
+    def tokens(batch: int) -> torch.Tensor:
+        return torch.randint(
+            0, model.config.vocab_size, (batch, t.seq_len), generator=generator, device=device
+        )
+
+    ids = tokens(t.batch_size)
     autocast = partial(mixed_precision, device, t.dtype)  # as the trainer's
 
     def entropy(input_ids: torch.Tensor) -> torch.Tensor:
@@ -79,7 +87,19 @@ def warm_training(cfg: PipelineConfig, model: FastWeightForCausalLM) -> Training
                 stats = refine_backward(model, batch, StepOptions(step_cfg, 1.0, ref_model, graphs=graphs))
             losses[name] = stats.loss
             model.zero_grad(set_to_none=True)
+        base_batch = cfg.lifecycle.base_batch_size
+        if cfg.lifecycle.base_checkpoint is None and base_batch not in (None, t.batch_size):
+            ntp = StepOptions(refine.model_copy(update={"coef": 0.0}), 1.0, None)
+            with autocast():
+                losses[f"ntp [{base_batch}, {t.seq_len}]"] = refine_backward(
+                    model, RolloutBatch(tokens(base_batch)), ntp
+                ).loss
+            model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            entropy(tokens(cfg.positions.batch_size))
     finally:
         if graphs is not None:
             graphs.clear()
-    return TrainingWarmup((t.batch_size, t.seq_len), refine.mode, losses)
+    return TrainingWarmup(
+        (t.batch_size, t.seq_len), refine.mode, losses, (cfg.positions.batch_size, t.seq_len)
+    )

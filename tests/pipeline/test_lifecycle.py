@@ -62,11 +62,17 @@ def test_stage_configs(make_config, tmp_path: Path) -> None:
     base = stage_config("base", cfg)
     assert (base.refine.coef, base.train.max_steps, base.train.lr) == (0.0, 9, cfg.lifecycle.base_lr)
     assert base.train.out_dir == runs / "base" and base.model.init_from is None
+    assert base.train.batch_size == cfg.train.batch_size  # lifecycle.base_batch_size unset
+    wide = stage_config(
+        "base", cfg.model_copy(update={"lifecycle": cfg.lifecycle.model_copy(update={"base_batch_size": 8})})
+    )
+    assert wide.train.batch_size == 8 and wide.train.max_steps == 9
     with pytest.raises(LifecycleError, match="no checkpoint of model 'base'; run the `base` stage first"):
         stage_config("midtrain_sft", cfg)
     ckpt = fake_checkpoint(runs, "base")
     sft, refine = stage_config("midtrain_sft", cfg), stage_config("midtrain_refine", cfg)
     assert sft.refine.coef == 0.0 and refine.refine.coef == 0.3
+    assert sft.train.batch_size == refine.train.batch_size == cfg.train.batch_size
     assert sft.model.init_from == refine.model.init_from == str(ckpt)
     assert (sft.train.out_dir, refine.train.out_dir) == (runs / "sft", runs / "refine")
     ev = stage_config("eval_qa@base", cfg).evaluate

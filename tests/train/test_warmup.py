@@ -38,3 +38,24 @@ def test_sequences_too_short_for_refine_are_the_trainers_error(make_config) -> N
     cfg = make_config(*SMALL, "train.seq_len=20")
     with pytest.raises(SequenceTooShort, match="train.seq_len"):
         warm_training(cfg, make_model(cfg, resolve_device("cpu")))
+
+
+def test_warm_training_also_runs_the_base_batch_and_the_positions_pass(make_config, monkeypatch) -> None:
+    """lifecycle.base_batch_size (the base's own batch) gets an NTP micro-step of that shape, and the
+    positions stage's entropy pass runs at positions.batch_size: the shapes those stages compile."""
+    from refine_tasks.train import warmup
+
+    shapes = []
+    real = warmup.sequence_entropy
+    monkeypatch.setattr(
+        warmup, "sequence_entropy", lambda m, ids, c: shapes.append(tuple(ids.shape)) or real(m, ids, c)
+    )
+    cfg = make_config(*SMALL, "lifecycle.base_batch_size=3", "positions.batch_size=5")
+    report = warm_training(cfg, make_model(cfg, resolve_device("cpu")))
+    assert set(report.losses) == {"ntp", "refine", "ntp [3, 96]"}
+    assert math.isfinite(report.losses["ntp [3, 96]"])
+    assert shapes == [(2, 96), (5, 96)]  # the online selection's pass, then the positions stage's
+    assert dict(report.summary_rows())["entropy pass (positions)"] == "[5, 96]"
+    # A base given as a checkpoint is not trained: no base-shaped step.
+    cfg = make_config(*SMALL, "lifecycle.base_batch_size=3", "lifecycle.base_checkpoint=somewhere")
+    assert set(warm_training(cfg, make_model(cfg, resolve_device("cpu"))).losses) == {"ntp", "refine"}
