@@ -23,9 +23,14 @@
 # Measured on the H200, 2026-12-03 (flow run 6d956ac8, its machine taken back as ReFINE started): the flow
 # run began 85 s after `run` (Prefect server, deployments, worker); tokenizer and corpus 22 s; kernels
 # 245 s (from the previous archive, 941 files compiled); base 2,000 steps 344 s; SFT 200 steps 39 s;
-# positions 123 s (one sequence a pass; batched since). The rest (ReFINE, the evaluations, post-training,
-# TTT, seeds 1 and 2, the doors) is unmeasured: the lease's 30 minutes are the whole budget, so issue
-# the calls back to back and give no thought between them.
+# positions 123 s (one sequence a pass).
+# 2026-12-04 (flow run 'dazzling-earthworm', machine taken back 16 min in, during eval_qa@base): flow run
+# 117 s after `run`; kernels 30 s (the complete archive); base 285 s (89,059 tokens/s); SFT 25 s;
+# positions 136 s (batched; the first batch's share is in its summary since); ReFINE 200 steps 49 s;
+# eval_niah 35-37 s a model (17 s of generation); eval_qa@base still compiling fla's norm kernels after
+# 210 s (a new row count each batch: fixed in refine_tasks/kernels/norms.py). Post-training, TTT,
+# LongBench, seeds 1 and 2 and the doors are unmeasured: the lease's 30 minutes are the whole budget,
+# so issue the calls back to back and give no thought between them.
 # The run's own cache comes back in the out archive (kernels.txz): copy it over that archive.
 set -u
 case "${1:-}" in
