@@ -13,10 +13,11 @@ fixed names, stated in the first fifth), scored 0 on every NIAH variant.
 Never the evaluation sets: no wording here is RULER's (its needle "One of the special magic ...",
 its questions, the QA instruction), the values are never 7-digit numbers or UUIDs (RULER NIAH's),
 and the keys come from word lists of our own or the document's words joined by spaces, never
-RULER's hyphenated adjective-noun pairs (tests/corpus/test_retrieval_docs.py checks all three). Documents carry the source `synthetic:retrieval:<after>:<i>`, which the
-loader reads only for base pretraining (`train.synthetic_docs`); mid-training reads natural
-documents only. Everything random is seeded by the natural document a generated one follows, so
-the same corpus always gives the same generated documents.
+RULER's hyphenated adjective-noun pairs (tests/corpus/test_retrieval_docs.py checks all three).
+Documents carry the source `synthetic:retrieval:<after>:<i>`, which the loader reads only for
+base pretraining (`train.synthetic_docs`); mid-training reads natural documents only. Everything
+random is seeded by the natural document a generated one follows, so the same corpus always gives
+the same generated documents.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def _subjects(rng: random.Random, paragraphs: list[str], n: int) -> list[str]:
         else:
             a, b = rng.sample(vocab, 2)
             subject = f"the {rng.choice(KEY_KINDS)} of {a} {b}"
-        if subject not in out and not any(subject in o or o in subject for o in out):
+        if not any(subject in o or o in subject for o in out):  # distinct, and none inside another
             out.append(subject)
     return out
 

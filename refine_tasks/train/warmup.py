@@ -77,26 +77,24 @@ def warm_training(cfg: PipelineConfig, model: FastWeightForCausalLM) -> Training
     positions = selector.select(ids, [f"warmup-{i}" for i in range(t.batch_size)], 0, entropy).positions
     ref_model = copy.deepcopy(model).requires_grad_(False) if refine.kl_coef > 0 else None
     graphs = ContinuationGraphs() if refine.graph_branches else None
+    ntp = refine.model_copy(update={"coef": 0.0})
+    micro_steps = [
+        ("ntp", ntp, RolloutBatch(ids)),
+        ("refine", refine, RolloutBatch(ids, positions, generator)),
+    ]
+    base_batch = cfg.lifecycle.base_batch_size
+    if cfg.lifecycle.base_checkpoint is None and base_batch not in (None, t.batch_size):
+        micro_steps.append((f"ntp [{base_batch}, {t.seq_len}]", ntp, RolloutBatch(tokens(base_batch))))
     losses: dict[str, float] = {}
     try:
-        for name, step_cfg, batch in (
-            ("ntp", refine.model_copy(update={"coef": 0.0}), RolloutBatch(ids)),
-            ("refine", refine, RolloutBatch(ids, positions, generator)),
-        ):
+        for name, step_cfg, batch in micro_steps:
             with autocast():
                 stats = refine_backward(model, batch, StepOptions(step_cfg, 1.0, ref_model, graphs=graphs))
             losses[name] = stats.loss
             model.zero_grad(set_to_none=True)
-        base_batch = cfg.lifecycle.base_batch_size
-        if cfg.lifecycle.base_checkpoint is None and base_batch not in (None, t.batch_size):
-            ntp = StepOptions(refine.model_copy(update={"coef": 0.0}), 1.0, None)
-            with autocast():
-                losses[f"ntp [{base_batch}, {t.seq_len}]"] = refine_backward(
-                    model, RolloutBatch(tokens(base_batch)), ntp
-                ).loss
-            model.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            entropy(tokens(cfg.positions.batch_size))
+        if cfg.positions.batch_size != t.batch_size:  # else the selection's pass above was that shape
+            with torch.no_grad():
+                entropy(tokens(cfg.positions.batch_size))
     finally:
         if graphs is not None:
             graphs.clear()

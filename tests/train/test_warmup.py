@@ -56,6 +56,9 @@ def test_warm_training_also_runs_the_base_batch_and_the_positions_pass(make_conf
     assert math.isfinite(report.losses["ntp [3, 96]"])
     assert shapes == [(2, 96), (5, 96)]  # the online selection's pass, then the positions stage's
     assert dict(report.summary_rows())["entropy pass (positions)"] == "[5, 96]"
+    shapes.clear()  # positions at the training batch: the selection's pass already ran that shape
+    warm_training(make_config(*SMALL, "positions.batch_size=2"), make_model(cfg, resolve_device("cpu")))
+    assert shapes == [(2, 96)]
     # A base given as a checkpoint is not trained: no base-shaped step.
     cfg = make_config(*SMALL, "lifecycle.base_batch_size=3", "lifecycle.base_checkpoint=somewhere")
     assert set(warm_training(cfg, make_model(cfg, resolve_device("cpu"))).losses) == {"ntp", "refine"}
