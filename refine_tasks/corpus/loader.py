@@ -202,6 +202,12 @@ class LongDocumentLoader:
         """Global batches (one per rank at a time) in an epoch."""
         return len(self.sequences) // (self.batch_size * self.world)
 
+    def passes(self) -> float:
+        """Passes over the sequences so far (1.5: every sequence once, half of them twice). Well
+        above 1, a small model memorises its data (a base at 15 passes over a 4.2M-token corpus
+        ended at loss 0.24 and retrieved nothing in context: H200, 2026-12-04)."""
+        return self.epoch + self.index / len(self._order)
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index, "sequences": len(self.sequences)}
 

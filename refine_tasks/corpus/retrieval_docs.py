@@ -87,12 +87,13 @@ def key_vocabulary(paragraphs: list[str]) -> list[str]:
     return sorted({w for p in paragraphs for w in re.findall(r"\b[a-z]{4,10}\b", p)})
 
 
-def _subjects(rng: random.Random, paragraphs: list[str], n: int) -> list[str]:
+def _subjects(rng: random.Random, paragraphs: list[str], n: int, vocab: list[str] | None = None) -> list[str]:
     """n distinct record subjects: the fixed places and people, and keys made of two words of the
     document's own text ("the tariff season permit", "the lot of harbour wages"), so that
     retrieval is learnt over open-ended keys, not a memorised list. Words are joined by spaces,
-    never by a hyphen as RULER's adjective-noun keys are."""
-    vocab = key_vocabulary(paragraphs)
+    never by a hyphen as RULER's adjective-noun keys are. `vocab`: key_vocabulary(paragraphs), when
+    the caller has it already."""
+    vocab = key_vocabulary(paragraphs) if vocab is None else vocab
     out: list[str] = []
     while len(out) < n:
         kind = rng.randrange(3) if len(vocab) >= 2 else 0
@@ -109,16 +110,19 @@ def _subjects(rng: random.Random, paragraphs: list[str], n: int) -> list[str]:
     return out
 
 
-def retrieval_document(rng: random.Random, paragraphs: list[str], n_facts: int, target_chars: int) -> str:
+def retrieval_document(
+    rng: random.Random, paragraphs: list[str], n_facts: int, target_chars: int, vocab: list[str] | None = None
+) -> str:
     """One document of about target_chars characters: paragraphs (shuffled; reused as needed) with
     n_facts records, each stated in the first half and used, in other words, one to three times
-    after it (the last use anywhere up to the document's end: recall across every distance)."""
+    after it (the last use anywhere up to the document's end: recall across every distance).
+    `vocab`: key_vocabulary(paragraphs), when the caller has it (the same pool makes many documents)."""
     pool = list(paragraphs)
     rng.shuffle(pool)
     body: list[str] = []
     while sum(len(p) + 2 for p in body) < target_chars:
         body.append(pool[len(body) % len(pool)])
-    facts = [(s, rng.choice(ATTRIBUTES), _value(rng)) for s in _subjects(rng, paragraphs, n_facts)]
+    facts = [(s, rng.choice(ATTRIBUTES), _value(rng)) for s in _subjects(rng, paragraphs, n_facts, vocab)]
     n = len(body)
     half = max(1, n // 2)
     inserts: list[tuple[int, int, str]] = []  # (paragraph index, order among equal indices, sentence)
@@ -145,9 +149,11 @@ def with_retrieval_documents(
         recent.append([p for p in doc.text.split("\n\n") if p.strip()])
         owed += ratio
         i = 0
+        pool = [p for ps in recent for p in ps]
+        vocab = key_vocabulary(pool) if owed >= 1.0 else None  # once per pool: most of the time at ratio 56
         while owed >= 1.0:
             owed -= 1.0
             rng = random.Random(f"retrieval:{doc.doc_id}:{i}")
-            text = retrieval_document(rng, [p for ps in recent for p in ps], n_facts, target_chars)
+            text = retrieval_document(rng, pool, n_facts, target_chars, vocab)
             yield Document(document_id(text), f"{SYNTHETIC_PREFIX}retrieval:{doc.source}:{i}", text)
             i += 1

@@ -67,6 +67,7 @@ class TrainResult:
     checkpoint: Path | None
     tokens_per_s: float
     history: list[dict] = field(default_factory=list)  # this call's metric lines
+    passes: float | None = None  # passes over the training sequences at the end (see loader.passes)
 
     def summary_rows(self) -> list[tuple[str, str]]:
         speed = ("tokens/s", f"{self.tokens_per_s:,.0f}")
@@ -75,6 +76,7 @@ class TrainResult:
         return [
             ("run", self.run_id),
             ("steps", f"{self.steps:,}"),
+            *([("passes over the data", f"{self.passes:.2f}")] if self.passes is not None else []),
             ("skipped (non-finite)", f"{self.skipped:,}"),
             ("last loss", "-" if self.last_loss is None else f"{self.last_loss:.4f}"),
             speed,
@@ -456,6 +458,7 @@ class MidTrainer:
             checkpoint=self.last_ckpt,
             tokens_per_s=sum(h["tokens"] for h in history) / seconds if seconds else 0.0,
             history=history,
+            passes=self.loader.passes(),
         )
 
 

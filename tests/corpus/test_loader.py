@@ -55,6 +55,9 @@ def test_order_is_a_seeded_permutation_per_epoch(tmp_path):
     again = drain(LongDocumentLoader(tmp_path / "corpus", 50, 1, "pack", seed=1), n)
     other = drain(LongDocumentLoader(tmp_path / "corpus", 50, 1, "pack", seed=2), n)
     assert [i for i, _ in again] == [i for i, _ in first] and [i for i, _ in other] != [i for i, _ in first]
+    assert a.passes() == 2.0  # two epochs read
+    drain(a, n // 2)
+    assert a.passes() == pytest.approx(2 + (n // 2) / n)
 
 
 def test_cursor_resumes_exactly_across_an_epoch_boundary(tmp_path):
