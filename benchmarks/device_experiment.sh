@@ -74,6 +74,18 @@ run)
     cd "$RUN" || exit 1
     echo "running in $RUN, a copy of $OLDPWD"
     export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+    # The project is this copy, not an installed wheel, so its console scripts (`refine`, which every
+    # dvc.yaml stage runs) are written here from pyproject.toml; without them `dvc repro` failed with
+    # "refine: not found" (2026-12-04, flow run a62998b7).
+    mkdir -p /tmp/site/bin && python3 - <<'PY' || exit 1
+import pathlib, tomllib
+for name, target in tomllib.loads(pathlib.Path("pyproject.toml").read_text())["project"]["scripts"].items():
+    module, _, attr = target.partition(":")
+    script = pathlib.Path("/tmp/site/bin") / name
+    script.write_text(f"#!/usr/bin/env python3\nimport sys\nfrom {module} import {attr} as _f\nsys.exit(_f())\n")
+    script.chmod(0o755)
+    print("console script", script)
+PY
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
     # The evaluation data where the configuration looks for it (../shared/data, beside the checkout).
     if [ ! -d ../shared/data ] && [ -d /tmp/shared/data ]; then mkdir -p ../shared && ln -s /tmp/shared/data ../shared/data; fi
