@@ -26,7 +26,7 @@ fi
 # The cache as the warm runs left it (cold + positions + warm + NTP): benchmarks/kernel_cache/'s archive.
 [ -d /tmp/gpu_train_loop/restored_kernels ] \
     && tar -cJf "$OUT/kernels_final.txz" -C /tmp/gpu_train_loop --transform 's,^restored_kernels,kernels,' restored_kernels
-rm -rf data/cache/kernels  # the cold run's part of it: device_bg.sh would send it back a second time
+rm -rf data/cache/kernels data/cache/kernels-work  # the cold run's part of it: device_bg.sh would send it back a second time
 if [ -n "${REFINE_S:-}" ]; then
     SKIP_INSTALL=1 REFINE_MODES=${REFINE_MODES:-fused_precomputed} OUT=$OUT/refine \
         bash benchmarks/device_run.sh "refine:$REFINE_S" >"$OUT/refine.log" 2>&1

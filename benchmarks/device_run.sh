@@ -56,7 +56,7 @@ restore_product_cache() {  # the product's kernel cache (paths.kernel_cache) for
         done
     fi
     # counted once a call, also on a warm machine: what this call's steps add comes back
-    [ -n "$product_before" ] || product_before=$(find data/cache/kernels -type f | wc -l)
+    [ -n "$product_before" ] || product_before=$(find data/cache/kernels data/cache/kernels-work -type f 2>/dev/null | wc -l)
 }
 
 run_step() {
@@ -98,7 +98,7 @@ find "$OUT" -name RESULTS.md -delete
 find "$OUT" -name "trace_*.json" -exec xz -T4 {} \;  # PROFILE_TRACE's Chrome traces, compressed
 after=$(find "$TRITON_CACHE_DIR" -type f | wc -l)
 echo "Triton cache: $before files before, $after after"
-if [ -n "$product_before" ] && [ "$(find data/cache/kernels -type f | wc -l)" -gt "$product_before" ]; then
+if [ -n "$product_before" ] && [ "$(find data/cache/kernels data/cache/kernels-work -type f 2>/dev/null | wc -l)" -gt "$product_before" ]; then
     # what the steps compiled into the product's cache comes back even when a step ran out of time:
     # carry it (in $KC_DIRS) to the next machine, or copy it over the tracked archive
     bash benchmarks/pack_kernel_cache.sh data/cache/kernels "$OUT/kernels.txz" "${ARCHIVE_S:-90}"

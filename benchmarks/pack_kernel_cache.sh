@@ -7,12 +7,21 @@
 # file's absent members are skipped), so the archive is under half the size (2026-12-03, 6,264 files
 # of an H200's cache: 27.7 MB whole, 12.1 MB without them) and fits a device call beside the wheels.
 # Bounded by SECONDS (default 120): nothing is written when it runs over, never half an archive.
+# With its work folder beside it (KERNEL_CACHE_DIR-work: what every process but the `kernels` stage
+# compiles, refine_tasks/pipeline/kernel_cache.py), the archive holds both, merged by hard links.
 set -eu
 src=${1:?usage: $0 KERNEL_CACHE_DIR ARCHIVE.txz [SECONDS]}
 dest=${2:?usage: $0 KERNEL_CACHE_DIR ARCHIVE.txz [SECONDS]}
 [ -d "$src" ] || { echo "pack_kernel_cache: $src is not a folder" >&2; exit 2; }
 tmp="$dest.tmp-$$"
-trap 'rm -f "$tmp"' EXIT
+merged=
+trap 'rm -f "$tmp"; [ -z "$merged" ] || rm -rf "$merged"' EXIT
+if [ -d "${src%/}-work" ]; then
+    merged=$(mktemp -d)
+    cp -al "$src" "$merged/kernels"
+    cp -aln "${src%/}-work/." "$merged/kernels/"
+    src=$merged/kernels
+fi
 XZ_OPT="-T0 -6" timeout "${3:-120}" tar -cJf "$tmp" -C "$(dirname "$src")" \
     --exclude='*.ttir' --exclude='*.ttgir' --exclude='*.llir' --exclude='*.ptx' --exclude='*.source' \
     --transform "s,^$(basename "$src"),kernels," "$(basename "$src")"

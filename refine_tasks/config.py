@@ -32,7 +32,8 @@ class PathsConfig(Section):
     kernel_cache: Path = Field(
         Path("data/cache/kernels"),
         description="compiled GPU kernels and their autotuning results, one folder per GPU model and "
-        "Triton version (DVC-tracked by the `kernels` stage: `dvc pull` brings it to a new node)",
+        "Triton version (DVC-tracked by the `kernels` stage: `dvc pull` brings it to a new node; other "
+        "commands compile into <this folder>-work)",
     )
 
 

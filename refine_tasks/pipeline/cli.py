@@ -56,17 +56,18 @@ def resolve(params: Path | None, overrides: list[str] | None) -> PipelineConfig:
         raise typer.Exit(2) from None
 
 
-def prepare_device(cfg: PipelineConfig, field: str) -> None:
+def prepare_device(cfg: PipelineConfig, field: str, *, tracked: bool = False) -> None:
     """Before a step runs a model on the device `field` names (train.device or evaluate.device): a
     device this machine lacks is one red line; on a GPU the kernel cache is activated (before
     anything compiles) and a first compile on this GPU is announced, so a silent minute explains
-    itself. CPU threads are chosen for the model (see pipeline.cpu_threads)."""
+    itself. CPU threads are chosen for the model (see pipeline.cpu_threads). `tracked`: the kernels
+    go into the DVC-tracked folder (`refine warmup`, the `kernels` stage), not the work folder."""
     from refine_tasks.pipeline.cpu_threads import choose_cpu_threads
     from refine_tasks.pipeline.kernel_cache import activate, other_gpu_processes
 
     device = model_device(cfg, field)
     choose_cpu_threads(cfg, field)
-    cache = activate(cfg)
+    cache = activate(cfg, tracked=tracked)
     if cache is not None and device.type == "cuda" and cache.is_cold():
         console.print(f"[yellow]{escape(cache.cold_message())}[/yellow]", highlight=False, soft_wrap=True)
         others = other_gpu_processes()
@@ -435,7 +436,7 @@ def warmup_step(cfg: PipelineConfig) -> Summary:
     from refine_tasks.pipeline.lifecycle import warm_kernels
 
     model_device(cfg, "evaluate.device")  # a device this machine lacks: one red line, before any work
-    prepare_device(cfg, "train.device")
+    prepare_device(cfg, "train.device", tracked=True)
     return warm_kernels(cfg).rows
 
 
@@ -464,7 +465,7 @@ def stage_step(name: str, tracked: bool) -> StepFn:
         stage, _ = split_stage(name)
         training = stage in TRAIN_STAGES
         if training or stage in ("positions", "kernels", "posttrain"):
-            prepare_device(cfg, "train.device")
+            prepare_device(cfg, "train.device", tracked=stage == "kernels")
         elif stage in EVAL_STAGES or stage.startswith("eval_"):
             prepare_device(cfg, "evaluate.device")
         counters, latest = (("tokens",), ("loss",)) if training else ((), ())

@@ -13,6 +13,16 @@ e.g. data/cache/kernels/nvidia-h200-triton3.6.0. DVC tracks the folder (the `ker
 runs `refine warmup`: the configured shapes compiled ahead of time), so `dvc pull` brings a node
 everything another node of the same GPU compiled, at whatever path.
 
+Only the `kernels` stage writes that folder. Every other process (training, evaluation, post-training,
+TTT) compiles shapes the warmup does not cover (a LongBench batch, a TTT backward pass), and written
+into the tracked folder those would change the stage's output under DVC: `dvc repro` re-ran the
+`kernels` stage after a whole lifecycle (H200, 2026-12-04, flow run a62998b7). Those processes work
+in a sibling folder, `<paths.kernel_cache>-work/<gpu>-triton<version>`, which first receives every
+file of the tracked one it lacks (hard links: Triton and Inductor replace a cache file, never write
+into it, so a link is never changed under the other folder). The next `kernels` run takes the work
+folder's files into the tracked one the same way, so a rerun of the stage keeps what later stages
+compiled.
+
 Autotuning results (Triton 3.6, python/triton/runtime/autotuner.py `check_disk_cache`): an
 autotuner created with `cache_results`, or while TRITON_CACHE_AUTOTUNING=1 (knobs.autotuning.cache,
 read in Autotuner.__init__, i.e. when the decorated module is imported), writes
@@ -35,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +58,8 @@ from refine_tasks.config import PipelineConfig
 TRITON_DIR = "triton"
 INDUCTOR_DIR = "inductor"
 MANAGER = "refine_tasks.pipeline.kernel_cache:RelocatableCacheManager"  # TRITON_CACHE_MANAGER
+WORK_SUFFIX = "-work"  # <paths.kernel_cache>-work: the folder every process but the `kernels` stage writes
+_OURS: dict[str, str] = {}  # the variables `activate` set, and to what: ours to move, a user's never
 
 
 class RelocatableCacheManager(FileCacheManager):
@@ -140,28 +153,84 @@ def machine_folder(gpu: str, triton: str) -> str:
     return f"{slug(gpu)}-triton{triton}"
 
 
-def kernel_cache(cfg: PipelineConfig) -> KernelCache | None:
-    """This machine's kernel cache, or None without a CUDA device or Triton (nothing to compile).
+def work_folder(tracked: Path) -> Path:
+    """The folder processes other than the `kernels` stage compile into: data/cache/kernels-work."""
+    return tracked.with_name(tracked.name + WORK_SUFFIX)
+
+
+def kernel_cache(cfg: PipelineConfig, *, tracked: bool = False) -> KernelCache | None:
+    """This machine's kernel cache, or None without a CUDA device or Triton (nothing to compile):
+    the DVC-tracked folder with `tracked` (the `kernels` stage), else its work folder.
 
     The GPU is the current CUDA device's (every rank of a node has the same model)."""
     version = triton_version()
     if not torch.cuda.is_available() or version is None:
         return None
     gpu = torch.cuda.get_device_name()
-    root = Path(cfg.paths.kernel_cache) / machine_folder(gpu, version)
-    triton_dir = Path(os.environ.get("TRITON_CACHE_DIR", root / TRITON_DIR))
-    inductor_dir = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", root / INDUCTOR_DIR))
+    base = Path(cfg.paths.kernel_cache)
+    root = (base if tracked else work_folder(base)) / machine_folder(gpu, version)
+    triton_dir = Path(_users(TRITON_CACHE_ENV) or root / TRITON_DIR)
+    inductor_dir = Path(_users(INDUCTOR_CACHE_ENV) or root / INDUCTOR_DIR)
     return KernelCache(gpu, root, triton_dir, inductor_dir)
 
 
-def activate(cfg: PipelineConfig) -> KernelCache | None:
+TRITON_CACHE_ENV, INDUCTOR_CACHE_ENV = "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"
+
+
+def _users(name: str) -> str | None:
+    """The variable's value when the user set it (not `activate`), else None."""
+    value = os.environ.get(name)
+    return None if value is None or _OURS.get(name) == value else value
+
+
+def _set(name: str, value: str) -> None:
+    """Set a variable unless the user set it; ours are moved (one process runs several stages)."""
+    if _users(name) is None:
+        os.environ[name] = _OURS[name] = value
+
+
+def link_missing(src: Path, dest: Path) -> int:
+    """Hard-link into dest every file under src that dest lacks (a copy where links fail: another
+    file system); Triton's unfinished writes (tmp.* folders) are left. Returns the files added."""
+    if not src.is_dir():
+        return 0
+    added = 0
+    for path in src.rglob("*"):
+        rel = path.relative_to(src)
+        if not path.is_file() or any(part.startswith("tmp.") for part in rel.parts):
+            continue
+        target = dest / rel
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except FileExistsError:  # another rank linked it first
+            continue
+        except OSError:
+            part = target.with_name(f".{target.name}.{os.getpid()}.part")
+            shutil.copy2(path, part)
+            os.replace(part, target)
+        added += 1
+    return added
+
+
+def activate(cfg: PipelineConfig, *, tracked: bool = False) -> KernelCache | None:
     """Point Triton and Inductor at this machine's kernel cache and keep autotuning results there;
-    call before any kernel compiles. None (and nothing set) on a machine without a CUDA device."""
-    cache = kernel_cache(cfg)
+    call before any kernel compiles. None (and nothing set) on a machine without a CUDA device.
+
+    `tracked` (the `kernels` stage): the DVC-tracked folder, after taking in what the work folder has
+    that it lacks. Otherwise the work folder, after taking in what the tracked one has that it lacks
+    (see the module's docstring)."""
+    cache = kernel_cache(cfg, tracked=tracked)
     if cache is None:
         return None
-    os.environ.setdefault("TRITON_CACHE_DIR", str(cache.triton_dir.resolve()))
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache.inductor_dir.resolve()))
+    if _users(TRITON_CACHE_ENV) is None and _users(INDUCTOR_CACHE_ENV) is None:
+        base = Path(cfg.paths.kernel_cache)
+        ours, other = (base, work_folder(base)) if tracked else (work_folder(base), base)
+        link_missing(other / cache.root.name, ours / cache.root.name)
+    _set(TRITON_CACHE_ENV, str(cache.triton_dir.resolve()))
+    _set(INDUCTOR_CACHE_ENV, str(cache.inductor_dir.resolve()))
     os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
     os.environ.setdefault("TRITON_CACHE_MANAGER", MANAGER)
     return cache

@@ -54,8 +54,9 @@ CURVE_FILE = "curve.json"  # a training run's per-step losses (DVC plots)
 REPORT_METRICS = "metrics.json"  # family averages per model (DVC metrics)
 KERNELS_README = (
     "Compiled GPU kernels and their autotuning results, one folder per GPU model and Triton version\n"
-    "(<gpu>-triton<version>/triton, /inductor), written by `refine warmup` and every command that runs\n"
-    "a model on a GPU; copy a folder to another node of the same GPU model to skip its compiles.\n"
+    "(<gpu>-triton<version>/triton, /inductor), written by `refine warmup` (the `kernels` stage) only;\n"
+    "other commands compile into ../kernels-work, which links these files in. Copy a folder to another\n"
+    "node of the same GPU model to skip its compiles.\n"
 )
 
 Summary = list[tuple[str, str]]
@@ -487,7 +488,7 @@ def warm_kernels(cfg: PipelineConfig) -> StageResult:
     root = Path(cfg.paths.kernel_cache)
     root.mkdir(parents=True, exist_ok=True)
     (root / "README.txt").write_text(KERNELS_README)  # what the folder is; DVC's output on a CPU too
-    cache = activate_kernel_cache(cfg)
+    cache = activate_kernel_cache(cfg, tracked=True)  # only this stage writes DVC's folder
     if cache is None or not (training or evaluation):
         rows = [("kernel cache", "nothing to compile: train.device and evaluate.device are no CUDA device")]
         return StageResult("kernels", rows)
@@ -599,7 +600,7 @@ STAGES: tuple[Stage, ...] = (
 def run_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> StageResult:
     """Run stage `name` on fresh outputs, its previous ones set aside: deleted when it succeeds,
     put back when it fails (after removing what it wrote). A stage that runs a model first points
-    the GPU kernel caches at paths.kernel_cache."""
+    the GPU kernel caches at paths.kernel_cache (its work folder but for the `kernels` stage)."""
     row, model = stage_row(name)
     row.config(cfg, model)  # a configuration the stage cannot run fails here, before any output moves
     outputs = [] if row.persist else row.outputs(cfg, model)
@@ -607,7 +608,9 @@ def run_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> 
     if row.device is not None:
         from refine_tasks.pipeline.cpu_threads import choose_cpu_threads  # reads the model's size
 
-        activate_kernel_cache(cfg)  # before any kernel compiles (the flows call run_stage directly)
+        # before any kernel compiles (the flows call run_stage directly); the `kernels` stage writes
+        # the DVC-tracked folder, every other stage its work folder (see pipeline.kernel_cache)
+        activate_kernel_cache(cfg, tracked=row.name == "kernels")
         choose_cpu_threads(cfg, row.device)
     moved = set_aside(outputs)
     try:

@@ -59,3 +59,25 @@ def test_no_folder_is_a_clear_error_and_no_archive(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert f"{tmp_path / 'missing'} is not a folder" in done.stderr
     assert not archive.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_work_folder_beside_it_is_packed_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """What later processes compiled (kernels-work, see refine_tasks.pipeline.kernel_cache) joins the
+    tracked folder's kernels in one archive; files both hold appear once."""
+    cache = tmp_path / "kernels"
+    fill_cache(monkeypatch, cache)
+    work = tmp_path / "kernels-work" / "nvidia-h200-triton3.6.0" / "triton"
+    kernel_cache.link_missing(cache, tmp_path / "kernels-work")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(work))
+    kernel_cache.RelocatableCacheManager("key3").put(b"later", "later.cubin")
+    archive = tmp_path / "kernels.txz"
+    done = subprocess.run(["bash", str(SCRIPT), str(cache), str(archive)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "10 files of" in done.stdout
+    with tarfile.open(archive) as tar:
+        files = [n for n in tar.getnames() if tar.getmember(n).isfile()]
+    assert (
+        len(files) == len(set(files)) == 5
+        and "kernels/nvidia-h200-triton3.6.0/triton/key3/later.cubin" in files
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kernels", "kernels-work", "kernels.txz"]

@@ -58,7 +58,7 @@ def test_activate_points_triton_and_inductor_at_the_gpus_folder(
     make_config, h200: str, tmp_path: Path
 ) -> None:
     cfg = make_config(f"paths.kernel_cache={tmp_path / 'kernels'}")
-    cache = activate(cfg)
+    cache = activate(cfg, tracked=True)
     root = tmp_path / "kernels" / h200
     env = kernel_cache.os.environ
     assert cache.root == root and cache.gpu == "NVIDIA H200"
@@ -73,7 +73,50 @@ def test_activate_points_triton_and_inductor_at_the_gpus_folder(
     (root / "triton" / "abc").mkdir(parents=True)
     (root / "triton" / "abc" / "kernel.cubin").write_bytes(b"\0")
     assert not cache.is_cold() and cache.files() == 1
-    assert activate(cfg) == cache  # idempotent
+    assert activate(cfg, tracked=True) == cache  # idempotent
+
+
+def test_only_the_kernels_stage_writes_the_tracked_folder(make_config, h200: str, tmp_path: Path) -> None:
+    """Later processes compile into the work folder, which first gets the tracked folder's files
+    (hard links); the next `kernels` run takes the work folder's new files in. The tracked folder,
+    DVC's output, is unchanged by anything but that stage."""
+    cfg = make_config(f"paths.kernel_cache={tmp_path / 'kernels'}")
+    env = kernel_cache.os.environ
+    stage = activate(cfg, tracked=True)
+    warmed = Path(env["TRITON_CACHE_DIR"]) / "k1" / "a.cubin"
+    warmed.parent.mkdir(parents=True)
+    warmed.write_bytes(b"warm")
+    work = activate(cfg)  # a later stage in the same process: the variables move with it
+    assert work.root == tmp_path / "kernels-work" / h200 and work.root != stage.root
+    assert env["TRITON_CACHE_DIR"] == str(work.triton_dir) == str(work.root / "triton")
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(work.root / "inductor")
+    linked = work.triton_dir / "k1" / "a.cubin"
+    assert linked.read_bytes() == b"warm" and linked.stat().st_ino == warmed.stat().st_ino
+    later = work.triton_dir / "k2" / "b.cubin"
+    later.parent.mkdir(parents=True)
+    later.write_bytes(b"later")
+    (work.triton_dir / "tmp.pid_1_ab").mkdir()  # a write in progress: never copied
+    (work.triton_dir / "tmp.pid_1_ab" / "c.cubin").write_bytes(b"half")
+    assert stage.files() == 1  # what DVC tracks did not change
+    again = activate(cfg, tracked=True)  # the next `kernels` run
+    assert again == stage and env["TRITON_CACHE_DIR"] == str(stage.triton_dir)
+    assert (stage.triton_dir / "k2" / "b.cubin").read_bytes() == b"later"
+    assert stage.files() == 2 and not (stage.triton_dir / "tmp.pid_1_ab").exists()
+    assert kernel_cache.link_missing(stage.root, work.root) == 0  # both hold everything now
+
+
+def test_link_missing_copies_where_links_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a" / "d").mkdir(parents=True)
+    (tmp_path / "a" / "d" / "f.json").write_text("{}")
+
+    def no_links(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(kernel_cache.os, "link", no_links)
+    assert kernel_cache.link_missing(tmp_path / "a", tmp_path / "b") == 1
+    assert (tmp_path / "b" / "d" / "f.json").read_text() == "{}"
+    assert [p.name for p in (tmp_path / "b" / "d").iterdir()] == ["f.json"]  # no partial file left
+    assert kernel_cache.link_missing(tmp_path / "missing", tmp_path / "b") == 0
 
 
 def test_a_users_own_settings_stay(make_config, h200: str, tmp_path: Path) -> None:
@@ -133,9 +176,9 @@ def test_prepare_device_announces_a_first_compile(
     cli.prepare_device(cfg, "train.device")
     assert out.file.getvalue() == (
         f"compiling GPU kernels for NVIDIA H200 (first run on this GPU; later runs reuse "
-        f"{tmp_path / 'kernels' / h200})\n"
+        f"{tmp_path / 'kernels-work' / h200})\n"
     )
-    (tmp_path / "kernels" / h200 / "triton").mkdir(parents=True)
+    (tmp_path / "kernels" / h200 / "triton").mkdir(parents=True)  # the tracked folder: linked in
     (tmp_path / "kernels" / h200 / "triton" / "k.json").write_text("{}")
     cli.prepare_device(cfg, "train.device")  # warm: nothing to say
     cli.prepare_device(make_config("train.device=cpu"), "train.device")  # CPU: nothing compiles
@@ -146,7 +189,11 @@ def test_run_stage_activates_the_cache_before_a_model_stage(
     make_config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(lifecycle, "activate_kernel_cache", lambda cfg: calls.append("activated"))
+    monkeypatch.setattr(
+        lifecycle,
+        "activate_kernel_cache",
+        lambda cfg, tracked: calls.append("tracked" if tracked else "activated"),
+    )
     with pytest.raises(lifecycle.LifecycleError, match="no checkpoint of model 'base'"):
         lifecycle.run_stage("eval_qa@base", make_config())  # its configuration fails first: nothing runs
     assert calls == []
@@ -156,6 +203,8 @@ def test_run_stage_activates_the_cache_before_a_model_stage(
     with pytest.raises(EvalError):  # runs no model: nothing activated, then finds no scores
         lifecycle.run_stage("report", make_config())
     assert calls == ["activated"]
+    lifecycle.run_stage("kernels", make_config())  # the one stage that writes DVC's folder
+    assert calls == ["activated", "tracked", "tracked"]  # run_stage's, then the stage's own
 
 
 def _invoke(*args: str):
@@ -248,6 +297,6 @@ def test_a_first_compile_beside_other_gpu_processes_is_warned_of(
     assert lines[0].startswith("compiling GPU kernels for NVIDIA H200")
     assert lines[1] == (
         f"1 other process(es) use this GPU (4242, python3 bench.py): the autotuner times kernels there "
-        f"and {tmp_path / 'kernels' / h200} keeps its choices for good; compile on an idle GPU "
+        f"and {tmp_path / 'kernels-work' / h200} keeps its choices for good; compile on an idle GPU "
         "(`refine warmup`), or delete that folder to tune again"
     )
