@@ -31,6 +31,14 @@
 # 210 s (a new row count each batch: fixed in refine_tasks/kernels/norms.py). Post-training, TTT,
 # LongBench, seeds 1 and 2 and the doors are unmeasured: the lease's 30 minutes are the whole budget,
 # so issue the calls back to back and give no thought between them.
+# 2026-12-04 06:00 (flow run a62998b7 'groovy-sambar', Completed, 1,492 s from the flow run's start,
+# itself 123 s after `run`; Prefect task times): tokenizer and corpus 10 s; kernels 170 s (1,452 files
+# added); base 281 s (2,000 x 8 x 4,096, 307,558 tokens/s); SFT 34 s; positions 97 s (0.8 s of it
+# the first batch); ReFINE 63 s; eval_niah 38/26/26 s; eval_qa 8/5/6 s; eval_longbench 116/18/18 s
+# (the base's compiling); qa_data 18 s; posttrain 72/14/27 s; eval_qa_post 8/8/7 s; eval_qa_ttt
+# 190/159 s.
+# Then `dvc repro` failed: no `refine` on PATH (fixed below) and the kernels stage's output changed
+# by later compiles (fixed: refine_tasks/pipeline/kernel_cache.py's work folder). The seeds never began.
 # The run's own cache comes back in the out archive (kernels.txz): copy it over that archive.
 set -u
 case "${1:-}" in
@@ -73,15 +81,15 @@ run)
     tar -cf - --exclude='./.whl*' --exclude=./.shared_data --exclude=./.gpu_data . | tar -xf - -C "$RUN" || exit 1
     cd "$RUN" || exit 1
     echo "running in $RUN, a copy of $OLDPWD"
-    export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
     # The project is this copy, not an installed wheel, so its console scripts (`refine`, which every
-    # dvc.yaml stage runs) are written here from pyproject.toml; without them `dvc repro` failed with
-    # "refine: not found" (2026-12-04, flow run a62998b7).
-    mkdir -p /tmp/site/bin && python3 - <<'PY' || exit 1
-import pathlib, tomllib
+    # dvc.yaml stage runs) are written from pyproject.toml into a folder of the run's own; without them
+    # `dvc repro` failed with "refine: not found" (2026-12-04, flow run a62998b7).
+    export PYTHONPATH=/tmp/site:$PWD PATH=$RUN-bin:/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+    rm -rf "$RUN-bin" && mkdir -p "$RUN-bin" && BIN="$RUN-bin" python3 - <<'PY' || exit 1
+import os, pathlib, tomllib
 for name, target in tomllib.loads(pathlib.Path("pyproject.toml").read_text())["project"]["scripts"].items():
     module, _, attr = target.partition(":")
-    script = pathlib.Path("/tmp/site/bin") / name
+    script = pathlib.Path(os.environ["BIN"]) / name
     script.write_text(f"#!/usr/bin/env python3\nimport sys\nfrom {module} import {attr} as _f\nsys.exit(_f())\n")
     script.chmod(0o755)
     print("console script", script)
