@@ -277,6 +277,41 @@ def test_positions_in_batches_are_the_positions_one_sequence_at_a_time(config, t
             assert got[3] == pytest.approx(want[3], rel=1e-9) and got[4] == pytest.approx(want[4], rel=1e-9)
 
 
+def test_positions_are_written_in_few_catalog_writes_and_kept_when_a_later_batch_fails(
+    config, monkeypatch: pytest.MonkeyPatch
+):
+    """The positions stage writes its rows every FLUSH_ROWS (one transaction; a write per batch cost
+    the H200 most of 97 s), and what it computed before a failing batch is in the catalog."""
+    import refine_tasks.store.position_cache as cache_module
+    import refine_tasks.train.positions as positions_module
+
+    cfg = config("positions.policy=precomputed", "positions.batch_size=1")
+    writes = []
+    real_put = cache_module.PositionCache.put
+    monkeypatch.setattr(
+        cache_module.PositionCache, "put", lambda self, rows: writes.append(len(rows)) or real_put(self, rows)
+    )
+    monkeypatch.setattr(positions_module, "FLUSH_ROWS", 2)
+    real_entropy, calls = positions_module.sequence_entropy, []
+
+    def failing_third(model, ids, chunk):
+        calls.append(len(ids))
+        if len(calls) == 3:
+            raise RuntimeError("CUDA error: out of memory")
+        return real_entropy(model, ids, chunk)
+
+    monkeypatch.setattr(positions_module, "sequence_entropy", failing_third)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        precompute_positions(cfg)
+    assert writes == [2]  # the two computed rows, in one write (the failing batch's flush is empty)
+    [(n,)] = catalog_rows(cfg, "SELECT count(*) FROM positions")
+    assert n == 2
+    monkeypatch.setattr(positions_module, "sequence_entropy", real_entropy)
+    writes.clear()
+    report = precompute_positions(cfg)
+    assert (report.cache_hits, report.computed) == (2, 3) and writes == [2, 1]
+
+
 def test_learning_rate_schedule():
     warm = [lr_lambda(s, warmup=4, total=20, schedule="cosine", min_ratio=0.1) for s in range(20)]
     assert warm[:4] == [0.25, 0.5, 0.75, 1.0] and warm[4] == 1.0
