@@ -64,6 +64,14 @@ class CorpusConfig(Section):
     retrieval_facts: int = Field(
         6, ge=1, le=20, description="records stated (and later used) per generated document"
     )
+    midtrain_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of the natural documents kept for mid-training (chosen by document id): base "
+        "pretraining and the generated documents never read them, so mid-training reads text the base "
+        "has not learnt by heart; 0: every stage reads every natural document",
+    )
 
 
 class TokenizerConfig(Section):
@@ -238,7 +246,8 @@ class TrainConfig(Section):
     synthetic_docs: bool = Field(
         False,
         description="also train on the corpus's generated retrieval documents (corpus.retrieval_ratio); the "
-        "lifecycle's base stage sets it, mid-training reads natural documents only",
+        "lifecycle's base stage sets it, mid-training reads natural documents only (with "
+        "corpus.midtrain_share, the base the others' natural documents, mid-training those kept for it)",
     )
     phase_timing: bool = Field(
         False,

@@ -25,6 +25,12 @@ NEWLINES = re.compile("\r\n?")
 SYNTHETIC_PREFIX = "synthetic:"  # the source of documents our own generators wrote (not read text)
 
 
+def for_midtrain(doc_id: str, share: float) -> bool:
+    """Whether natural document `doc_id` is kept for mid-training (corpus.midtrain_share): chosen by
+    the hash of its id, so the same documents every time; none when share is 0."""
+    return share > 0 and int(hashlib.sha256(doc_id.encode()).hexdigest()[:16], 16) < share * 16**16
+
+
 @dataclass(frozen=True)
 class Document:
     doc_id: str  # sha256 hex of `text`

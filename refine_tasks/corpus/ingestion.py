@@ -101,7 +101,9 @@ def corpus_documents(cfg: PipelineConfig, drops: DropLog) -> Iterator[Document]:
     docs = clean_documents(raw, c, drops)
     docs = itertools.islice(docs, c.limit) if c.limit else docs
     if c.retrieval_ratio > 0:
-        docs = with_retrieval_documents(docs, c.retrieval_ratio, c.retrieval_chars, c.retrieval_facts)
+        docs = with_retrieval_documents(
+            docs, c.retrieval_ratio, c.retrieval_chars, c.retrieval_facts, midtrain_share=c.midtrain_share
+        )
     return docs
 
 

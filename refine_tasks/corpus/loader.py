@@ -19,7 +19,10 @@ Held out (`held_out` = N): the N natural sequences with the smallest hash of the
 are set aside for validation and never trained on; chosen by id, not by seed, so every seed of an
 experiment and every stage (base, SFT, ReFINE) validates on the same ones. Documents whose
 source starts with `SYNTHETIC_PREFIX` (the retrieval documents of
-refine_tasks.corpus.retrieval_docs) are read only with `synthetic=True` (base pretraining).
+refine_tasks.corpus.retrieval_docs) are read only with `synthetic=True` (base pretraining). With
+`midtrain_share` (corpus.midtrain_share) the natural documents are split by id: those kept for
+mid-training are read only without `synthetic`, the others only with it (so SFT and ReFINE validate
+on the same sequences, and the base on others).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 from torch import Tensor
 
 from refine_tasks.corpus import CorpusError, shard_paths
-from refine_tasks.corpus.clean import SYNTHETIC_PREFIX
+from refine_tasks.corpus.clean import SYNTHETIC_PREFIX, for_midtrain
 from refine_tasks.corpus.shards import read_shard
 
 
@@ -51,6 +54,14 @@ class Piece:
     stop: int
 
 
+def reads(source: str, doc_id: str, synthetic: bool, midtrain_share: float) -> bool:
+    """Whether the loader of base pretraining (`synthetic`) or of mid-training reads a document:
+    generated ones are the base's; with a midtrain_share, each natural one is one side's alone."""
+    if source.startswith(SYNTHETIC_PREFIX):
+        return synthetic
+    return not midtrain_share or for_midtrain(doc_id, midtrain_share) != synthetic
+
+
 class LongDocumentLoader:
     """Batches of `batch_size` sequences of `seq_len` tokens; `state_dict` / `load_state_dict` resume it."""
 
@@ -65,6 +76,7 @@ class LongDocumentLoader:
         world: int = 1,
         held_out: int = 0,
         synthetic: bool = False,
+        midtrain_share: float = 0.0,
     ) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not one of world size {world}'s ranks 0..{world - 1}")
@@ -80,7 +92,7 @@ class LongDocumentLoader:
             for row, (doc_id, source, n) in enumerate(
                 zip(t["doc_id"].to_pylist(), t["source"].to_pylist(), t["n_tokens"].to_pylist(), strict=True)
             )
-            if synthetic or not source.startswith(SYNTHETIC_PREFIX)
+            if reads(source, doc_id, synthetic, midtrain_share)
         ]
         self._natural = {
             doc_id

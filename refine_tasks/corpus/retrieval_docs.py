@@ -27,7 +27,7 @@ import re
 from collections import deque
 from collections.abc import Iterable, Iterator
 
-from refine_tasks.corpus.clean import SYNTHETIC_PREFIX, Document, document_id
+from refine_tasks.corpus.clean import SYNTHETIC_PREFIX, Document, document_id, for_midtrain
 
 PLACES = (
     "the harbour office", "the north granary", "the river mill", "the old observatory", "the glass works",
@@ -138,14 +138,23 @@ def retrieval_document(
 
 
 def with_retrieval_documents(
-    docs: Iterable[Document], ratio: float, target_chars: int, n_facts: int = 6, pool_docs: int = 4
+    docs: Iterable[Document],
+    ratio: float,
+    target_chars: int,
+    n_facts: int = 6,
+    pool_docs: int = 4,
+    midtrain_share: float = 0.0,
 ) -> Iterator[Document]:
     """`docs` with generated retrieval documents mixed in: `ratio` of them per natural document
-    (0.5: one after every second), built from the paragraphs of the last `pool_docs` natural ones."""
+    (0.5: one after every second), built from the paragraphs of the last `pool_docs` natural ones.
+    Documents kept for mid-training (`midtrain_share`, clean.for_midtrain) are passed through but
+    neither counted nor drawn from: the base reads none of their text."""
     recent: deque[list[str]] = deque(maxlen=pool_docs)
     owed = 0.0
     for doc in docs:
         yield doc
+        if for_midtrain(doc.doc_id, midtrain_share):
+            continue
         recent.append([p for p in doc.text.split("\n\n") if p.strip()])
         owed += ratio
         i = 0

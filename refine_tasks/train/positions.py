@@ -229,7 +229,9 @@ def precompute_positions(
     device = resolve_device(t.device)
     model = make_model(cfg, device)
     checkpoint = weights_fingerprint(model)
-    loader = LongDocumentLoader(cfg.paths.corpus_dir, t.seq_len, 1, t.packing, cfg.seed)
+    loader = LongDocumentLoader(
+        cfg.paths.corpus_dir, t.seq_len, 1, t.packing, cfg.seed, midtrain_share=cfg.corpus.midtrain_share
+    )
     policy = cfg.positions.model_copy(update={"policy": "precomputed"})
     cache = DeferredPositionCache(cfg.paths.catalog)
     selector = PositionSelector(policy, cfg.refine.rollout_len, cfg.seed, checkpoint, cache=cache)

@@ -218,6 +218,7 @@ class MidTrainer:
             self.world,
             held_out=held_out,
             synthetic=t.synthetic_docs,
+            midtrain_share=cfg.corpus.midtrain_share,
         )
         self.val_batches = self.loader.held_out_batches()
         self.total = t.max_steps or max(1, self.loader.batches_per_epoch() // t.grad_accum)

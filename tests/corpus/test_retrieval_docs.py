@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import re
 
-from refine_tasks.corpus.clean import Document, document_id
+from refine_tasks.corpus.clean import Document, document_id, for_midtrain
 from refine_tasks.corpus.retrieval_docs import (
     ATTRIBUTES,
     PEOPLE,
@@ -115,3 +115,19 @@ def test_mixing_follows_the_ratio_and_is_deterministic():
     again = list(with_retrieval_documents(natural, 0.5, 2000))
     assert [d.doc_id for d in again] == [d.doc_id for d in mixed]
     assert all(d.doc_id == document_id(d.text) for d in synthetic)
+
+
+def test_documents_kept_for_midtraining_are_neither_counted_nor_drawn_from():
+    natural = [
+        Document(document_id(f"n{i}"), f"src:{i}", "\n\n".join(f"Address {i}, part {k}." for k in range(30)))
+        for i in range(16)
+    ]
+    kept = {d.doc_id for d in natural if for_midtrain(d.doc_id, 0.5)}
+    assert 0 < len(kept) < 16
+    mixed = list(with_retrieval_documents(natural, 2, 600, 2, midtrain_share=0.5))
+    assert [d for d in mixed if not d.source.startswith("synthetic:")] == natural  # all passed through
+    synthetic = [d for d in mixed if d.source.startswith("synthetic:")]
+    assert len(synthetic) == 2 * (16 - len(kept))  # counted for the base's documents only
+    kept_addresses = {d.source.split(":")[1] for d in natural if d.doc_id in kept}
+    drawn = {m for d in synthetic for m in re.findall(r"Address (\d+), part", d.text)}
+    assert drawn and not drawn & kept_addresses

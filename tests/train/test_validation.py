@@ -55,6 +55,23 @@ def test_synthetic_documents_are_read_only_when_asked(tmp_path):
     assert len(both.sequences) == 12
 
 
+def test_a_midtrain_share_splits_the_natural_documents_between_base_and_midtraining(tmp_path):
+    """corpus.midtrain_share: each natural document is read by one side alone, chosen by id (the same
+    every time, about the share); generated documents stay the base's."""
+    lengths = [[120 + 10 * i for i in range(12)] for _ in range(4)]  # 48 documents, doc<s>-3 generated
+    write_corpus(tmp_path / "c", lengths, source=_synthetic)
+    whole = LongDocumentLoader(tmp_path / "c", 96, 1, "truncate", 0, synthetic=True)
+    base = LongDocumentLoader(tmp_path / "c", 96, 1, "truncate", 0, synthetic=True, midtrain_share=0.5)
+    mid = LongDocumentLoader(tmp_path / "c", 96, 1, "truncate", 0, midtrain_share=0.5)
+    ids = [{x.sequence_id(k) for k in range(len(x.sequences))} for x in (whole, base, mid)]
+    generated = {i for i in ids[0] if i.endswith("-3")}
+    assert len(ids[0]) == 48 and len(generated) == 4
+    assert not ids[1] & ids[2] and ids[1] | ids[2] == ids[0]  # disjoint, nothing lost
+    assert generated <= ids[1] and 12 <= len(ids[2]) <= 32  # about half of the 44 natural ones
+    again = LongDocumentLoader(tmp_path / "c", 96, 1, "truncate", 5, midtrain_share=0.5)
+    assert {again.sequence_id(k) for k in range(len(again.sequences))} == ids[2]  # by id, not by seed
+
+
 def test_too_few_sequences_to_hold_out_is_a_clear_error(tmp_path):
     write_corpus(tmp_path / "c", [[120, 130, 140]])
     with pytest.raises(CorpusError, match="train.val_sequences=2"):
