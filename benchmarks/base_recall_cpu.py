@@ -91,16 +91,20 @@ def answer_logprob(model, prompt: list[int], answer: list[int]) -> float:
     return logits.log_softmax(-1).gather(-1, torch.tensor(answer)[:, None]).mean().item()
 
 
-def train_and_score(arm: str, module, natural, args, tokenizer, log_rows) -> tuple[float, float]:
+def generated_texts(module, natural: list[str], ratio: float, chars: int, facts: int) -> list[str]:
+    """The generated documents `module`'s generator makes beside the natural texts."""
     docs = [Document(document_id(t), f"sotu:{i}", t) for i, t in enumerate(natural)]
-    generated = [
+    return [
         d.text
-        for d in module.with_retrieval_documents(docs, args.ratio, args.chars, args.facts)
+        for d in module.with_retrieval_documents(docs, ratio, chars, facts)
         if d.source.startswith("synthetic:")
     ]
-    nat, gen = windows(natural, tokenizer, args.seq_len), windows(generated, tokenizer, args.seq_len)
+
+
+def train_tiny(arm: str, nat: torch.Tensor, gen: torch.Tensor, args, vocab: int):
+    """A tiny DeltaNet from scratch: args.steps steps of args.batch windows, half natural, half generated."""
     torch.manual_seed(args.seed)
-    model = build_model("tiny", len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers)
+    model = build_model("tiny", vocab, hidden_size=args.hidden, num_hidden_layers=args.layers)
     model.config.kernel_backend = "torch"
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -126,7 +130,12 @@ def train_and_score(arm: str, module, natural, args, tokenizer, log_rows) -> tup
                 f"[{arm}] step {step} loss {loss.item():.3f} ({time.perf_counter() - began:.0f} s)",
                 flush=True,
             )
-    model.eval()
+    return model.eval()
+
+
+def score_niah(arm: str, model, tokenizer, args) -> tuple[float, float]:
+    """NIAH single_1/2 at args.length: the answer's log-prob margin over another 7-digit value, and
+    the fraction whose greedy answer holds the value."""
     records = niah_records(
         ["niah_single_1", "niah_single_2"], tokenizer, [args.length], [0.0, 25.0, 50.0, 75.0, 100.0],
         samples=args.samples, max_new_tokens=12,
@@ -146,6 +155,12 @@ def train_and_score(arm: str, module, natural, args, tokenizer, log_rows) -> tup
     margin, hit = sum(margins) / len(margins), sum(exact) / len(exact)
     print(f"[{arm}] {len(records)} records: margin {margin:+.4f} nats/token, exact {hit:.3f}", flush=True)
     return margin, hit
+
+
+def train_and_score(arm: str, module, natural, args, tokenizer) -> tuple[float, float]:
+    generated = generated_texts(module, natural, args.ratio, args.chars, args.facts)
+    nat, gen = windows(natural, tokenizer, args.seq_len), windows(generated, tokenizer, args.seq_len)
+    return score_niah(arm, train_tiny(arm, nat, gen, args, len(tokenizer)), tokenizer, args)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for arm, rev, facts in (("old", args.old, args.facts_old), ("new", None, args.facts_new)):
         args.facts = facts
-        results[arm] = train_and_score(arm, generator_at(rev), natural, args, tokenizer, log.rows)
+        results[arm] = train_and_score(arm, generator_at(rev), natural, args, tokenizer)
     if args.no_record:
         return
     note = (

