@@ -28,7 +28,6 @@ tests the direction of the change, not the GPU base's scores.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -51,19 +50,8 @@ from refine_tasks.corpus.tokenizer import load_tokenizer, save_tokenizer, train_
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def template_pattern(template: str) -> re.Pattern[str]:
-    """A statement or use template as a regular expression with the groups subject and value."""
-    fields = {
-        "subject": "(?P<subject>.+?)",
-        "attribute": "(?:" + "|".join(map(re.escape, retrieval_docs.ATTRIBUTES)) + ")",
-        "value": "(?P<value>.+?)",
-    }
-    parts = re.split(r"\{([a-z]+)\}", template)
-    return re.compile("".join(fields[p] if i % 2 else re.escape(p) for i, p in enumerate(parts)) + "$")
-
-
-STATED = [template_pattern(t) for t in retrieval_docs.STATEMENTS]
-USED = [template_pattern(t) for t in retrieval_docs.USES]
+STATED = [retrieval_docs.sentence_pattern(t) for t in retrieval_docs.STATEMENTS]
+USED = [retrieval_docs.sentence_pattern(t) for t in retrieval_docs.USES]
 
 
 def value_spans(text: str) -> list[tuple[str, int, int]]:

@@ -70,6 +70,18 @@ USES = (
 )
 
 
+def sentence_pattern(template: str) -> re.Pattern[str]:
+    """A STATEMENTS or USES template as a regular expression matching a whole inserted sentence, with
+    the groups subject, attribute and value (what tests and benchmarks read records back with)."""
+    fields = {
+        "subject": "(?P<subject>.+?)",
+        "attribute": "(?P<attribute>" + "|".join(map(re.escape, ATTRIBUTES)) + ")",
+        "value": "(?P<value>.+?)",
+    }
+    parts = re.split(r"\{([a-z]+)\}", template)
+    return re.compile("".join(fields[p] if i % 2 else re.escape(p) for i, p in enumerate(parts)) + "$")
+
+
 def _value(rng: random.Random) -> str:
     """A record value: a number of 3-6 or 8-9 digits, or a code word with a number ("heron 42",
     "HERON-421"); never 7 digits (RULER NIAH's values), never RULER's adjective-noun pairs."""

@@ -8,12 +8,12 @@ import re
 
 from refine_tasks.corpus.clean import Document, document_id, for_midtrain
 from refine_tasks.corpus.retrieval_docs import (
-    ATTRIBUTES,
     PEOPLE,
     PLACES,
     STATEMENTS,
     USES,
     retrieval_document,
+    sentence_pattern,
     with_retrieval_documents,
 )
 from refine_tasks.evaluate.haystack import NOISE_PARAGRAPH, key_words
@@ -60,23 +60,12 @@ def test_documents_hold_no_needle_values_or_keys_of_the_evaluation():
         assert not codes & ruler_keys
 
 
-def _pattern(template: str) -> re.Pattern[str]:
-    attribute = "|".join(map(re.escape, ATTRIBUTES))
-    fields = {
-        "subject": "(?P<subject>.+?)",
-        "attribute": f"(?P<attribute>{attribute})",
-        "value": "(?P<value>.+?)",
-    }
-    parts = re.split(r"\{([a-z]+)\}", template)
-    return re.compile("".join(fields[p] if i % 2 else re.escape(p) for i, p in enumerate(parts)) + "$")
-
-
 def _facts(paragraphs: list[str], templates) -> list[tuple[int, str, str, str]]:
     """(paragraph index, subject, attribute, value) of every paragraph one of `templates` reads."""
     found = []
     for i, text in enumerate(paragraphs):
         for template in templates:
-            m = _pattern(template).match(text)
+            m = sentence_pattern(template).match(text)
             if m:
                 found.append((i, m["subject"], m["attribute"], m["value"]))
                 break
