@@ -58,6 +58,7 @@ from refine_tasks.config import PipelineConfig
 TRITON_DIR = "triton"
 INDUCTOR_DIR = "inductor"
 MANAGER = "refine_tasks.pipeline.kernel_cache:RelocatableCacheManager"  # TRITON_CACHE_MANAGER
+TRITON_CACHE_ENV, INDUCTOR_CACHE_ENV = "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"
 WORK_SUFFIX = "-work"  # <paths.kernel_cache>-work: the folder every process but the `kernels` stage writes
 _OURS: dict[str, str] = {}  # the variables `activate` set, and to what: ours to move, a user's never
 
@@ -172,9 +173,6 @@ def kernel_cache(cfg: PipelineConfig, *, tracked: bool = False) -> KernelCache |
     triton_dir = Path(_users(TRITON_CACHE_ENV) or root / TRITON_DIR)
     inductor_dir = Path(_users(INDUCTOR_CACHE_ENV) or root / INDUCTOR_DIR)
     return KernelCache(gpu, root, triton_dir, inductor_dir)
-
-
-TRITON_CACHE_ENV, INDUCTOR_CACHE_ENV = "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"
 
 
 def _users(name: str) -> str | None:
