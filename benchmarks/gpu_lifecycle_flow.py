@@ -20,7 +20,8 @@ Each step's log, both flow runs' states and logs, the lifecycle's report (as soo
 ends: DIR/lifecycle-report) and the results page go to DIR; figures to
 DIR/results.jsonl (`python benchmarks/record.py --import` here). A failed step ends the script with
 its log's tail, after copying what there is. While a flow run goes on, every poll copies what its
-stages have finished (run summaries and metrics, evaluation scores, dvc.lock) into DIR/progress, and
+stages have finished (run summaries and metrics, evaluation scores, dvc.lock; the further seeds' too,
+under experiment/) into DIR/progress, and
 `gpu_pretrain_tokens_per_s` is recorded as soon as the base run's summary exists: a machine taken
 back mid-run still returns them.
 
@@ -200,9 +201,15 @@ class Progress:
 
     def __call__(self) -> None:
         runs, evals = ROOT / self.cfg.lifecycle.runs_dir, ROOT / self.cfg.lifecycle.eval_dir
+        seeds = ROOT / self.cfg.lifecycle.experiment_dir  # the further seeds' and ablations' outputs
         for src, dest, patterns in (
             (runs, self.dest / "runs", ("*/summary.json", "*/metrics.jsonl")),
             (evals, self.dest / "eval", ("**/*",)),
+            (
+                seeds,
+                self.dest / "experiment",
+                ("*/runs/*/summary.json", "*/runs/*/metrics.jsonl", "*/eval/**/*"),
+            ),
             (ROOT, self.dest, ("dvc.lock",)),
         ):
             for f in (f for pattern in patterns for f in src.glob(pattern) if f.is_file()):

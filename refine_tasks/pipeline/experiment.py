@@ -28,6 +28,7 @@ from refine_tasks.config import ConfigError, PipelineConfig, config_with
 from refine_tasks.pipeline.lifecycle import (
     EVAL_STAGES,
     SUMMARY_FILE,
+    LifecycleError,
     StageResult,
     final_checkpoint,
     run_dir,
@@ -49,27 +50,33 @@ ABLATION_STAGES = ("base", "positions", "midtrain_refine", *(f"{stage}@refine" f
 ABLATION_SFT_STAGES = ("midtrain_sft", *(f"{stage}@sft" for stage in EVAL_STAGES))
 
 
-def seed_config(cfg: PipelineConfig, seed: int) -> PipelineConfig:
+def seed_config(cfg: PipelineConfig, seed: int, import_base: bool = True) -> PipelineConfig:
     """The configuration of seed `seed`: cfg itself for cfg.seed, else the same with its own folders
-    (runs, positions, evaluations) and the lifecycle's base as its base."""
+    (runs, positions, evaluations) and the lifecycle's base as its base (not with import_base=False:
+    only the folders, to read the outputs where the base's checkpoint is not, e.g. copied back)."""
     if seed == cfg.seed:
         return cfg
-    return _branch(cfg, f"seed-{seed}", [f"seed={seed}"], f"seed {seed}")
+    return _branch(cfg, f"seed-{seed}", [f"seed={seed}"], f"seed {seed}", import_base)
 
 
-def ablation_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
-    """The configuration of ablation `name`: cfg with its settings, its own folders, the lifecycle's base."""
+def ablation_config(cfg: PipelineConfig, name: str, import_base: bool = True) -> PipelineConfig:
+    """The configuration of ablation `name`: cfg with its settings, its own folders, the lifecycle's
+    base (import_base: as seed_config's)."""
     if name not in cfg.lifecycle.ablations:
         raise ConfigError(
             f"lifecycle.ablations: no ablation {name!r} (there are: {', '.join(cfg.lifecycle.ablations)})"
         )
-    return _branch(cfg, f"ablation-{name}", cfg.lifecycle.ablations[name], f"lifecycle.ablations.{name}")
+    settings = cfg.lifecycle.ablations[name]
+    return _branch(cfg, f"ablation-{name}", settings, f"lifecycle.ablations.{name}", import_base)
 
 
-def _branch(cfg: PipelineConfig, folder: str, settings: list[str], origin: str) -> PipelineConfig:
+def _branch(
+    cfg: PipelineConfig, folder: str, settings: list[str], origin: str, import_base: bool
+) -> PipelineConfig:
     """cfg with `settings`, its runs, positions and evaluations under lifecycle.experiment_dir/folder,
     and the lifecycle's base model as its base."""
     root = Path(cfg.lifecycle.experiment_dir) / folder
+    base = [f"lifecycle.base_checkpoint={final_checkpoint(cfg, 'base')}"] if import_base else []
     return config_with(
         cfg,
         [
@@ -77,7 +84,7 @@ def _branch(cfg: PipelineConfig, folder: str, settings: list[str], origin: str) 
             f"lifecycle.runs_dir={root / 'runs'}",
             f"lifecycle.positions_dir={root / 'positions'}",
             f"lifecycle.eval_dir={root / 'eval'}",
-            f"lifecycle.base_checkpoint={final_checkpoint(cfg, 'base')}",
+            *base,
         ],
         origin,
     )
@@ -142,14 +149,80 @@ def stage_done(name: str, cfg: PipelineConfig) -> bool:
 
 
 def run_seeds(
-    cfg: PipelineConfig, on_stage: Callable[[int, StageResult], None] | None = None
+    cfg: PipelineConfig,
+    on_stage: Callable[[int, StageResult], None] | None = None,
+    stages: tuple[str, ...] = SEED_STAGES,
 ) -> list[tuple[int, str]]:
-    """Run every further seed's stages that have no outputs yet; returns the (seed, stage) run."""
-    done: list[tuple[int, str]] = []
-    for seed in cfg.lifecycle.seeds:
-        if seed != cfg.seed:
-            done += _run_missing(seed, seed_config(cfg, seed), SEED_STAGES, on_stage)
-    return done
+    """Run every further seed's stages that have no outputs yet; returns the (seed, stage) run.
+    With lifecycle.seed_workers > 1, that many seeds at once, each in a process of its own
+    (`_seed_worker`); on_stage then hears of a seed's stages when that seed ends."""
+    pending = [seed for seed in dict.fromkeys(cfg.lifecycle.seeds) if seed != cfg.seed]
+    for seed in pending:
+        seed_config(cfg, seed)  # every seed's configuration valid (the base there) before any runs
+    if cfg.lifecycle.seed_workers < 2 or len(pending) < 2:
+        done: list[tuple[int, str]] = []
+        for seed in pending:
+            done += _run_missing(seed, seed_config(cfg, seed), stages, on_stage)
+        return done
+    return _run_seeds_at_once(cfg, pending, stages, on_stage)
+
+
+def _run_seeds_at_once(cfg, pending: list[int], stages, on_stage) -> list[tuple[int, str]]:
+    """Seeds `pending` in lifecycle.seed_workers processes at a time; a failed seed fails the call
+    once the others have ended (each keeps what it finished, so a rerun continues)."""
+    import subprocess
+    import tempfile
+
+    done: dict[int, list[tuple[int, str]]] = {}
+    failed: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="refine-seeds-") as tmp:
+        config_file = Path(tmp) / "config.json"
+        config_file.write_text(json.dumps(cfg.model_dump(mode="json")), encoding="utf-8")
+        queue, running = list(pending), {}
+        while queue or running:
+            while queue and len(running) < cfg.lifecycle.seed_workers:
+                seed = queue.pop(0)
+                report = Path(tmp) / f"seed-{seed}.json"
+                command = [sys.executable, "-m", __name__, str(config_file), str(seed), str(report), *stages]
+                print(f"seed {seed}: started in process of its own ({len(running) + 1} at once)", flush=True)
+                running[seed] = (subprocess.Popen(command), report)
+            seed = _wait_any(running)
+            proc, report = running.pop(seed)
+            results = json.loads(report.read_text()) if report.is_file() else []
+            done[seed] = [(seed, name) for name, _ in results]
+            for name, rows in results:
+                if on_stage is not None:
+                    on_stage(seed, StageResult(name, [tuple(row) for row in rows]))
+            if proc.returncode != 0:
+                failed.append(f"seed {seed} (exit {proc.returncode})")
+    if failed:
+        raise LifecycleError(f"lifecycle.seeds: {', '.join(failed)} failed; its log is above")
+    return [item for seed in pending for item in done.get(seed, [])]
+
+
+def _wait_any(running: dict) -> int:
+    """The seed of the first process of `running` to end."""
+    import time
+
+    while True:
+        for seed, (proc, _) in running.items():
+            if proc.poll() is not None:
+                return seed
+        time.sleep(0.5)
+
+
+def _seed_worker(config_file: str, seed: str, report: str, *stages: str) -> None:
+    """One seed's missing stages (run_seeds with lifecycle.seed_workers > 1), each one's name and
+    rows added to `report` (JSON) as it ends."""
+    cfg = PipelineConfig.model_validate(json.loads(Path(config_file).read_text(encoding="utf-8")))
+    finished: list[tuple[str, list]] = []
+
+    def on_stage(_: int, result: StageResult) -> None:
+        finished.append((result.name, [list(row) for row in result.rows]))
+        Path(report).write_text(json.dumps(finished), encoding="utf-8")
+        print(f"seed {seed}: {result.name}: " + ", ".join(f"{k} {v}" for k, v in result.rows), flush=True)
+
+    _run_missing(int(seed), seed_config(cfg, int(seed)), stages, on_stage)
 
 
 class Arm(NamedTuple):
@@ -165,19 +238,17 @@ class Arm(NamedTuple):
 
 
 def _arms(cfg: PipelineConfig) -> list[Arm]:
-    """The base, SFT and ReFINE at `seed`; SFT and ReFINE at each further seed and each ablation's,
-    once the base exists."""
+    """The base, SFT and ReFINE at `seed`; SFT and ReFINE at each further seed and each ablation's
+    (their folders: the page reads outputs, with or without the checkpoints beside them)."""
     arms = [
         Arm(a, a if a == "base" else f"{a} seed {cfg.seed}", cfg.seed, cfg, a)
         for a in ("base", "sft", "refine")
     ]
-    if not _has_base(cfg):
-        return arms
     for seed in experiment_seeds(cfg)[1:]:
-        seed_cfg = seed_config(cfg, seed)
+        seed_cfg = seed_config(cfg, seed, import_base=False)
         arms += [Arm(a, f"{a} seed {seed}", seed, seed_cfg, a) for a in ("sft", "refine")]
     for name, settings in cfg.lifecycle.ablations.items():
-        ablation_cfg = ablation_config(cfg, name)
+        ablation_cfg = ablation_config(cfg, name, import_base=False)
         for a in ("sft", "refine"):
             label = ablation_label(name, a)
             arms.append(Arm(label, label, cfg.seed, ablation_cfg, a, settings))
@@ -203,14 +274,6 @@ def ablation_label(name: str, arm: str) -> str:
     """The run name of an ablation's arm in the page's cells and runs: `ablation NAME` (ReFINE) or
     `ablation NAME sft` (its own SFT)."""
     return f"ablation {name}" + (" sft" if arm == "sft" else "")
-
-
-def _has_base(cfg: PipelineConfig) -> bool:
-    try:
-        final_checkpoint(cfg, "base")
-    except ValueError:
-        return False
-    return True
 
 
 def _runs(cfg: PipelineConfig) -> dict[str, dict]:
@@ -251,3 +314,7 @@ def write_experiment_results(cfg: PipelineConfig, command: str | None = None) ->
     }
     ablations = {name: settings for name, settings in cfg.lifecycle.ablations.items()}
     return write_results(_cells(cfg), runs, Path(cfg.lifecycle.results_dir), meta, ablations)
+
+
+if __name__ == "__main__":
+    _seed_worker(*sys.argv[1:])

@@ -110,6 +110,10 @@ def test_the_page_pairs_sft_and_refine_by_seed(tmp_path):
     assert set(data["runs"]) == {"base", *(f"{a} seed {s}" for a in ("sft", "refine") for s in (0, 1, 2))}
     assert "2.0 [2.0, 2.0]" in md.read_text() and (tmp_path / "docs" / "curves_validation.png").is_file()
     assert "curves_base.png" in data["figures"]  # the base on its own axis: it trains many more steps
+    # outputs copied back from a GPU machine, without the checkpoints: the same page
+    shutil.rmtree(tmp_path / "runs" / "base" / "checkpoints")
+    _, again = write_experiment_results(cfg, command="refine report --experiment")
+    assert json.loads(again.read_text())["headline"] == data["headline"]
 
 
 def test_a_stage_killed_midway_is_not_taken_for_done(tmp_path):
