@@ -3,6 +3,9 @@ evaluation data (../shared/data where it exists, tests/fixtures/data always)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,33 @@ def fixture_data() -> Path:
 def eval_data(request: pytest.FixtureRequest) -> Path:
     """Each evaluation data folder in turn: the fixtures always, ../shared/data where it exists."""
     return request.getfixturevalue("fixture_data" if request.param == "fixtures" else "shared_data")
+
+
+HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from refine_tasks.store.catalog import writer_lock
+    with writer_lock(Path(sys.argv[1]), "test"):
+        print("locked", flush=True)
+        time.sleep(float(sys.argv[2]))
+    """
+)
+
+
+@pytest.fixture
+def hold():
+    """hold(catalog, seconds): another process holding the catalog's writer lock for `seconds`
+    (returned once it holds it)."""
+    from refine_tasks.store.catalog import lock_path_for
+
+    def start(db: Path, seconds: float) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(lock_path_for(db)), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout.readline().strip() == "locked"
+        return proc
+
+    return start

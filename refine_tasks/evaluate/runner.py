@@ -31,7 +31,7 @@ from refine_tasks.evaluate.results import SampleResult, cell_rows, store_eval_re
 from refine_tasks.evaluate.sizing import Tokenizer
 from refine_tasks.models import FastWeightForCausalLM, build_model, load_model
 from refine_tasks.models.checkpoint import LATEST, damaged_weights, latest_checkpoint
-from refine_tasks.store.catalog import open_writer
+from refine_tasks.store.catalog_wait import waiting_writer
 
 PAPER_MAX_NEW_TOKENS = 32  # evaluate.protocol = paper: every LongBench task's budget
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -319,6 +319,7 @@ def run_evaluation(
     out = ev.output_dir / ev.run
     with writing_to(out, "evaluate.output_dir", "run `refine evaluate` again"):
         paths = write_outputs(results, out, ev.run, checkpoint)
-    with open_writer(cfg.paths.catalog) as con:
+    # another process's write (a further seed's stage, lifecycle.seed_workers) takes a moment: wait for it
+    with waiting_writer(cfg.paths.catalog) as con:
         store_eval_results(con, cell_rows(results, ev.run, checkpoint))
     return EvalRun(ev.run, checkpoint, results, paths, seconds)

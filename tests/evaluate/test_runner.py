@@ -73,6 +73,17 @@ def test_every_sample_gets_a_score_row(eval_config, tiny_model, tokenizer, eval_
     assert ("ruler_qa", "ruler_hotpotqa", 4096, None, 2) in rows
 
 
+def test_the_catalog_write_waits_for_another_writer(eval_config, tiny_model, tokenizer, hold):
+    cfg = eval_config("evaluate.longbench_tasks=[trec]", "evaluate.niah_variants=[niah_single_1]")
+    holder = hold(cfg.paths.catalog, 1.5)  # e.g. a further seed's stage storing its own results
+    run = run_evaluation(cfg, tiny_model, tokenizer, checkpoint="tiny-random")
+    assert holder.wait(timeout=30) == 0
+    con = open_reader(cfg.paths.catalog)
+    stored = con.execute("SELECT sum(n_samples) FROM eval_results WHERE run = 'base'").fetchone()[0]
+    con.close()
+    assert stored == len(run.results) > 0
+
+
 def test_checkpoint_directory_round_trip(eval_config, tiny_model, tokenizer, tmp_path: Path):
     ckpt = tmp_path / "ckpt"
     save_tokenizer(tokenizer, ckpt)  # (it replaces the folder, so first)

@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
 
-from refine_tasks.store.catalog import CatalogLocked, lock_path_for
+from refine_tasks.store.catalog import CatalogLocked
 from refine_tasks.store.catalog_wait import waiting_writer
 
-HOLD = textwrap.dedent(
-    """
-    import sys, time
-    from pathlib import Path
-    from refine_tasks.store.catalog import writer_lock
-    with writer_lock(Path(sys.argv[1]), "test"):
-        print("locked", flush=True)
-        time.sleep(float(sys.argv[2]))
-    """
-)
 
-
-def hold(db, seconds: float) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(lock_path_for(db)), str(seconds)], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
-
-
-def test_waits_for_the_lock_then_writes(tmp_path):
+def test_waits_for_the_lock_then_writes(tmp_path, hold):
     db = tmp_path / "refine.duckdb"
     proc = hold(db, 1.0)
     began = time.monotonic()
@@ -42,7 +20,7 @@ def test_waits_for_the_lock_then_writes(tmp_path):
     proc.communicate()
 
 
-def test_gives_up_after_its_limit(tmp_path):
+def test_gives_up_after_its_limit(tmp_path, hold):
     db = tmp_path / "refine.duckdb"
     proc = hold(db, 30.0)
     try:
