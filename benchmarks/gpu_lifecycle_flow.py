@@ -400,6 +400,7 @@ def main(argv: list[str] | None = None) -> None:
         if worker is not None:
             worker.terminate()
         steps.run("stop", ["bash", "infra/stop.sh"], check=False)
+        progress()  # what the seeds finished after the last poll
         keep(cfg.evaluate.report_dir, args.out / "lifecycle-report")
         keep(cfg.lifecycle.results_dir, args.out / "results")
 
