@@ -69,7 +69,7 @@ PY
         mkdir -p /tmp/shared && tar -xJf "$archive" -C /tmp/shared && echo "unpacked $archive into /tmp/shared"
     done
     ;;
-run)
+run | run-midtrain)
     OUT=${OUT:?OUT must name the folder whose files come back}
     # Each device call copies this session's working tree over the repository root again, so a run there
     # would have the files it rewrites reset under it by the next `wait` call (2026-12-03: params.yaml,
@@ -104,12 +104,16 @@ PY
     (until grep -q '^  kernels:' dvc.lock 2>/dev/null; do sleep 10; done
      bash benchmarks/pack_kernel_cache.sh data/cache/kernels "$OUT/kernels-after-stage.txz") &
     packer=$!
-    python3 benchmarks/gpu_lifecycle_flow.py --out "$OUT/flow" "${@:2}"
+    if [ "$1" = run-midtrain ]; then  # the comparison alone, no Prefect or DVC (gpu_midtrain_experiment.sh)
+        bash benchmarks/gpu_midtrain_experiment.sh "$OUT/mid" "${@:2}"
+    else
+        python3 benchmarks/gpu_lifecycle_flow.py --out "$OUT/flow" "${@:2}"
+    fi
     code=$?
-    echo "gpu_lifecycle_flow exit $code"
+    echo "$1 exit $code"
     kill "$packer" 2>/dev/null
     bash benchmarks/pack_kernel_cache.sh data/cache/kernels "$OUT/kernels.txz" && rm -f "$OUT/kernels-after-stage.txz"
     exit $code
     ;;
-*) echo "usage: $0 prepare | run [gpu_lifecycle_flow.py options]" >&2; exit 2 ;;
+*) echo "usage: $0 prepare | run [gpu_lifecycle_flow.py options] | run-midtrain [--set k=v ...]" >&2; exit 2 ;;
 esac
