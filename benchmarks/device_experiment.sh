@@ -39,6 +39,15 @@
 # 190/159 s.
 # Then `dvc repro` failed: no `refine` on PATH (fixed below) and the kernels stage's output changed
 # by later compiles (fixed: refine_tasks/pipeline/kernel_cache.py's work folder). The seeds never began.
+# 2026-12-04 09:09 (flow run 'worthy-stallion', the retrieval corpus of params-gpu-small.yaml): the flow run
+# began 147 s after `run`; tokenizer and corpus 31 s (14,921 documents, 50,044,147 tokens); kernels 19 s
+# (0 files added: the archive is complete); base 275 s (315,650 tokens/s, 1.35 passes, last loss 0.4760,
+# held-out loss 0.313, next-token accuracy 0.937); SFT 30 s. The machine was taken back during ReFINE: a
+# `wait` call came later than idle_release_s after the one before.
+# `run-midtrain` (gpu_midtrain_experiment.sh), then with the lifecycle's stages beside both further seeds
+# (3 processes on the GPU): base 324 s after `run` (301,667 tokens/s, the same last loss), then SFT 6,228
+# tokens/s, positions 254 s, the base's NIAH evaluation no batch in 10 min; the lease ended there. The
+# script now runs one process at a time.
 # The run's own cache comes back in the out archive (kernels.txz): copy it over that archive.
 set -u
 case "${1:-}" in
