@@ -45,7 +45,7 @@
 # held-out loss 0.313, next-token accuracy 0.937); SFT 30 s. The machine was taken back during ReFINE: a
 # `wait` call came later than idle_release_s after the one before.
 # `run-midtrain` (gpu_midtrain_experiment.sh), then with the lifecycle's stages beside both further seeds
-# (3 processes on the GPU): base 324 s after `run` (301,667 tokens/s, the same last loss), then SFT 6,228
+# (3 processes on the GPU, through a lifecycle.seed_workers option since removed): base 324 s after `run` (301,667 tokens/s, the same last loss), then SFT 6,228
 # tokens/s, positions 254 s, the base's NIAH evaluation no batch in 10 min; the lease ended there. The
 # script now runs one process at a time.
 # The run's own cache comes back in the out archive (kernels.txz): copy it over that archive.

@@ -4,7 +4,7 @@
 # so its kernels load once), then `refine experiment --seeds-only` and `refine report --experiment`. Not
 # DVC-tracked (the profile is not the repository's params.yaml); the Prefect and `dvc repro` doors are
 # gpu_lifecycle_flow.py's. One process at a time: processes sharing the GPU time-slice it (on an H200,
-# 2026-12-04, the lifecycle's stages beside two seeds trained 15x slower; params-gpu-small.yaml).
+# 2026-12-04, the lifecycle's stages beside two seeds trained 15x slower; device_experiment.sh's header).
 #
 #   bash benchmarks/gpu_midtrain_experiment.sh OUTDIR [--set section.field=value ...]   (PARAMS: the profile)
 #

@@ -463,13 +463,6 @@ class LifecycleConfig(Section):
         description="`refine experiment`: further seeds of the SFT and ReFINE arms beside `seed` (seed = "
         "mid-training data order and rollout sampling; all share the base), each run under experiment_dir",
     )
-    seed_workers: int = Field(
-        1,
-        ge=1,
-        description="`refine experiment`: further seeds run at once, each in a process of its own (each "
-        "seed's stages still in order, with the same outputs); processes sharing one GPU without MPS "
-        "time-slice it: on one H200, 3 at once trained 15x slower than one",
-    )
     experiment_dir: Path = Field(
         Path("data/experiment"), description="runs, positions and evaluations of the further seeds"
     )

@@ -319,7 +319,7 @@ def run_evaluation(
     out = ev.output_dir / ev.run
     with writing_to(out, "evaluate.output_dir", "run `refine evaluate` again"):
         paths = write_outputs(results, out, ev.run, checkpoint)
-    # another process's write (a further seed's stage, lifecycle.seed_workers) takes a moment: wait for it
+    # another command's write (a stage beside this evaluation) takes a moment: wait for it
     with waiting_writer(cfg.paths.catalog) as con:
         store_eval_results(con, cell_rows(results, ev.run, checkpoint))
     return EvalRun(ev.run, checkpoint, results, paths, seconds)

@@ -28,7 +28,6 @@ from refine_tasks.config import ConfigError, PipelineConfig, config_with
 from refine_tasks.pipeline.lifecycle import (
     EVAL_STAGES,
     SUMMARY_FILE,
-    LifecycleError,
     StageResult,
     final_checkpoint,
     run_dir,
@@ -149,80 +148,14 @@ def stage_done(name: str, cfg: PipelineConfig) -> bool:
 
 
 def run_seeds(
-    cfg: PipelineConfig,
-    on_stage: Callable[[int, StageResult], None] | None = None,
-    stages: tuple[str, ...] = SEED_STAGES,
+    cfg: PipelineConfig, on_stage: Callable[[int, StageResult], None] | None = None
 ) -> list[tuple[int, str]]:
-    """Run every further seed's stages that have no outputs yet; returns the (seed, stage) run.
-    With lifecycle.seed_workers > 1, that many seeds at once, each in a process of its own
-    (`_seed_worker`); on_stage then hears of a seed's stages when that seed ends."""
-    pending = [seed for seed in dict.fromkeys(cfg.lifecycle.seeds) if seed != cfg.seed]
-    for seed in pending:
-        seed_config(cfg, seed)  # every seed's configuration valid (the base there) before any runs
-    if cfg.lifecycle.seed_workers < 2 or len(pending) < 2:
-        done: list[tuple[int, str]] = []
-        for seed in pending:
-            done += _run_missing(seed, seed_config(cfg, seed), stages, on_stage)
-        return done
-    return _run_seeds_at_once(cfg, pending, stages, on_stage)
-
-
-def _run_seeds_at_once(cfg, pending: list[int], stages, on_stage) -> list[tuple[int, str]]:
-    """Seeds `pending` in lifecycle.seed_workers processes at a time; a failed seed fails the call
-    once the others have ended (each keeps what it finished, so a rerun continues)."""
-    import subprocess
-    import tempfile
-
-    done: dict[int, list[tuple[int, str]]] = {}
-    failed: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="refine-seeds-") as tmp:
-        config_file = Path(tmp) / "config.json"
-        config_file.write_text(json.dumps(cfg.model_dump(mode="json")), encoding="utf-8")
-        queue, running = list(pending), {}
-        while queue or running:
-            while queue and len(running) < cfg.lifecycle.seed_workers:
-                seed = queue.pop(0)
-                report = Path(tmp) / f"seed-{seed}.json"
-                command = [sys.executable, "-m", __name__, str(config_file), str(seed), str(report), *stages]
-                print(f"seed {seed}: started in process of its own ({len(running) + 1} at once)", flush=True)
-                running[seed] = (subprocess.Popen(command), report)
-            seed = _wait_any(running)
-            proc, report = running.pop(seed)
-            results = json.loads(report.read_text()) if report.is_file() else []
-            done[seed] = [(seed, name) for name, _ in results]
-            for name, rows in results:
-                if on_stage is not None:
-                    on_stage(seed, StageResult(name, [tuple(row) for row in rows]))
-            if proc.returncode != 0:
-                failed.append(f"seed {seed} (exit {proc.returncode})")
-    if failed:
-        raise LifecycleError(f"lifecycle.seeds: {', '.join(failed)} failed; its log is above")
-    return [item for seed in pending for item in done.get(seed, [])]
-
-
-def _wait_any(running: dict) -> int:
-    """The seed of the first process of `running` to end."""
-    import time
-
-    while True:
-        for seed, (proc, _) in running.items():
-            if proc.poll() is not None:
-                return seed
-        time.sleep(0.5)
-
-
-def _seed_worker(config_file: str, seed: str, report: str, *stages: str) -> None:
-    """One seed's missing stages (run_seeds with lifecycle.seed_workers > 1), each one's name and
-    rows added to `report` (JSON) as it ends."""
-    cfg = PipelineConfig.model_validate(json.loads(Path(config_file).read_text(encoding="utf-8")))
-    finished: list[tuple[str, list]] = []
-
-    def on_stage(_: int, result: StageResult) -> None:
-        finished.append((result.name, [list(row) for row in result.rows]))
-        Path(report).write_text(json.dumps(finished), encoding="utf-8")
-        print(f"seed {seed}: {result.name}: " + ", ".join(f"{k} {v}" for k, v in result.rows), flush=True)
-
-    _run_missing(int(seed), seed_config(cfg, int(seed)), stages, on_stage)
+    """Run every further seed's stages that have no outputs yet; returns the (seed, stage) run."""
+    done: list[tuple[int, str]] = []
+    for seed in cfg.lifecycle.seeds:
+        if seed != cfg.seed:
+            done += _run_missing(seed, seed_config(cfg, seed), SEED_STAGES, on_stage)
+    return done
 
 
 class Arm(NamedTuple):
@@ -314,7 +247,3 @@ def write_experiment_results(cfg: PipelineConfig, command: str | None = None) ->
     }
     ablations = {name: settings for name, settings in cfg.lifecycle.ablations.items()}
     return write_results(_cells(cfg), runs, Path(cfg.lifecycle.results_dir), meta, ablations)
-
-
-if __name__ == "__main__":
-    _seed_worker(*sys.argv[1:])

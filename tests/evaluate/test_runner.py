@@ -75,7 +75,7 @@ def test_every_sample_gets_a_score_row(eval_config, tiny_model, tokenizer, eval_
 
 def test_the_catalog_write_waits_for_another_writer(eval_config, tiny_model, tokenizer, hold):
     cfg = eval_config("evaluate.longbench_tasks=[trec]", "evaluate.niah_variants=[niah_single_1]")
-    holder = hold(cfg.paths.catalog, 1.5)  # e.g. a further seed's stage storing its own results
+    holder = hold(cfg.paths.catalog, 1.5)  # e.g. another stage storing its own results
     run = run_evaluation(cfg, tiny_model, tokenizer, checkpoint="tiny-random")
     assert holder.wait(timeout=30) == 0
     con = open_reader(cfg.paths.catalog)
