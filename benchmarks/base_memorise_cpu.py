@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.base_recall_cpu import (  # noqa: E402
+    add_training_options,
     generated_texts,
     score_niah,
     short_paragraphs,
@@ -92,12 +93,7 @@ def retrieval_gain(model, tokenizer, texts: list[str], seq_len: int) -> tuple[fl
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=1024)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    add_training_options(parser, steps=1000)
     parser.add_argument("--chars", type=int, default=1500, help="generated document length before records")
     parser.add_argument("--facts", type=int, default=8)
     parser.add_argument("--ratio-repeated", type=float, default=1.0)

@@ -101,6 +101,16 @@ def generated_texts(module, natural: list[str], ratio: float, chars: int, facts:
     ]
 
 
+def add_training_options(parser: argparse.ArgumentParser, steps: int) -> None:
+    """train_tiny's options (the `args` it reads): steps, batch, window length, model size, learning rate."""
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-3)
+
+
 def train_tiny(arm: str, nat: torch.Tensor, gen: torch.Tensor, args, vocab: int):
     """A tiny DeltaNet from scratch: args.steps steps of args.batch windows, half natural, half generated."""
     torch.manual_seed(args.seed)
@@ -166,12 +176,7 @@ def train_and_score(arm: str, module, natural, args, tokenizer) -> tuple[float, 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--old", required=True, help="git revision of the previous generator")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=1024)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    add_training_options(parser, steps=300)
     parser.add_argument("--chars", type=int, default=3500, help="generated document length (fits a window)")
     parser.add_argument("--ratio", type=float, default=3.0, help="generated documents per address")
     parser.add_argument("--facts-old", type=int, default=6)
