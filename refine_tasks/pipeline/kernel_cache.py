@@ -37,7 +37,8 @@ TRITON_CACHE_MANAGER) finds them in the group's folder instead, so the folder ca
 
 This module is the one place that sets these environment variables (they are orchestration: the
 command line and `run_stage` call `activate` before anything compiles). A variable the user set
-is left alone.
+is left alone; torch's own default, which torch writes into the environment on import, is not the
+user's.
 """
 
 from __future__ import annotations
@@ -176,9 +177,25 @@ def kernel_cache(cfg: PipelineConfig, *, tracked: bool = False) -> KernelCache |
 
 
 def _users(name: str) -> str | None:
-    """The variable's value when the user set it (not `activate`), else None."""
+    """The variable's value when the user set it (not `activate`, not torch), else None."""
     value = os.environ.get(name)
-    return None if value is None or _OURS.get(name) == value else value
+    if value is None or _OURS.get(name) == value or _torch_default(value):
+        return None
+    return value
+
+
+def _torch_default(value: str) -> bool:
+    """Whether `value` is torch's default Inductor folder or a folder in it, which torch writes into
+    the environment itself: importing torch._dynamo.package sets TORCHINDUCTOR_CACHE_DIR to
+    /tmp/torchinductor_<user> (torch 2.11, `cache_dir()`), and Inductor's autotuner sets
+    TRITON_CACHE_DIR to its triton/<device> folder where none is set. Taken for the user's, it kept
+    the work folder empty and Inductor's files in /tmp: on an H200 (2026-12-04) a second process's
+    positions, SFT and ReFINE each compiled for 140-300 s before their first step."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    default = os.path.abspath(default_cache_dir())
+    value = os.path.abspath(value)
+    return value == default or value.startswith(default + os.sep)
 
 
 def _set(name: str, value: str) -> None:

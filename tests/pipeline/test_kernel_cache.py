@@ -129,6 +129,29 @@ def test_a_users_own_settings_stay(make_config, h200: str, tmp_path: Path) -> No
     assert cache.triton_dir == own and cache.kept_in == own
 
 
+def test_torchs_own_default_is_not_taken_for_the_users(make_config, h200: str, tmp_path: Path) -> None:
+    """Importing torch._dynamo writes /tmp/torchinductor_<user> into TORCHINDUCTOR_CACHE_DIR (torch's
+    `cache_dir()`), and Inductor's autotuner its triton/<device> folder into TRITON_CACHE_DIR. Taken
+    for a user's setting, the work folder stayed empty and every later process compiled again."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    env = kernel_cache.os.environ
+    assert cache_dir() == os.path.abspath(default_cache_dir()) == env["TORCHINDUCTOR_CACHE_DIR"]
+    env["TRITON_CACHE_DIR"] = os.path.join(default_cache_dir(), "triton", "0")
+    cfg = make_config(f"paths.kernel_cache={tmp_path / 'kernels'}")
+    stage = activate(cfg, tracked=True)  # the `kernels` stage
+    assert stage.inductor_dir == tmp_path / "kernels" / h200 / "inductor"
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str(stage.inductor_dir)
+    warmed = stage.triton_dir / "k1" / "a.cubin"
+    warmed.parent.mkdir(parents=True)
+    warmed.write_bytes(b"warm")
+    work = activate(cfg)  # a later process: the tracked files are linked into its folder
+    assert (work.triton_dir / "k1" / "a.cubin").read_bytes() == b"warm" and not work.is_cold()
+    assert env["TRITON_CACHE_DIR"] == str(work.triton_dir) and work.kept_in == work.root
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "mine")  # a user's own choice still stays
+    assert activate(cfg).inductor_dir == tmp_path / "mine"
+
+
 def test_the_installed_triton_keeps_autotuning_results_when_asked(clean_env: pytest.MonkeyPatch) -> None:
     """What TRITON_CACHE_AUTOTUNING does in this Triton: autotuners made while it is set write and
     read their results in TRITON_CACHE_DIR (Autotuner.cache_results, read when the kernel is made)."""
