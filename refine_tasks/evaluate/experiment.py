@@ -230,6 +230,14 @@ def write_results(
         if path is not None:
             figures.append(path.name)
     finding = verdict(rows)
+    configured = [int(x) for x in meta.get("seeds", [])]
+    paired = sorted({seed for r in rows for seed in r["seeds"]})
+    missing = [seed for seed in configured if seed not in paired]
+    if missing:  # a run still under way, or one cut short: the page says which seeds it lacks
+        finding += (
+            f" Seed(s) {', '.join(map(str, missing))} of the {len(configured)} configured have no paired "
+            f"SFT and ReFINE evaluations yet; the intervals are over seed(s) {', '.join(map(str, paired)) or 'none'}."
+        )
     md = [
         "# Results: base vs SFT vs ReFINE\n",
         f"Written by `{meta.get('command', 'refine report')}`; {meta.get('date', '')}.\n",
@@ -251,7 +259,7 @@ def write_results(
             ],
         )
     )
-    seed = int(meta["seeds"][0]) if meta.get("seeds") else int(cells.seed.min())
+    seed = configured[0] if configured else int(cells.seed.min())
     ablated = ablation_rows(scores, ablations or {}, seed)
     if ablated:
         summaries = [m for m in dict.fromkeys(scores.metric) if m.endswith((" avg", " average"))]
@@ -291,6 +299,8 @@ def write_results(
     md_path.write_text("\n".join(md), encoding="utf-8")
     payload = {
         **meta,
+        "seeds": paired,  # the seeds the paired differences are over
+        "seeds_configured": configured,
         "finding": finding,
         "headline": rows,
         "ablations": ablated,

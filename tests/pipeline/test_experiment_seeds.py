@@ -114,6 +114,14 @@ def test_the_page_pairs_sft_and_refine_by_seed(tmp_path):
     shutil.rmtree(tmp_path / "runs" / "base" / "checkpoints")
     _, again = write_experiment_results(cfg, command="refine report --experiment")
     assert json.loads(again.read_text())["headline"] == data["headline"]
+    assert "configured have no paired" not in md.read_text() and data["seeds_configured"] == [0, 1, 2]
+    # a run cut short: seed 2's ReFINE never evaluated; the page says whose pairs its intervals are over
+    shutil.rmtree(tmp_path / "exp" / "seed-2" / "eval" / "ruler_qa" / "refine")
+    md, js = write_experiment_results(cfg, command="refine report --experiment")
+    short = json.loads(js.read_text())
+    assert short["seeds"] == [0, 1] and short["seeds_configured"] == [0, 1, 2]
+    assert "Seed(s) 2 of the 3 configured have no paired SFT and ReFINE evaluations yet" in short["finding"]
+    assert "the intervals are over seed(s) 0, 1." in md.read_text()
 
 
 def test_a_stage_killed_midway_is_not_taken_for_done(tmp_path):
