@@ -48,6 +48,14 @@
 # (3 processes on the GPU, through a lifecycle.seed_workers option since removed): base 324 s after `run` (301,667 tokens/s, the same last loss), then SFT 6,228
 # tokens/s, positions 254 s, the base's NIAH evaluation no batch in 10 min; the lease ended there. The
 # script now runs one process at a time.
+# 2026-12-04 11:03 (`run-midtrain --set lifecycle.ablate=never`, one process at a time; the lease ended
+# 1,760 s in, during seed 1's evaluations): `refine run --until eval_longbench@refine` 676 s: kernels
+# 13.7 s (0 files added), base 2,000 steps at 310,551 tokens/s (last loss 0.4760, as before), positions
+# 64.5 s, SFT 78,767 tokens/s, ReFINE 43,298 tokens/s; NIAH 12/7/6 s, RULER QA 8/4/4 s, LongBench
+# 94/13/15 s a model. The base scores 0 on every NIAH cell (1K-8K). Then `refine experiment
+# --seeds-only`: seed 1's positions, SFT and ReFINE each compiled for 140 / 197 / 297 s before their
+# first step: torch._dynamo's import had written torch's default TORCHINDUCTOR_CACHE_DIR, taken for the
+# user's, so no process after the lifecycle's got the archive's kernels (fixed in kernel_cache.py).
 # The run's own cache comes back in the out archive (kernels.txz): copy it over that archive.
 set -u
 case "${1:-}" in
