@@ -72,6 +72,29 @@ def test_a_midtrain_share_splits_the_natural_documents_between_base_and_midtrain
     assert {again.sequence_id(k) for k in range(len(again.sequences))} == ids[2]  # by id, not by seed
 
 
+@pytest.mark.parametrize("packing", ["truncate", "pack"])
+def test_with_a_midtrain_share_the_base_validates_on_midtrainings_held_out_sequences(tmp_path, packing):
+    """The base's own natural text is woven into the generated documents, so it validates on the
+    sequences SFT and ReFINE hold out, read for that alone, and trains on all of its own."""
+    lengths = [[120 + 10 * i for i in range(12)] for _ in range(4)]
+    write_corpus(tmp_path / "c", lengths, source=_synthetic)
+    mid = LongDocumentLoader(tmp_path / "c", 96, 1, packing, 0, held_out=3, midtrain_share=0.5)
+    base = LongDocumentLoader(
+        tmp_path / "c", 96, 1, packing, 0, held_out=3, synthetic=True, midtrain_share=0.5
+    )
+    whole = LongDocumentLoader(tmp_path / "c", 96, 1, packing, 0, synthetic=True, midtrain_share=0.5)
+    assert len(base.held_out_ids) == 3 and base.held_out_ids == mid.held_out_ids
+    trained = {base.sequence_id(k) for k in range(len(base.sequences))}
+    assert trained == {whole.sequence_id(k) for k in range(len(whole.sequences))}  # nothing set aside
+    read_by_base = {i.split("@")[0] for i in trained}
+    assert not {h.split("@")[0] for h in base.held_out_ids} & read_by_base
+    assert [b.input_ids.tolist() for b in base.held_out_batches()] == [
+        b.input_ids.tolist() for b in mid.held_out_batches()
+    ]
+    with pytest.raises(CorpusError, match=r"mid-training \(corpus.midtrain_share\) sequences"):
+        LongDocumentLoader(tmp_path / "c", 96, 1, packing, 0, held_out=400, synthetic=True, midtrain_share=0.5)
+
+
 def test_too_few_sequences_to_hold_out_is_a_clear_error(tmp_path):
     write_corpus(tmp_path / "c", [[120, 130, 140]])
     with pytest.raises(CorpusError, match="train.val_sequences=2"):
