@@ -23,9 +23,9 @@ refine_tasks.corpus.retrieval_docs) are read only with `synthetic=True` (base pr
 `midtrain_share` (corpus.midtrain_share) the natural documents are split by id: those kept for
 mid-training are read only without `synthetic`, the others only with it. The base (`synthetic`) then
 validates on mid-training's held-out sequences too, read for that alone: its own natural documents'
-paragraphs are woven into the generated ones, read hundreds of times (an H200 base of 2026-12-04
-"validated" at next-token accuracy 0.937 on them), and so every stage validates on the same
-sequences, none of whose text the base or a generated document has read.
+paragraphs are woven into the generated ones (each into a median of 25 at the GPU profile; an H200
+base of 2026-12-04 "validated" at next-token accuracy 0.937 on them). So every stage validates on
+the same sequences, none of whose text the base or a generated document has read.
 """
 
 from __future__ import annotations
