@@ -10,7 +10,8 @@
 #
 # Every 20 s the runs' summaries and metrics and the evaluations' scores go to OUTDIR/progress/data (the
 # layout of data/: `refine report --experiment` over a copy rewrites the page from them), each command's
-# log to OUTDIR, the page to OUTDIR/results. On the device: device_experiment.sh run-midtrain.
+# log to OUTDIR, the page to OUTDIR/results, the kernel cache after `refine run` to OUTDIR/kernels.txz.
+# On the device: device_experiment.sh run-midtrain.
 set -u
 OUTD=${1:?usage: $0 OUTDIR [--set k=v ...]}
 shift
@@ -31,6 +32,10 @@ for step in "run --until eval_longbench@refine" "experiment --seeds-only" "repor
     say "refine $step"
     # shellcheck disable=SC2086  # the step's words
     refine_ $step -p "$P" "$@" >"$log" 2>&1 || { code=$?; say "refine $step exit $code"; tail -n 40 "$log"; break; }
+    # What the lifecycle compiled (the tracked folder and its work folder, merged) comes back before
+    # the seeds begin, so a lease that ends during them still brings it: copy it over
+    # benchmarks/kernel_cache/nvidia-h200-triton3.6.0.txz.
+    if [ "${step%% *}" = run ]; then bash benchmarks/pack_kernel_cache.sh data/cache/kernels "$OUTD/kernels.txz"; fi
 done
 kill $copier 2>/dev/null
 copy_progress
