@@ -8,10 +8,10 @@
 #
 #   bash benchmarks/gpu_midtrain_experiment.sh OUTDIR [--set section.field=value ...]   (PARAMS: the profile)
 #
-# Every 20 s the runs' summaries and metrics and the evaluations' scores go to OUTDIR/progress/data (the
-# layout of data/: `refine report --experiment` over a copy rewrites the page from them), each command's
-# log to OUTDIR, the page to OUTDIR/results, the kernel cache after `refine run` to OUTDIR/kernels.txz.
-# On the device: device_experiment.sh run-midtrain.
+# Every 20 s the runs' summaries and metrics and the evaluations' scores and samples (every prediction;
+# files under 8 MB) go to OUTDIR/progress/data (the layout of data/: `refine report --experiment` over a
+# copy rewrites the page from them), each command's log to OUTDIR, the page to OUTDIR/results, the
+# kernel cache after `refine run` to OUTDIR/kernels.txz. On the device: device_experiment.sh run-midtrain.
 set -u
 OUTD=${1:?usage: $0 OUTDIR [--set k=v ...]}
 shift
@@ -19,7 +19,8 @@ P=${PARAMS:-params-gpu-small.yaml}
 mkdir -p "$OUTD/progress" "$OUTD/results"
 refine_() { python3 -c "from refine_tasks.pipeline.cli import app; app()" "$@"; }
 copy_progress() {
-    find data/runs data/eval data/experiment \( -name summary.json -o -name metrics.jsonl -o -name scores.json \) \
+    find data/runs data/eval data/experiment \( -name summary.json -o -name metrics.jsonl -o -name scores.json \
+        -o -name samples.parquet \) \
         -size -8M 2>/dev/null | tar -cf - -T - 2>/dev/null | tar -xf - -C "$OUTD/progress"
 }
 (while sleep 20; do copy_progress; done) &
