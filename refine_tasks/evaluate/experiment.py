@@ -243,6 +243,16 @@ def write_results(
         f"Written by `{meta.get('command', 'refine report')}`; {meta.get('date', '')}.\n",
     ]
     md.append(finding + "\n")
+    probe = runs.get("base", {}).get("summary", {}).get("recall_probe")
+    if probe:  # refine_tasks.evaluate.recall_probe: whether the base retrieves at all, in its own wording
+        shares = [
+            "-" if x is None else f"{100 * x:.1f}" for x in (probe["use_exact"], probe["statement_exact"])
+        ]
+        md.append(
+            f"The base's recall probe (generated documents from text it never read; values copied whole, "
+            f"x 100): {shares[0]} at later uses ({probe['uses']} values), {shares[1]} where first stated "
+            f"({probe['statements']}, not retrievable).\n"
+        )
     md.append("## Headline (scores x 100; mean [95% bootstrap CI] over seeds)\n")
     md.append(
         _md_table(

@@ -328,8 +328,45 @@ def train_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -
         **({"final_val_loss": validated[-1]["val/loss"]} if validated else {}),
         **({"final_val_accuracy": validated[-1]["val/accuracy"]} if validated else {}),
     }
+    rows = result.summary_rows()
+    if name == "base" and result.checkpoint is not None:
+        probe = base_recall(run_cfg, result.checkpoint)
+        if probe is not None:
+            summary["recall_probe"] = probe
+            rows.append(
+                (
+                    "recall probe: uses / statements",
+                    " / ".join(
+                        "-" if x is None else f"{x:.3f}"
+                        for x in (probe["use_exact"], probe["statement_exact"])
+                    )
+                    + f" exact ({probe['uses']} / {probe['statements']} values)",
+                )
+            )
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-    return StageResult(name, result.summary_rows())
+    return StageResult(name, rows)
+
+
+PROBE_DOCS = 16  # unseen natural documents the recall probe builds a generated document from, each
+
+
+def base_recall(cfg: PipelineConfig, checkpoint: Path) -> dict | None:
+    """The recall probe of the base at `checkpoint` (see refine_tasks.evaluate.recall_probe) on
+    evaluate.device and dtype, or None without text the base has not read (corpus.midtrain_share 0)."""
+    from refine_tasks.corpus.tokenizer import load_tokenizer
+    from refine_tasks.evaluate.recall_probe import recall_probe, unseen_texts
+    from refine_tasks.evaluate.runner import load_eval_model
+
+    texts = unseen_texts(
+        cfg.paths.corpus_dir, load_tokenizer(cfg.paths.tokenizer_dir), cfg.corpus.midtrain_share, PROBE_DOCS
+    )
+    if not texts:
+        return None
+    model, tokenizer, _ = load_eval_model(_with(cfg, evaluate={"checkpoint": str(checkpoint)}))
+    c = cfg.corpus
+    return recall_probe(
+        model, tokenizer, texts, facts=c.retrieval_facts, chars=c.retrieval_chars, seq_len=cfg.train.seq_len
+    )
 
 
 def device_name(device: str) -> str:

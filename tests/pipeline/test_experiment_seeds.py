@@ -115,6 +115,15 @@ def test_the_page_pairs_sft_and_refine_by_seed(tmp_path):
     _, again = write_experiment_results(cfg, command="refine report --experiment")
     assert json.loads(again.read_text())["headline"] == data["headline"]
     assert "configured have no paired" not in md.read_text() and data["seeds_configured"] == [0, 1, 2]
+    assert "recall probe" not in md.read_text()  # the base's summary has none
+    summary = json.loads((tmp_path / "runs" / "base" / "summary.json").read_text())
+    summary["recall_probe"] = {"use_exact": 0.25, "statement_exact": 0.0, "uses": 40, "statements": 16}
+    (tmp_path / "runs" / "base" / "summary.json").write_text(json.dumps(summary))
+    md, _ = write_experiment_results(cfg, command="refine report --experiment")
+    assert (
+        "x 100): 25.0 at later uses (40 values), 0.0 where first stated (16, not retrievable)"
+        in md.read_text()
+    )
     # a run cut short: seed 2's ReFINE never evaluated; the page says whose pairs its intervals are over
     shutil.rmtree(tmp_path / "exp" / "seed-2" / "eval" / "ruler_qa" / "refine")
     md, js = write_experiment_results(cfg, command="refine report --experiment")

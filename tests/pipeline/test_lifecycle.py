@@ -228,3 +228,25 @@ def test_the_kernels_stage_keeps_what_the_cache_holds(make_config, tmp_path: Pat
             "kernels", cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "cuda:7"})})
         )
     assert kept.is_file() and not list(tmp_path.glob("kernels.aside-*"))
+
+
+def test_the_base_stage_records_its_recall_probe(make_config, tmp_path: Path) -> None:
+    """With a mid-training share, the base's summary holds the recall probe on documents it never read."""
+    runs = tmp_path / "runs"
+    cfg = make_config(
+        f"lifecycle.runs_dir={runs}", "corpus.limit=8", "corpus.midtrain_share=0.5", "corpus.retrieval_ratio=1",
+        "corpus.retrieval_chars=2000", "corpus.retrieval_facts=4", "train.seq_len=1024", "train.batch_size=1",
+        "lifecycle.base_steps=2", "model.preset=tiny", "train.device=cpu", "evaluate.device=cpu",
+    )  # fmt: skip
+    run_stage("corpus", cfg)
+    result = run_stage("base", cfg)
+    probe = json.loads((runs / "base" / "summary.json").read_text())["recall_probe"]
+    assert probe["uses"] > 0 and probe["statements"] > 0
+    assert 0.0 <= probe["use_exact"] <= 1.0 and 0.0 <= probe["statement_exact"] <= 1.0
+    assert dict(result.rows)["recall probe: uses / statements"].endswith(
+        f"exact ({probe['uses']} / {probe['statements']} values)"
+    )
+    run_stage("corpus", make_config(f"lifecycle.runs_dir={runs}", "corpus.limit=8"))  # no share: no probe
+    run_stage("base", make_config(f"lifecycle.runs_dir={runs}", "train.seq_len=128", "lifecycle.base_steps=1",
+                                  "model.preset=tiny", "train.device=cpu"))  # fmt: skip
+    assert "recall_probe" not in json.loads((runs / "base" / "summary.json").read_text())

@@ -92,7 +92,9 @@ def test_with_a_midtrain_share_the_base_validates_on_midtrainings_held_out_seque
         b.input_ids.tolist() for b in mid.held_out_batches()
     ]
     with pytest.raises(CorpusError, match=r"mid-training \(corpus.midtrain_share\) sequences"):
-        LongDocumentLoader(tmp_path / "c", 96, 1, packing, 0, held_out=400, synthetic=True, midtrain_share=0.5)
+        LongDocumentLoader(
+            tmp_path / "c", 96, 1, packing, 0, held_out=400, synthetic=True, midtrain_share=0.5
+        )
 
 
 def test_too_few_sequences_to_hold_out_is_a_clear_error(tmp_path):

@@ -1,0 +1,107 @@
+"""Does the base retrieve in context on the kind of document it was trained on? The recall probe.
+
+NIAH asks for a value in RULER's wording, which the base never reads; a 0 there does not say
+whether the base learnt to retrieve at all or only not in that wording. The probe answers the
+first question. It builds retrieval documents (refine_tasks.corpus.retrieval_docs) from natural
+text the base never read (the documents kept for mid-training, corpus.midtrain_share), runs the
+base over each once, and reads the argmax prediction at every token of every record's value,
+teacher-forced:
+
+  use_exact        the share of later uses whose whole value the base predicts: retrievable,
+                   the value was stated earlier in the document;
+  statement_exact  the same at the statements, where the value first appears: not retrievable,
+                   near 0 for any model (a few digits of chance).
+
+A base that retrieves in context has use_exact well above statement_exact; one that has only
+learnt the documents' wording has both near 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from refine_tasks.corpus import shard_paths
+from refine_tasks.corpus.clean import SYNTHETIC_PREFIX, for_midtrain
+from refine_tasks.corpus.retrieval_docs import STATEMENTS, USES, retrieval_document, sentence_pattern
+from refine_tasks.corpus.shards import read_shard
+
+_USES = [sentence_pattern(t) for t in USES]
+_STATEMENTS = [sentence_pattern(t) for t in STATEMENTS]
+
+
+@dataclass(frozen=True)
+class ValueSpan:
+    kind: str  # "use" or "statement"
+    start: int  # characters of the document
+    stop: int
+
+
+def value_spans(text: str) -> list[ValueSpan]:
+    """Every record's value in a generated document: where it is stated and where it is used (each
+    inserted sentence is a paragraph of its own)."""
+    spans, offset = [], 0
+    for paragraph in text.split("\n\n"):
+        for kind, patterns in (("use", _USES), ("statement", _STATEMENTS)):
+            m = next((m for p in patterns if (m := p.match(paragraph))), None)
+            if m is not None:
+                spans.append(ValueSpan(kind, offset + m.start("value"), offset + m.end("value")))
+                break
+        offset += len(paragraph) + 2
+    return spans
+
+
+def unseen_texts(corpus_dir: Path, tokenizer, midtrain_share: float, n: int) -> list[str]:
+    """Up to n natural documents kept for mid-training (never read by the base, never drawn into a
+    generated document), decoded from the corpus's shards; the same ones every time (by id hash)."""
+    if not midtrain_share:
+        return []
+    rows = []
+    for path in shard_paths(corpus_dir):
+        table = read_shard(path, ["doc_id", "source", "input_ids"])
+        for doc_id, source, ids in zip(
+            *(table[c].to_pylist() for c in ("doc_id", "source", "input_ids")), strict=True
+        ):
+            if not source.startswith(SYNTHETIC_PREFIX) and for_midtrain(doc_id, midtrain_share):
+                rows.append((hashlib.sha256(doc_id.encode()).hexdigest(), ids))
+    return [tokenizer.decode(ids, skip_special_tokens=True) for _, ids in sorted(rows)[:n]]
+
+
+@torch.no_grad()
+def recall_probe(
+    model, tokenizer, texts: list[str], *, facts: int, chars: int, seq_len: int, seed: int = 0
+) -> dict[str, float | int | None]:
+    """{"use_exact", "statement_exact", "uses", "statements"} over one generated document per text
+    (the first seq_len tokens of each; values cut by that end are left out; a share is None when
+    there was no value of its kind)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    hits: dict[str, list[bool]] = {"use": [], "statement": []}
+    try:
+        for i, text in enumerate(texts):
+            paragraphs = [p for p in text.split("\n\n") if p.strip()]
+            if not paragraphs:
+                continue
+            document = retrieval_document(random.Random(f"probe:{seed}:{i}"), paragraphs, facts, chars)
+            encoded = tokenizer(document, return_offsets_mapping=True, add_special_tokens=False)
+            ids, offsets = encoded["input_ids"][:seq_len], encoded["offset_mapping"][:seq_len]
+            predicted = model(torch.tensor([ids], device=device)).logits[0].argmax(-1).tolist()
+            for span in value_spans(document):
+                tokens = [t for t, (a, b) in enumerate(offsets) if a < span.stop and b > span.start]
+                if not tokens or tokens[0] == 0 or offsets[-1][1] < span.stop:
+                    continue  # at the very start, or cut by seq_len
+                hits[span.kind].append(all(predicted[t - 1] == ids[t] for t in tokens))
+    finally:
+        model.train(was_training)
+    share = {k: (sum(v) / len(v) if v else None) for k, v in hits.items()}
+    return {
+        "use_exact": share["use"],
+        "statement_exact": share["statement"],
+        "uses": len(hits["use"]),
+        "statements": len(hits["statement"]),
+    }
