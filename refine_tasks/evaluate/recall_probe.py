@@ -90,7 +90,10 @@ def recall_probe(
             document = retrieval_document(random.Random(f"probe:{seed}:{i}"), paragraphs, facts, chars)
             encoded = tokenizer(document, return_offsets_mapping=True, add_special_tokens=False)
             ids, offsets = encoded["input_ids"][:seq_len], encoded["offset_mapping"][:seq_len]
-            predicted = model(torch.tensor([ids], device=device)).logits[0].argmax(-1).tolist()
+            # padded at the end to seq_len, the shape training compiled its kernels for (a causal
+            # model's predictions before the padding do not see it)
+            padded = ids + [tokenizer.pad_token_id or 0] * (seq_len - len(ids))
+            predicted = model(torch.tensor([padded], device=device)).logits[0].argmax(-1).tolist()
             for span in value_spans(document):
                 tokens = [t for t, (a, b) in enumerate(offsets) if a < span.stop and b > span.start]
                 if not tokens or tokens[0] == 0 or offsets[-1][1] < span.stop:

@@ -75,3 +75,18 @@ def test_unseen_texts_are_the_midtraining_share(tmp_path, tokenizer) -> None:
     some = unseen_texts(tmp_path / "c", tokenizer, 0.5, 20)
     assert 0 < len(some) < 10 and some == unseen_texts(tmp_path / "c", tokenizer, 0.5, 20)
     assert unseen_texts(tmp_path / "c", tokenizer, 0.5, 2) == some[:2]
+
+
+def test_padding_to_seq_len_leaves_the_predictions_alone(tokenizer, tiny_model) -> None:
+    """Each document is padded at its end to seq_len (the shape training compiled); a causal model's
+    predictions before the padding, and so the probe, do not change with it."""
+    texts = ["\n\n".join(PARAGRAPHS[i:] + PARAGRAPHS[:i]) for i in range(2)]
+    kw = {"facts": 4, "chars": 1000}
+    assert len(tokenizer.encode(retrieval_document(random.Random(0), PARAGRAPHS, 4, 1000))) < 1536
+    at = [recall_probe(tiny_model, tokenizer, texts, seq_len=n, **kw) for n in (1536, 2048)]
+    assert at[0] == at[1] and at[0]["uses"] > 0
+    ids = torch.randint(0, len(tokenizer), (1, 300), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        alone = tiny_model(ids).logits
+        padded = tiny_model(torch.cat([ids, torch.zeros(1, 212, dtype=torch.long)], 1)).logits[:, :300]
+    torch.testing.assert_close(padded, alone, rtol=1e-4, atol=1e-4)
