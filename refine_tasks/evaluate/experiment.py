@@ -244,7 +244,7 @@ def write_results(
     ]
     md.append(finding + "\n")
     probe = runs.get("base", {}).get("summary", {}).get("recall_probe")
-    if probe:  # refine_tasks.evaluate.recall_probe: whether the base retrieves at all, in its own wording
+    if probe:  # refine_tasks.train.recall_probe: whether the base retrieves at all, in its own wording
         shares = [
             "-" if x is None else f"{100 * x:.1f}" for x in (probe["use_exact"], probe["statement_exact"])
         ]

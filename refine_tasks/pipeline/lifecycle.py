@@ -351,22 +351,29 @@ PROBE_DOCS = 16  # unseen natural documents the recall probe builds a generated 
 
 
 def base_recall(cfg: PipelineConfig, checkpoint: Path) -> dict | None:
-    """The recall probe of the base at `checkpoint` (see refine_tasks.evaluate.recall_probe) on
-    evaluate.device and dtype, or None without text the base has not read (corpus.midtrain_share 0)."""
+    """The recall probe of the base at `checkpoint` (see refine_tasks.train.recall_probe) on
+    train.device at train.dtype, as its validation runs; None without text the base has not read
+    (corpus.midtrain_share 0). Every setting it reads is one of the base stage's own parameters."""
     from refine_tasks.corpus.tokenizer import load_tokenizer
-    from refine_tasks.evaluate.recall_probe import recall_probe, unseen_texts
-    from refine_tasks.evaluate.runner import load_eval_model
+    from refine_tasks.train.recall_probe import recall_probe, unseen_texts
+    from refine_tasks.train.starting_model import make_model, mixed_precision, resolve_device
 
-    texts = unseen_texts(
-        cfg.paths.corpus_dir, load_tokenizer(cfg.paths.tokenizer_dir), cfg.corpus.midtrain_share, PROBE_DOCS
-    )
+    tokenizer = load_tokenizer(cfg.paths.tokenizer_dir)
+    texts = unseen_texts(cfg.paths.corpus_dir, tokenizer, cfg.corpus.midtrain_share, PROBE_DOCS)
     if not texts:
         return None
-    model, tokenizer, _ = load_eval_model(_with(cfg, evaluate={"checkpoint": str(checkpoint)}))
+    device = resolve_device(cfg.train.device)
+    model = make_model(_with(cfg, model={"init_from": str(checkpoint)}), device)
     c = cfg.corpus
-    return recall_probe(
-        model, tokenizer, texts, facts=c.retrieval_facts, chars=c.retrieval_chars, seq_len=cfg.train.seq_len
-    )
+    with mixed_precision(device, cfg.train.dtype):
+        return recall_probe(
+            model,
+            tokenizer,
+            texts,
+            facts=c.retrieval_facts,
+            chars=c.retrieval_chars,
+            seq_len=cfg.train.seq_len,
+        )
 
 
 def device_name(device: str) -> str:

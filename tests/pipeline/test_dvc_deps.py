@@ -38,7 +38,7 @@ STAGE_ENTRIES = {
         "refine_tasks.train.starting_model",
         "refine_tasks.train.warmup",
     ),
-    "base": TRAINING,
+    "base": (*TRAINING, "refine_tasks.train.recall_probe", "refine_tasks.train.starting_model"),
     "positions": ("refine_tasks.train.positions", CHECKPOINT, THREADS),
     "midtrain_sft": TRAINING,
     "midtrain_refine": TRAINING,

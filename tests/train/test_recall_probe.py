@@ -7,16 +7,30 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from refine_tasks.corpus.retrieval_docs import retrieval_document
-from refine_tasks.evaluate.recall_probe import recall_probe, unseen_texts, value_spans
+from refine_tasks.corpus.tokenizer import load_tokenizer
+from refine_tasks.models import build_model
+from refine_tasks.train.recall_probe import recall_probe, unseen_texts, value_spans
 
 PARAGRAPHS = [
     "The harvest was late that year and the roads were poor.",
     "Merchants waited at the crossing for the water to fall.",
     "In the spring the council met again to settle the accounts of the town.",
 ] * 4
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    return load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    torch.manual_seed(0)
+    return build_model("tiny", vocab_size=len(tokenizer)).eval()
 
 
 class Predicts(torch.nn.Module):
