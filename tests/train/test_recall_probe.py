@@ -104,3 +104,20 @@ def test_padding_to_seq_len_leaves_the_predictions_alone(tokenizer, tiny_model) 
         alone = tiny_model(ids).logits
         padded = tiny_model(torch.cat([ids, torch.zeros(1, 212, dtype=torch.long)], 1)).logits[:, :300]
     torch.testing.assert_close(padded, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_the_probe_finds_the_values_with_the_gpu_profiles_tokenizer() -> None:
+    """The 32,000-piece Mistral SentencePiece (params-gpu-small.yaml) gives the offsets the probe
+    reads values by: a perfect retriever copies every used value and no stated one."""
+    pytest.importorskip("sentencepiece")
+    pytest.importorskip("mistral_common")
+    tokenizer = load_tokenizer("mistral-common:tokenizer.model.v1")
+    texts = ["\n\n".join(PARAGRAPHS[i:] + PARAGRAPHS[:i]) for i in range(3)]
+
+    def seen(row, t):
+        nxt = row[min(t + 1, len(row) - 1)]
+        return nxt if nxt in row[: t + 1] else 0
+
+    probe = recall_probe(Predicts(len(tokenizer), seen), tokenizer, texts, facts=4, chars=1500, seq_len=2048)
+    assert probe["uses"] >= 12 and probe["statements"] == 12
+    assert probe["use_exact"] == 1.0 and probe["statement_exact"] == 0.0
