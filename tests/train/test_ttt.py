@@ -4,23 +4,17 @@ carries the adaptation across batches, and the checkpoint on disk is never chang
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
 import torch
 
-from refine_tasks.corpus.tokenizer import load_tokenizer, save_tokenizer
+from refine_tasks.corpus.tokenizer import save_tokenizer
 from refine_tasks.evaluate.records import EvalRecord
 from refine_tasks.evaluate.runner import evaluate_records, load_eval_model, run_evaluation
 from refine_tasks.models import build_model
 from refine_tasks.train.ttt import TestTimeTrainer
 
 TTT = ("positions.n_chunks=2", "positions.margin=4", "refine.rollout_len=3", "ttt.lr=0.05", "ttt.steps=1")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir: Path):
-    return load_tokenizer(tokenizer_dir)
 
 
 @pytest.fixture
