@@ -56,6 +56,10 @@
 # --seeds-only`: seed 1's positions, SFT and ReFINE each compiled for 140 / 197 / 297 s before their
 # first step: torch._dynamo's import had written torch's default TORCHINDUCTOR_CACHE_DIR, taken for the
 # user's, so no process after the lifecycle's got the archive's kernels (fixed in kernel_cache.py).
+# 2026-12-04 14:00 (`run-midtrain`, the fix in): `refine run --until eval_longbench@refine` 514 s (kernels
+# 10.4 s, base 345,260 tokens/s, last loss 0.4643; positions 2.3 s; SFT 91,713 and ReFINE 42,865
+# tokens/s; NIAH 7/7/6 s, RULER QA 4/4/4 s, LongBench 12/12/11 s a model), then seeds 1 and 2 in 356 s
+# together (seed 1's positions 8.7 s, SFT 92,188 and ReFINE 44,339 tokens/s: no compiling), report 17 s.
 # The run's own cache comes back in the out archive (kernels.txz): copy it over that archive.
 set -u
 case "${1:-}" in
@@ -94,7 +98,16 @@ run | run-midtrain)
     # that started after the first call's end trained the CPU lifecycle). The run works in a copy of
     # its own, which outlives the calls while the machine stays warm.
     RUN=${RUN_DIR:-/tmp/refine-run}
-    rm -rf "$RUN" && mkdir -p "$RUN" || exit 1
+    # KEEP_DATA=1 (implied by ABLATIONS=1) keeps the run's data/ (base, runs, evaluations) of an earlier
+    # call on this warm machine and refreshes the code only. 2026-12-04 14:10: `ABLATIONS=1 ...
+    # run-midtrain` after a finished comparison found data/ wiped by this copy, retrained the base and
+    # spent the lease's last 540 s on it, no ablation reached.
+    if [ "${KEEP_DATA:-${ABLATIONS:-0}}" = 1 ] && [ -d "$RUN/data" ]; then
+        find "$RUN" -mindepth 1 -maxdepth 1 ! -name data -exec rm -rf {} + || exit 1
+        echo "keeping $RUN/data of an earlier call"
+    else
+        rm -rf "$RUN" && mkdir -p "$RUN" || exit 1
+    fi
     tar -cf - --exclude='./.whl*' --exclude=./.shared_data --exclude=./.gpu_data . | tar -xf - -C "$RUN" || exit 1
     cd "$RUN" || exit 1
     echo "running in $RUN, a copy of $OLDPWD"

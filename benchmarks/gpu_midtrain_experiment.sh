@@ -28,7 +28,10 @@ copier=$!
 began=$(date +%s)
 say() { echo "[$(($(date +%s) - began)) s] $*"; }
 code=0
-for step in "run --until eval_longbench@refine" "experiment --seeds-only" "report --experiment"; do
+steps=("run --until eval_longbench@refine" "experiment --seeds-only" "report --experiment")
+# ABLATIONS=1: the lifecycle's ablations after a finished comparison (refine experiment skips what is done).
+[ "${ABLATIONS:-0}" = 1 ] && steps=("experiment" "report --experiment")
+for step in "${steps[@]}"; do
     log="$OUTD/${step%% *}.log"
     say "refine $step"
     # shellcheck disable=SC2086  # the step's words

@@ -473,7 +473,7 @@ class LifecycleConfig(Section):
     ablate: Literal["if-no-gain", "always", "never"] = Field(
         "if-no-gain",
         description="`refine experiment`: run lifecycle.ablations after the seeds when ReFINE beats SFT on "
-        "no metric (if-no-gain), always, or never",
+        "no primary metric, each family's average (if-no-gain), always, or never",
     )
     ablations: dict[str, list[str]] = Field(
         default_factory=lambda: {name: list(settings) for name, settings in ABLATIONS.items()},

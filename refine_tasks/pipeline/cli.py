@@ -342,7 +342,7 @@ def experiment_command(
 ) -> None:
     """The experiment: the whole lifecycle (as `refine run`) at `seed`, then SFT and ReFINE from the
     same base at every seed of lifecycle.seeds (their positions, training and evaluations), then
-    the ablations of lifecycle.ablations when ReFINE beats SFT on no metric (lifecycle.ablate), then
+    the ablations of lifecycle.ablations when ReFINE beats SFT on no primary metric (lifecycle.ablate), then
     the page: lifecycle.results_dir/results.md and results.json (means, bootstrap 95% CIs, the
     paired ReFINE - SFT difference, the ablations' table, heat-maps and curves)."""
     steps = [] if seeds_only else list(RUN_STEPS)

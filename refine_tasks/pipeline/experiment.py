@@ -11,7 +11,8 @@ interrupted experiment continues where it stopped. `write_experiment_results` th
 An ablation of `lifecycle.ablations` is one ReFINE run at `seed` from the same base with its settings
 changed (its positions, training and evaluations under `lifecycle.experiment_dir/ablation-<name>/`);
 one that changes train.* trains an SFT at the same settings beside it, the SFT it is compared with.
-`refine experiment` runs them when ReFINE beats SFT on no metric (`lifecycle.ablate`).
+`refine experiment` runs them when ReFINE beats SFT on no primary metric, each family's average
+(`lifecycle.ablate`).
 """
 
 from __future__ import annotations
@@ -130,10 +131,10 @@ def should_ablate(cfg: PipelineConfig) -> tuple[bool, str]:
     cells = _cells(cfg)
     if cells.empty:
         return False, "no evaluation results yet"
-    better = gains(headline(metric_scores(cells)))
+    better = gains(headline(metric_scores(cells)), primary_only=True)
     if better:
-        return False, f"ReFINE beats SFT on {len(better)} metric(s): {', '.join(better)}"
-    return True, "ReFINE beats SFT on no metric"
+        return False, f"ReFINE beats SFT on {len(better)} primary metric(s): {', '.join(better)}"
+    return True, "ReFINE beats SFT on no primary metric (each family's average)"
 
 
 def experiment_seeds(cfg: PipelineConfig) -> list[int]:

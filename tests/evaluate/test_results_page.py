@@ -13,6 +13,8 @@ import pytest
 from refine_tasks.evaluate.experiment import (
     Interval,
     bootstrap_ci,
+    chance_of_excluding_zero,
+    gains,
     headline,
     metric_scores,
     paired_difference,
@@ -101,6 +103,39 @@ def test_headline_and_verdict_state_the_paired_gain():
     assert "does not beat SFT" in text
 
 
+def test_the_bootstraps_false_positive_rate_at_few_seeds_is_the_one_the_page_states():
+    # n = 3: the percentile interval excludes 0 exactly when all three differences share a sign
+    assert chance_of_excluding_zero(3) == pytest.approx(2 / 2**3, abs=0.03)
+    rng = np.random.default_rng(5)
+    null = [paired_difference(rng.normal(size=3), rng.normal(size=3), resamples=2000) for _ in range(400)]
+    assert np.mean([d.excludes_zero() for d in null]) == pytest.approx(chance_of_excluding_zero(3), abs=0.06)
+    assert chance_of_excluding_zero(10) < chance_of_excluding_zero(6) < chance_of_excluding_zero(3)
+    assert chance_of_excluding_zero(10) > 0.05  # still above the nominal 5% at ten seeds
+
+
+def _row(metric: str, diffs) -> dict:
+    return {"metric": metric, "refine_minus_sft": vars(bootstrap_ci(diffs))}
+
+
+def test_the_verdict_is_decided_on_the_family_averages_not_a_per_task_win():
+    rows = [
+        _row("LongBench: qmsum", [1.0, 2.0, 1.5]),  # every seed up: its CI is above 0
+        _row("LongBench: lcc", [-1.0, -2.0, -1.5]),  # every seed down
+        _row("LongBench average", [0.4, -0.2, 0.1]),  # the primary metric holds 0
+        _row("S-NIAH 1K", [0.0, 0.0, 0.0]),
+        _row("S-NIAH avg", [0.0, 0.0, 0.0]),
+    ]
+    assert gains(rows) == ["LongBench: qmsum"] and gains(rows, primary_only=True) == []
+    text = verdict(rows)
+    assert "does not beat SFT at this scale on any primary metric" in text
+    assert "Per task or length (3 metrics): ReFINE beats SFT on 1: LongBench: qmsum" in text
+    # the chance line counts only the per-task metrics that vary (not the all-zero S-NIAH 1K)
+    assert "of the 2 per-task metrics whose differences are not all 0" in text
+    rows[2] = _row("LongBench average", [0.5, 0.6, 0.4])
+    assert "beats SFT (95% CI of the difference above 0) on 1: LongBench average" in verdict(rows)
+    assert "does not beat" not in verdict(rows)
+
+
 def test_write_results_page_and_json_hold_the_same_numbers(tmp_path):
     metrics = [
         {"step": s, "loss": 3.0 - 0.1 * s, "ntp": 3.0 - 0.1 * s, "reward/cosine_mean": 0.1 * s}
@@ -134,3 +169,8 @@ def test_write_results_page_and_json_hold_the_same_numbers(tmp_path):
     assert data["runs"]["refine seed 1"]["summary"]["device"] == "NVIDIA H200"
     assert re.search(r"\| refine seed 2 \| refine \| 5 \| 4,096 \| 12 \| NVIDIA H200 \| 2.5000 \|", page)
     assert data["finding"] in page
+    assert "## Ablations" not in page  # none configured, none to report
+    md, _ = write_results(
+        _cells(), runs, tmp_path / "again", {"command": "c"}, {"coef-0p4": ["refine.coef=0.4"]}
+    )
+    assert "None of the 1 of lifecycle.ablations (coef-0p4) has scores yet" in md.read_text()

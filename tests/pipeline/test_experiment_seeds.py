@@ -201,8 +201,36 @@ def test_ablations_run_only_when_refine_beats_sft_nowhere_unless_asked(tmp_path)
             shutil.rmtree(tmp_path / seed_dir / "ruler_qa" / arm)
     _arms_at_seeds(tmp_path, gain=[3.0, -1.0, -2.0])  # the CI of the difference holds 0
     run, why = should_ablate(_config(tmp_path))
-    assert run is True and "no metric" in why
+    assert run is True and "no primary metric" in why
     assert should_ablate(_config(tmp_path, "lifecycle.ablate=never"))[0] is False
+
+
+def test_a_per_task_win_alone_does_not_stop_the_ablations(tmp_path):
+    _base(tmp_path)
+    for seed in (0, 1, 2):
+        root = tmp_path / ("eval" if seed == 0 else f"exp/seed-{seed}/eval")
+        runs = tmp_path / ("runs" if seed == 0 else f"exp/seed-{seed}/runs")
+        for arm, squad, hotpot in (("sft", 20.0, 30.0), ("refine", 22.0, 27.0)):  # +2 on one, -3 on the other
+            cells = [
+                {
+                    "run": arm,
+                    "checkpoint": f"/c/{arm}/{seed}",
+                    "family": "ruler_qa",
+                    "task": task,
+                    "length": None,
+                    "depth": None,
+                    "n_samples": 4,
+                    "score": score + seed,
+                }  # fmt: skip
+                for task, score in (("squad", squad), ("hotpot", hotpot))
+            ]
+            (root / "ruler_qa" / arm).mkdir(parents=True)
+            (root / "ruler_qa" / arm / "scores.json").write_text(json.dumps({"run": arm, "cells": cells}))
+            _run(runs / arm, seed)
+    run, why = should_ablate(_config(tmp_path))
+    assert (
+        run is True and "no primary metric" in why
+    )  # RULER QA: squad is up at every seed; the average is not
 
 
 def test_run_ablations_runs_each_missing_stage_once(tmp_path, monkeypatch):
