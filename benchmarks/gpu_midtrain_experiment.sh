@@ -29,8 +29,11 @@ began=$(date +%s)
 say() { echo "[$(($(date +%s) - began)) s] $*"; }
 code=0
 steps=("run --until eval_longbench@refine" "experiment --seeds-only" "report --experiment")
-# ABLATIONS=1: the lifecycle's ablations after a finished comparison (refine experiment skips what is done).
-[ "${ABLATIONS:-0}" = 1 ] && steps=("experiment" "report --experiment")
+# ABLATIONS=1, after a finished comparison in the same folder (device_experiment.sh keeps data/ then):
+# the seeds' stages are done and skipped, then the ablations run as lifecycle.ablate says. Not
+# `refine experiment` alone: on a params file that is not the repository's params.yaml nothing is
+# DVC-tracked, so it would run the whole lifecycle again, base included.
+[ "${ABLATIONS:-0}" = 1 ] && steps=("experiment --seeds-only" "report --experiment")
 for step in "${steps[@]}"; do
     log="$OUTD/${step%% *}.log"
     say "refine $step"
