@@ -339,6 +339,14 @@ def write_results(
             "`refine experiment` runs them when ReFINE beats SFT on no primary metric.\n"
         )
     md.append("\n## Runs\n")
+    md.append(
+        "Last batch NTP is one batch's loss (it varies with the batch); held-out loss and next-token "
+        "accuracy are on the run's held-out sequences at its last validation (train.val_every).\n"
+    )
+
+    def number(value, form: str) -> str:
+        return "-" if value is None else format(value, form)
+
     run_rows = []
     for label, run in runs.items():
         s = run.get("summary", {})
@@ -350,10 +358,13 @@ def write_results(
                 f"{s.get('tokens', 0):,}",
                 f"{s.get('seconds', 0):.0f}",
                 str(s.get("device", "-")),
-                f"{s.get('final_ntp') or float('nan'):.4f}",
+                number(s.get("final_ntp"), ".4f"),
+                number(s.get("final_val_loss"), ".4f"),
+                number(s.get("final_val_accuracy"), ".4f"),
             ]
         )
-    md.append(_md_table(["run", "protocol", "steps", "tokens", "wall s", "device", "final NTP"], run_rows))
+    header = ["run", "protocol", "steps", "tokens", "wall s", "device", "last batch NTP", "held-out loss"]
+    md.append(_md_table([*header, "held-out accuracy"], run_rows))
     md.append("\n## Figures\n")
     md += [f"![{name}]({name})\n" for name in figures]
     md_path, json_path = out_dir / "results.md", out_dir / "results.json"

@@ -143,6 +143,7 @@ def test_write_results_page_and_json_hold_the_same_numbers(tmp_path):
     ]
     metrics[-1].update({"val/loss": 2.6, "val/accuracy": 0.3})
     summary = {"steps": 5, "tokens": 4096, "seconds": 12.5, "device": "NVIDIA H200", "final_ntp": 2.5}
+    summary.update(final_val_loss=2.6, final_val_accuracy=0.3)
     runs = {
         f"{arm} seed {s}": {"seed": s, "protocol": arm, "summary": summary, "metrics": metrics}
         for arm in ("sft", "refine")
@@ -167,7 +168,10 @@ def test_write_results_page_and_json_hold_the_same_numbers(tmp_path):
     ):
         assert (tmp_path / "docs" / name).stat().st_size > 1000 and f"]({name})" in page
     assert data["runs"]["refine seed 1"]["summary"]["device"] == "NVIDIA H200"
-    assert re.search(r"\| refine seed 2 \| refine \| 5 \| 4,096 \| 12 \| NVIDIA H200 \| 2.5000 \|", page)
+    assert re.search(
+        r"\| refine seed 2 \| refine \| 5 \| 4,096 \| 12 \| NVIDIA H200 \| 2.5000 \| 2.6000 \| 0.3000 \|",
+        page,
+    )
     assert data["finding"] in page
     assert "## Ablations" not in page  # none configured, none to report
     md, _ = write_results(
