@@ -210,6 +210,24 @@ def verdict(rows: list[dict]) -> str:
     return " ".join(lines)
 
 
+def held_out_turn(metrics: list[dict], rise: float = 0.05) -> str | None:
+    """A sentence when a run's held-out loss ends more than `rise` (relative) above its lowest: the
+    step and value of the lowest and the last (the run over-fits its corpus from that step on).
+    None when it did not (or has no held-out loss)."""
+    points = [(m["step"], m["val/loss"]) for m in metrics if m.get("val/loss") is not None]
+    if len(points) < 2:
+        return None
+    best_step, best = min(points, key=lambda p: p[1])
+    last_step, last = points[-1]
+    if last <= best * (1 + rise):
+        return None
+    return (
+        f"The base's held-out loss (natural text it never read) was lowest at step {best_step:,} "
+        f"({best:.3f}) and ends at {last:.3f} at step {last_step:,}: from step {best_step:,} on it fits its "
+        f"own corpus at the cost of text it never read (over-fitting)."
+    )
+
+
 def ablation_rows(scores: pd.DataFrame, ablations: dict[str, list[str]], seed: int) -> list[dict]:
     """Per ablation that has scores: its settings, and per metric its score and the difference from
     the SFT it is compared with (its own, `ablation NAME sft`, if it trained one; else the lifecycle's
@@ -298,6 +316,9 @@ def write_results(
             f"x 100): {shares[0]} at later uses ({probe['uses']} values), {shares[1]} where first stated "
             f"({probe['statements']}, not retrievable).\n"
         )
+    overfit = held_out_turn(runs.get("base", {}).get("metrics", []))
+    if overfit:
+        md.append(overfit + "\n")
     md.append("## Headline (scores x 100; mean [95% bootstrap CI] over seeds)\n")
     md.append(
         _md_table(

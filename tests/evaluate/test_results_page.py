@@ -16,6 +16,7 @@ from refine_tasks.evaluate.experiment import (
     chance_of_excluding_zero,
     gains,
     headline,
+    held_out_turn,
     metric_scores,
     paired_difference,
     verdict,
@@ -178,3 +179,12 @@ def test_write_results_page_and_json_hold_the_same_numbers(tmp_path):
         _cells(), runs, tmp_path / "again", {"command": "c"}, {"coef-0p4": ["refine.coef=0.4"]}
     )
     assert "None of the 1 of lifecycle.ablations (coef-0p4) has scores yet" in md.read_text()
+
+
+def test_the_page_says_when_the_bases_held_out_loss_turned_up():
+    falling = [{"step": s, "val/loss": 7.0 - s / 100} for s in range(10, 110, 10)]
+    assert held_out_turn(falling) is None and held_out_turn([]) is None
+    turning = [{"step": s, "val/loss": 4.0 + abs(s - 300) / 400} for s in range(10, 2010, 10)]
+    text = held_out_turn(turning + [{"step": 2010, "loss": 0.4}])  # a line without val/loss is passed over
+    assert "lowest at step 300 (4.000) and ends at 8.250 at step 2,000" in text
+    assert held_out_turn([{"step": 1, "val/loss": 4.0}, {"step": 2, "val/loss": 4.1}]) is None  # within 5%
