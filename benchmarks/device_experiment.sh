@@ -17,7 +17,8 @@
 #                                                                         the last small one beside .shared_data)
 #   carry [.whl_exp3, .shared_data]  bash benchmarks/device_experiment.sh prepare && \
 #                         WAIT=500 bash benchmarks/device_bg.sh start-script benchmarks/device_experiment.sh run
-#   carry []              WAIT=500 bash benchmarks/device_bg.sh wait          (until it says finished)
+#   carry []              WAIT=530 bash benchmarks/device_bg.sh wait   (limit 595 s; again until it says
+#                                                                         finished, each the moment the last returns)
 # (each call's limit at least WAIT + 120 s: device_bg.sh archives what came out after WAIT)
 # The kernel cache comes from benchmarks/kernel_cache/ (tracked); a stale one costs minutes, not results.
 # Measured on the H200, 2026-12-03 (flow run 6d956ac8, its machine taken back as ReFINE started): the flow
@@ -61,6 +62,11 @@
 # tokens/s; NIAH 7/7/6 s, RULER QA 4/4/4 s, LongBench 12/12/11 s a model), then seeds 1 and 2 in 356 s
 # together (seed 1's positions 8.7 s, SFT 92,188 and ReFINE 44,339 tokens/s: no compiling), report 17 s.
 # The run's own cache comes back in the out archive (kernels.txz): copy it over that archive.
+# 2026-12-04 16:40 (`run-midtrain --set lifecycle.ablate=always`): `refine run --until eval_longbench@refine`
+# 573 s (base 294,520 tokens/s, last loss 0.4663; the base's NIAH 0 again), then the machine was taken
+# back during the seeds: the second `wait` call came more than idle_release_s after the first (its WAIT
+# was being worked out). Every wait call alike now: WAIT=530, limit 595 s, issued at once; device_bg.sh
+# writes its archive every minute, so a call the budget cuts short still brings back what came out.
 set -u
 case "${1:-}" in
 prepare)

@@ -20,6 +20,9 @@
 #                posttrain_step_over_sft; $PT_REPS reps, default 3)
 #   fsdp         gpu_fsdp.py, paper-1.3b at 16K: FSDP2 (world size 1) over plain, peak memory with and without
 #                activation checkpointing, the longest length that fits (searched within the step's limit)
+#                (2026-12-04 17:00, H200: the plain run's first step compiled for 542 s on a machine with the
+#                `small` lifecycle's kernels only; give it 1,200 s, or carry the kernels-partial.txz that
+#                device_bg.sh brings back in .kc/)
 #   lact         gpu_lact.py --phases $LACT_PHASES         (default all: LaCT's kernels, fast-weight layer, attention,
 #                                                           paper-760m; its paths are config fields, not variables)
 # The steps that use the product's kernel cache (fsdp, posttrain-ttt) restore it once a machine (see
