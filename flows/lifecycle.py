@@ -22,14 +22,16 @@ def experiment_task(params: str, overrides: list[str]) -> str:
     logger = get_run_logger()
     cfg = load_config(params, overrides)
     with concurrency(["dvc", "gpu"], occupy=1):
-        done = run_seeds(cfg, on_stage=lambda seed, r: logger.info("seed %s: %s: %s", seed, r.name, r.rows))
+        done = run_seeds(
+            cfg, on_stage=lambda seed, r: logger.info("seed %s: %s: %s", seed, r.name, r.shown_rows())
+        )
     logger.info("further seeds: %d stages run", len(done))
     ablate, why = should_ablate(cfg)
     logger.info("ablations %s: %s", "run" if ablate else "not run", why)
     if ablate:
         with concurrency(["dvc", "gpu"], occupy=1):
             done = run_ablations(
-                cfg, on_stage=lambda name, r: logger.info("ablation %s: %s: %s", name, r.name, r.rows)
+                cfg, on_stage=lambda name, r: logger.info("ablation %s: %s: %s", name, r.name, r.shown_rows())
             )
         logger.info("ablations: %d stages run", len(done))
     md, js = write_experiment_results(cfg, command=f"prefect: refine-lifecycle params={params} {overrides}")

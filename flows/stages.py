@@ -110,7 +110,7 @@ def stage_task(
     if result.notice:
         logger.warning(result.notice)
     create_markdown_artifact(_rows_markdown(result), key=artifact_key(name, "summary"), description=name)
-    logger.info("%s: %s", name, ", ".join(f"{k} {v}" for k, v in result.rows))
+    logger.info("%s: %s", name, ", ".join(f"{k} {v}" for k, v in result.shown_rows()))
     return result.rows
 
 

@@ -310,7 +310,7 @@ def seeds_step(cfg: PipelineConfig) -> Summary:
 
     prepare_device(cfg, "train.device")
     done = run_seeds(
-        cfg, on_stage=lambda seed, result: print_summary(f"seed {seed}: {result.name}", result.rows)
+        cfg, on_stage=lambda seed, result: print_summary(f"seed {seed}: {result.name}", result.shown_rows())
     )
     return [("stages run", f"{len(done)}"), ("seeds", ", ".join(map(str, cfg.lifecycle.seeds)) or "-")]
 
@@ -323,7 +323,8 @@ def ablations_step(cfg: PipelineConfig) -> Summary:
         return [("ablations", f"not run: {why}")]
     prepare_device(cfg, "train.device")
     done = run_ablations(
-        cfg, on_stage=lambda name, result: print_summary(f"ablation {name}: {result.name}", result.rows)
+        cfg,
+        on_stage=lambda name, result: print_summary(f"ablation {name}: {result.name}", result.shown_rows()),
     )
     return [
         ("ablations", f"run: {why}"),
@@ -477,7 +478,7 @@ def stage_step(name: str, tracked: bool) -> StepFn:
             result = runner(name, cfg, on_step=on_step)
         if result.notice:
             console.print(f"[yellow]{escape(result.notice)}[/yellow]", highlight=False, soft_wrap=True)
-        return result.rows
+        return result.shown_rows()
 
     return step
 

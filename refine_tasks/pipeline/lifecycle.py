@@ -93,6 +93,13 @@ class StageResult:
     notice: str | None = None  # why the stage did nothing (e.g. its data path does not exist)
     files: list[Path] = field(default_factory=list)  # report files, for artifacts
     up_to_date: bool = False  # not run: DVC found its outputs up to date (run_tracked)
+    # run_stage's own time, loading and saving included: what a stage's `seconds` row leaves out (on
+    # the H200, 2026-12-04, the comparison's stages reported 342 s of a 514 s `refine run`)
+    wall_s: float | None = None
+
+    def shown_rows(self) -> Summary:
+        """The rows, then the wall time where the stage ran."""
+        return [*self.rows, *([("wall seconds", f"{self.wall_s:.1f}")] if self.wall_s is not None else [])]
 
 
 def run_dir(cfg: PipelineConfig, model: str) -> Path:
@@ -645,6 +652,7 @@ def run_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> 
     """Run stage `name` on fresh outputs, its previous ones set aside: deleted when it succeeds,
     put back when it fails (after removing what it wrote). A stage that runs a model first points
     the GPU kernel caches at paths.kernel_cache (its work folder but for the `kernels` stage)."""
+    began = time.perf_counter()
     row, model = stage_row(name)
     row.config(cfg, model)  # a configuration the stage cannot run fails here, before any output moves
     outputs = [] if row.persist else row.outputs(cfg, model)
@@ -665,6 +673,7 @@ def run_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -> 
             os.replace(aside, path)
         raise
     remove_outputs(aside for _, aside in moved)
+    result.wall_s = time.perf_counter() - began
     return result
 
 

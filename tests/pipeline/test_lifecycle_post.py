@@ -39,7 +39,11 @@ def test_posttrain_and_ttt_stages_write_rows_and_leave_the_checkpoint(
         "positions.n_chunks=2",
         "ttt.steps=1",
     )
-    assert "examples" in dict(run_stage("qa_data", cfg).rows)
+    qa = run_stage("qa_data", cfg)
+    assert "examples" in dict(qa.rows)
+    # the stage's wall time is shown after its own rows (loading and saving included)
+    assert qa.shown_rows()[:-1] == qa.rows and qa.shown_rows()[-1] == ("wall seconds", f"{qa.wall_s:.1f}")
+    assert qa.wall_s > 0
     run_stage("posttrain@nested-refine", cfg)
     summary = json.loads((runs / "post-nested-refine" / "summary.json").read_text())
     assert summary["variant"] == "nested-refine" and summary["steps"] == 1
