@@ -7,7 +7,8 @@
 #   bash benchmarks/device_bg.sh start STEP[:SECONDS] ...     # the first call (on the device, OUT set)
 #   bash benchmarks/device_bg.sh start-script SCRIPT ARG ...  # or a script of several device_run.sh calls
 #   bash benchmarks/device_bg.sh wait                         # each later call, right after the last
-# Give each call a limit of at least WAIT + ARCHIVE_S + 30 s (the archives below are written after WAIT).
+# The kernel archive is written after WAIT (ARCHIVE_S, default 90 s): a limit of WAIT + ARCHIVE_S + 30 s
+# brings it back; a shorter one still brings back the last minute's archive.
 # Every SNAP_S seconds (default 60) of a call the archive is written again, so a call that the lease's
 # budget cuts short still brings back what came out up to a minute before (2026-12-04: a wait call sized
 # after the fact lost the machine to idle_release_s; size every wait call alike, WAIT=530 with a 595 s

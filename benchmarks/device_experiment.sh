@@ -19,7 +19,8 @@
 #                         WAIT=500 bash benchmarks/device_bg.sh start-script benchmarks/device_experiment.sh run
 #   carry []              WAIT=530 bash benchmarks/device_bg.sh wait   (limit 595 s; again until it says
 #                                                                         finished, each the moment the last returns)
-# (each call's limit at least WAIT + 120 s: device_bg.sh archives what came out after WAIT)
+# (device_bg.sh archives what came out every minute and after WAIT: a call cut at its limit brings
+# back the last minute's archive)
 # The kernel cache comes from benchmarks/kernel_cache/ (tracked); a stale one costs minutes, not results.
 # Measured on the H200, 2026-12-03 (flow run 6d956ac8, its machine taken back as ReFINE started): the flow
 # run began 85 s after `run` (Prefect server, deployments, worker); tokenizer and corpus 22 s; kernels

@@ -76,7 +76,7 @@ class TrainingProgress:
 
 def _rows_markdown(result: StageResult) -> str:
     lines = [f"# {result.name}\n", "| figure | value |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in result.rows]
+    lines += [f"| {k} | {v} |" for k, v in result.shown_rows()]
     return "\n".join(lines) + ("\n\n" + result.notice if result.notice else "") + "\n"
 
 
