@@ -22,7 +22,9 @@
 #                activation checkpointing, the longest length that fits (searched within the step's limit)
 #                (2026-12-04 17:00, H200: the plain run's first step compiled for 542 s on a machine with the
 #                `small` lifecycle's kernels only; give it 1,200 s, or carry the kernels-partial.txz that
-#                device_bg.sh brings back in .kc/)
+#                device_bg.sh brings back in .kc/: 2026-12-04 19:50, carried in a call of its own (.kc
+#                and .whl together are over 64 MiB), the first step took 7.3 s and the comparison
+#                ended 374 s in, the time going to each run's start and its 1.3B checkpoint)
 #   lact         gpu_lact.py --phases $LACT_PHASES         (default all: LaCT's kernels, fast-weight layer, attention,
 #                                                           paper-760m; its paths are config fields, not variables)
 # The steps that use the product's kernel cache (fsdp, posttrain-ttt) restore it once a machine (see

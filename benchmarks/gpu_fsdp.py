@@ -15,7 +15,13 @@ only rank of a one-process group for FSDP2, as torchrun would start it) on a pre
 
 The metric names say 1p3b / 16k: run it with `model.preset=paper-1.3b` and --seq-len 16384 (the
 defaults) for the figures the issue asks for; any other settings record under the same names
-with the command line beside them.
+with the command line beside them. `--probes-only` runs the longest-length search alone.
+
+Measured on the H200, 2026-12-04 (benchmarks/RESULTS.md): FSDP2 at world size 1 takes 1.42x the
+plain step (0.872 s over 0.616 s; the plain step replays its rollouts as CUDA graphs, which FSDP2
+turns off), at a 67.8 GiB peak; with activation checkpointing 41.8 GiB; 131,072 tokens ran with it
+at a 99.2 GiB peak (step 2: 5.8 s). A cold machine's first plain step compiled for 423-542 s; with
+the kernel cache of an earlier call carried in .kc/, 7.3 s.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import os
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,8 +51,8 @@ def config(args: argparse.Namespace, name: str, seq_len: int, extra: list[str]):
         f"paths.data_dir={data}",
         f"paths.corpus_dir={data / 'corpus'}",
         f"paths.tokenizer_dir={data / 'tokenizer'}",
-        f"paths.catalog={args.out / 'work' / name / 'refine.duckdb'}",
-        f"train.out_dir={args.out / 'work' / name / 'run'}",
+        f"paths.catalog={args.work / name / 'refine.duckdb'}",
+        f"train.out_dir={args.work / name / 'run'}",
         f"train.seq_len={seq_len}",
         "train.batch_size=1",
         "train.packing=pack",
@@ -67,7 +74,7 @@ def run(
     from refine_tasks.train.distributed import train_here
     from refine_tasks.train.trainer import MidTrainer
 
-    shutil.rmtree(args.out / "work" / name, ignore_errors=True)
+    shutil.rmtree(args.work / name, ignore_errors=True)
     cfg = config(args, name, seq_len, extra)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -94,6 +101,7 @@ def run(
     else:
         MidTrainer(cfg).run(on_step)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    shutil.rmtree(args.work / name / "run" / "checkpoints", ignore_errors=True)  # 1.3B: GBs; metrics kept
     kept = steps[SKIP_STEPS:] or steps
     return statistics.median(kept), peak
 
@@ -103,8 +111,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="tokenizer/, corpus/ (long documents)")
     parser.add_argument("--params", type=Path, default=Path("params-gpu-small.yaml"))
+    parser.add_argument(
+        "--work", type=Path, default=None,
+        help="the runs' catalogs, metrics and checkpoints (removed after each run) (default: a temporary folder, "
+        "not under --out: 2026-12-04, H200, paper-1.3b's checkpoint in --out made device_bg.sh's archive "
+        "of it outlast the call)",
+    )  # fmt: skip
     parser.add_argument("--seq-len", type=int, default=16384)
-    parser.add_argument("--lengths", default="16384,24576,32768,49152,65536,98304,131072")
+    # 2026-12-04, H200: 131,072 ran at a 99.2 GiB peak, so the search goes on past it
+    parser.add_argument(
+        "--lengths", default="16384,24576,32768,49152,65536,98304,131072,163840,196608,262144"
+    )
+    parser.add_argument(
+        "--probes-only", action="store_true",
+        help="the longest-length search alone, without the plain / FSDP2 / activation-checkpointing runs",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--probe-steps", type=int, default=2, help="steps of each longest-length probe")
     parser.add_argument(
@@ -115,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=29517)
     parser.add_argument("--set", dest="extra", action="append", default=[], help="overrides, all runs")
     args = parser.parse_args(argv)
+    if args.work is None:
+        args.work = Path(tempfile.mkdtemp(prefix="gpu-fsdp-"))
     began = time.perf_counter()
     import torch  # after argparse: --help stays quick
 
@@ -130,13 +153,19 @@ def main(argv: list[str] | None = None) -> None:
     ac = [*fsdp, "train.activation_checkpointing=true"]
     note = f"seq_len {args.seq_len}, median of steps after {SKIP_STEPS}"
     # Each figure as soon as its runs are done: a run cut short by the device call's limit keeps them.
-    plain_s, _ = run(args, "plain", args.seq_len, False, [])
-    fsdp_s, fsdp_peak = run(args, "fsdp", args.seq_len, True, fsdp)
-    log.emit("fsdp1_over_plain_step", fsdp_s / plain_s, "x", f"{fsdp_s:.4f} s over {plain_s:.4f} s; {note}")
-    log.emit("fsdp1_peak_gib_1p3b_16k", fsdp_peak, "GiB", note)
-    _, ac_peak = run(args, "fsdp_ac", args.seq_len, True, ac)
-    log.emit("ac_peak_gib_1p3b_16k", ac_peak, "GiB", note)
-    fits, stopped, last = 0, "every length ran", None
+    if not args.probes_only:
+        plain_s, _ = run(args, "plain", args.seq_len, False, [])
+        fsdp_s, fsdp_peak = run(args, "fsdp", args.seq_len, True, fsdp)
+        log.emit(
+            "fsdp1_over_plain_step", fsdp_s / plain_s, "x", f"{fsdp_s:.4f} s over {plain_s:.4f} s; {note}"
+        )
+        log.emit("fsdp1_peak_gib_1p3b_16k", fsdp_peak, "GiB", note)
+        _, ac_peak = run(args, "fsdp_ac", args.seq_len, True, ac)
+        log.emit("ac_peak_gib_1p3b_16k", ac_peak, "GiB", note)
+    # A probe trains probe_steps steps and never validates: one held-out sequence, not the profile's 16
+    # (2026-12-04, H200: .gpu_data holds 12 sequences of 32,768 tokens, and the 32K probe stopped on it).
+    probe_set = [*ac, "train.val_sequences=1"]
+    fits, stopped, last, peak = 0, "every length ran", None, 0.0
     probe = argparse.Namespace(**{**vars(args), "steps": args.probe_steps})
     for length in (int(x) for x in args.lengths.split(",")):
         elapsed = time.perf_counter() - began
@@ -147,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"probe {length:,} tokens ({elapsed:.0f} s in)", flush=True)
         t0 = time.perf_counter()
         try:
-            run(probe, f"ac_{length}", length, True, ac)
+            _, peak_now = run(probe, f"ac_{length}", length, True, probe_set)
         except torch.OutOfMemoryError:
             stopped = f"out of memory at {length:,}"
             break
@@ -155,8 +184,11 @@ def main(argv: list[str] | None = None) -> None:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        fits, last = length, (length, time.perf_counter() - t0)
-    note = f"largest of {args.lengths} that ran ({args.probe_steps} steps each); 0: none; {stopped}"
+        fits, last, peak = length, (length, time.perf_counter() - t0), peak_now
+    note = (
+        f"largest of {args.lengths} that ran ({args.probe_steps} steps each, peak {peak:.1f} GiB); "
+        f"0: none; {stopped}"
+    )
     log.emit("max_seq_len_1p3b_ac", fits, "tokens", note)
 
 

@@ -186,7 +186,9 @@ class DistributedMidTrainer(MidTrainer):
             for k, v in line.items()
             if isinstance(v, float | int) and not isinstance(v, bool) and k != "step"
         ]
-        values = torch.tensor([float(line[k]) for k in keys], dtype=torch.float64)
+        # on the trainer's device: NCCL reduces CUDA tensors only (2026-12-04, H200: "No backend type
+        # associated with device type cpu" at the first FSDP2 step of benchmarks/gpu_fsdp.py)
+        values = torch.tensor([float(line[k]) for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(values)
         for k, v in zip(keys, values.tolist(), strict=True):
             line[k] = v if k in SUMMED else v / self.world

@@ -32,7 +32,7 @@ def test_the_fsdp_benchmark_trains_sharded_and_records_its_figures(
     out = tmp_path / "out"
     sets = ["train.device=cpu", "model.preset=tiny", "refine.coef=0.2", "positions.n_chunks=2"]
     command = [
-        sys.executable, "benchmarks/gpu_fsdp.py", "--out", str(out), "--data", str(data),
+        sys.executable, "benchmarks/gpu_fsdp.py", "--out", str(out), "--work", str(out / "work"), "--data", str(data),
         "--params", "params.yaml", "--seq-len", "128", "--lengths", "128,256", "--steps", "3",
         "--port", str(free_port()), *(part for item in sets for part in ("--set", item)),
     ]  # fmt: skip
@@ -45,13 +45,19 @@ def test_the_fsdp_benchmark_trains_sharded_and_records_its_figures(
     assert figures["fsdp1_over_plain_step"]["value"] > 0 and figures["max_seq_len_1p3b_ac"]["value"] == 256
     for name, steps in (("fsdp", 3), ("fsdp_ac", 3), ("ac_256", 2)):  # each sharded run trained its steps
         assert len((out / "work" / name / "run" / "metrics.jsonl").read_text().splitlines()) == steps
+        assert not (out / "work" / name / "run" / "checkpoints").exists()  # GBs at paper-1.3b
     assert "every length ran" in figures["max_seq_len_1p3b_ac"]["note"]
 
-    # A budget the first probe already used up: the search stops before the next length, and says so.
+    # The search alone (--probes-only: no comparison runs, one figure more), under a budget already
+    # used up: it stops before the first length, and says so.
+    before = len((out / "results.jsonl").read_text().splitlines())
     done = subprocess.run(
-        [*command, "--budget-s", "0.001"], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+        [*command, "--probes-only", "--budget-s", "0.001"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == before + 1 and "[plain]" not in done.stdout
+    last = json.loads(lines[-1])
     assert last["metric"] == "max_seq_len_1p3b_ac" and last["value"] == 0
     assert "stopped before 128" in last["note"]
