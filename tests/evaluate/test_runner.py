@@ -106,3 +106,31 @@ def test_fresh_model_and_config_errors(eval_config):
         build_records(cfg.evaluate, tok, 0)
     with pytest.raises(EvalError, match="no config.json"):
         load_eval_model(eval_config("evaluate.checkpoint=/nonexistent"))
+
+
+def test_a_niah_grid_is_built_once_per_tokenizer_and_settings(
+    eval_config, tokenizer, eval_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next stage of a seed (SFT after base, an ablation after ReFINE) reuses the grid; another
+    seed, other settings or another tokenizer build their own."""
+    import refine_tasks.evaluate.runner as runner
+    from refine_tasks.corpus.tokenizer import load_tokenizer, save_tokenizer, train_bpe
+
+    cfg = eval_config(data=eval_data)
+    ev = cfg.evaluate.model_copy(update={"families": ["niah"]})
+    built: list[int] = []
+    real = runner.niah_records
+    monkeypatch.setattr(runner, "niah_records", lambda *a, **k: built.append(k["seed"]) or real(*a, **k))
+    runner._NIAH_GRIDS.clear()
+    first = build_records(ev, tokenizer, 0)
+    again = build_records(ev, load_tokenizer(tokenizer.name_or_path), 0)  # another object, same tokenizer
+    assert built == [0] and [r.prompt for r in again] == [r.prompt for r in first]
+    again[0].meta["haystack_units"] = -1  # a caller's change stays its own
+    assert build_records(ev, tokenizer, 0)[0].meta["haystack_units"] == first[0].meta["haystack_units"]
+    assert [r.prompt for r in build_records(ev, tokenizer, 1)] != [r.prompt for r in first]
+    fewer = ev.model_copy(update={"niah_variants": ev.niah_variants[:1]})
+    assert len(build_records(fewer, tokenizer, 1)) < len(first)
+    other_dir = tmp_path / "other-tokenizer"
+    save_tokenizer(train_bpe(["a b c d e f g"] * 50, vocab_size=300), other_dir)
+    build_records(fewer, load_tokenizer(other_dir), 1)
+    assert built == [0, 1, 1, 1]
