@@ -433,7 +433,8 @@ class TttConfig(Section):
 # The ablations of DESIGN.md section 7 / issue 17, each against the embedded defaults (entropy positions,
 # cosine reward, 5-token rollouts, coefficient 0.2, our one-step protocol). The reference's protocol
 # takes refine.mini_batches optimizer steps per batch of train.grad_accum micro-batches, so it runs at
-# grad_accum 4, with an SFT of its own at the same batch.
+# grad_accum 4, with an SFT of its own at the same batch, on the lifecycle's micro-batches
+# (train.max_steps divided by 4: pipeline.experiment.ablation_settings).
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "positions-uniform": ("positions.selection=uniform",),
     "reward-exact": ("refine.reward=exact",),

@@ -66,8 +66,27 @@ def ablation_config(cfg: PipelineConfig, name: str, import_base: bool = True) ->
         raise ConfigError(
             f"lifecycle.ablations: no ablation {name!r} (there are: {', '.join(cfg.lifecycle.ablations)})"
         )
-    settings = cfg.lifecycle.ablations[name]
+    settings = ablation_settings(cfg, name)
     return _branch(cfg, f"ablation-{name}", settings, f"lifecycle.ablations.{name}", import_base)
+
+
+def ablation_settings(cfg: PipelineConfig, name: str) -> list[str]:
+    """Ablation `name`'s settings, and when they change train.grad_accum but not train.max_steps, the
+    train.max_steps at which it reads the lifecycle's micro-batches (its documents), no more: the
+    reference protocol at grad_accum 4 takes 50 batches of 4 for the lifecycle's 200 of 1, so its
+    ReFINE makes 200 optimizer steps (refine.mini_batches 4 a batch) on the same data as ours,
+    and its SFT one step a batch, as the reference's (DESIGN.md section 7)."""
+    settings = list(cfg.lifecycle.ablations[name])
+    fields = {item.partition("=")[0].strip(): item.partition("=")[2].strip() for item in settings}
+    accum = fields.get("train.grad_accum")
+    if accum is None or "train.max_steps" in fields or cfg.train.max_steps is None:
+        return settings
+    try:
+        accum_n = int(accum)
+    except ValueError:
+        return settings  # config_with names the wrong value
+    micro = cfg.train.max_steps * cfg.train.grad_accum
+    return [*settings, f"train.max_steps={max(1, -(-micro // max(accum_n, 1)))}"]
 
 
 def _branch(
@@ -181,7 +200,8 @@ def _arms(cfg: PipelineConfig) -> list[Arm]:
     for seed in experiment_seeds(cfg)[1:]:
         seed_cfg = seed_config(cfg, seed, import_base=False)
         arms += [Arm(a, f"{a} seed {seed}", seed, seed_cfg, a) for a in ("sft", "refine")]
-    for name, settings in cfg.lifecycle.ablations.items():
+    for name in cfg.lifecycle.ablations:
+        settings = ablation_settings(cfg, name)
         ablation_cfg = ablation_config(cfg, name, import_base=False)
         for a in ("sft", "refine"):
             label = ablation_label(name, a)
@@ -246,5 +266,5 @@ def write_experiment_results(cfg: PipelineConfig, command: str | None = None) ->
         "steps": {label: r["summary"].get("steps") for label, r in runs.items()},
         "train_wall_s": round(sum(r["summary"].get("seconds", 0.0) for r in runs.values()), 1),
     }
-    ablations = {name: settings for name, settings in cfg.lifecycle.ablations.items()}
+    ablations = {name: ablation_settings(cfg, name) for name in cfg.lifecycle.ablations}
     return write_results(_cells(cfg), runs, Path(cfg.lifecycle.results_dir), meta, ablations)

@@ -160,6 +160,13 @@ def test_an_ablation_has_its_settings_its_folders_and_the_lifecycles_base(tmp_pa
     assert coef.lifecycle.eval_dir == tmp_path / "exp" / "ablation-coef-0p4" / "eval"
     ref = ablation_config(cfg, "protocol-reference")
     assert ref.refine.protocol == "reference" and ref.train.grad_accum == 4
+    # the lifecycle's micro-batches (documents), no more: a quarter of the batches, rounded up
+    assert ref.train.max_steps == -(-cfg.train.max_steps * cfg.train.grad_accum // 4)
+    assert ref.train.max_steps * 4 >= cfg.train.max_steps > (ref.train.max_steps - 1) * 4
+    own = ablation_config(
+        _config(tmp_path, "lifecycle.ablations={ref: [train.grad_accum=2, train.max_steps=7]}"), "ref"
+    )
+    assert own.train.max_steps == 7  # an ablation's own max_steps stands
     # train.* changed: an SFT at the same settings is trained beside it, the SFT it is compared with
     assert "midtrain_sft" in ablation_stages(cfg, "protocol-reference")
     assert "midtrain_sft" not in ablation_stages(cfg, "coef-0p4")
