@@ -273,11 +273,15 @@ def write_results(
     out_dir: Path,
     meta: dict,
     ablations: dict[str, list[str]] | None = None,
+    ablation_cells: pd.DataFrame | None = None,
+    ablation_source: str | None = None,
 ) -> tuple[Path, Path]:
     """Write out_dir/results.md and results.json (see the module docstring). cells: evaluation rows
     with run (arm) and seed; runs: label ("sft seed 1") -> {"summary": summary.json, "metrics":
     metric lines, "protocol": ..., ...}; meta: command, date, card and anything else to record;
-    ablations: name -> settings of the `ablation NAME` runs among the cells (a table of their own)."""
+    ablations: name -> settings of the `ablation NAME` runs among the cells (a table of their own);
+    ablation_cells: the ablations' cells instead, from another lifecycle run (ablation_source names it),
+    with the base, SFT and ReFINE of that run at the first seed, which they are compared with."""
     if cells.empty:
         raise EvalError(f"{out_dir}: no evaluation results to report; run the evaluations first")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +348,9 @@ def write_results(
         )
     )
     seed = configured[0] if configured else int(cells.seed.min())
-    ablated = ablation_rows(scores, ablations or {}, seed)
+    ablation_scores = scores if ablation_cells is None else metric_scores(ablation_cells)
+    ablated = ablation_rows(ablation_scores, ablations or {}, seed)
+    reference: dict[str, dict[str, float]] = {}
     if ablated:
         summaries = [m for m in dict.fromkeys(scores.metric) if m.endswith((" avg", " average"))]
         md.append(f"\n## Ablations (seed {seed}, one run each; score, then its difference from SFT)\n")
@@ -354,6 +360,22 @@ def write_results(
             "(`compared with`). Every metric is in results.json.\n"
         )
         table = []
+        if ablation_cells is not None:
+            at_seed = ablation_scores[ablation_scores.seed == seed]
+            for arm in ARMS:
+                got = at_seed[at_seed.arm == arm].set_index("metric").score
+                reference[arm] = {m: float(v) for m, v in got.items()}
+            md.append(
+                f"These runs come from another lifecycle run, with a base of its own: {ablation_source}. "
+                f"Its base, SFT and ReFINE at seed {seed} are the first rows, and every difference is "
+                "from that run's SFT, not from the headline's.\n"
+            )
+            table += [
+                [f"{arm} (that run)", "-", "-", *(
+                    f"{reference[arm][m]:.1f}" if m in reference[arm] else "-" for m in summaries
+                )]
+                for arm in ARMS
+            ]  # fmt: skip
         for row in ablated:
             cells_ = [
                 f"{m['score']:.1f} ({_signed(m['minus_sft'])})" if (m := row["metrics"].get(name)) else "-"
@@ -405,6 +427,8 @@ def write_results(
         "finding": finding,
         "headline": rows,
         "ablations": ablated,
+        "ablations_source": ablation_source,
+        "ablation_reference": reference,
         "scores": scores.to_dict(orient="records"),
         "runs": {k: {kk: vv for kk, vv in v.items() if kk != "metrics"} for k, v in runs.items()},
         "figures": figures,

@@ -280,6 +280,14 @@ def report_command(
         bool,
         typer.Option("--experiment", help="the experiment's page from the lifecycle's outputs at every seed"),
     ] = False,
+    ablations_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--ablations-from",
+            help="--experiment: the ablations from another lifecycle run's outputs under this folder "
+            "(data/runs, data/eval, data/experiment, ...), compared with that run's own base, SFT and ReFINE",
+        ),
+    ] = None,
 ) -> None:
     """Write evaluation reports from the catalog: a markdown table per run, a comparison across runs,
     a NIAH heat-map (length x depth) per run and LongBench per-task bars. With --experiment: the
@@ -287,8 +295,10 @@ def report_command(
     from refine_tasks.evaluate.report import write_report
 
     cfg = resolve(params, set_)
+    if ablations_from is not None and not experiment:
+        raise typer.BadParameter("--ablations-from goes with --experiment", param_hint="--ablations-from")
     if experiment:
-        run_steps(cfg, [("results", results_step)])
+        run_steps(cfg, [("results", lambda c: results_step(c, ablations_from))])
         return
 
     def report_step(cfg: PipelineConfig) -> Summary:
@@ -298,10 +308,10 @@ def report_command(
     run_steps(cfg, [("report", report_step)])
 
 
-def results_step(cfg: PipelineConfig) -> Summary:
+def results_step(cfg: PipelineConfig, ablations_from: Path | None = None) -> Summary:
     from refine_tasks.pipeline.experiment import write_experiment_results
 
-    md, js = write_experiment_results(cfg)
+    md, js = write_experiment_results(cfg, ablations_from=ablations_from)
     return [("results", str(md)), ("numbers", str(js))]
 
 

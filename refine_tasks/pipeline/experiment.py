@@ -190,17 +190,18 @@ class Arm(NamedTuple):
     settings: list[str] | None = None
 
 
-def _arms(cfg: PipelineConfig) -> list[Arm]:
-    """The base, SFT and ReFINE at `seed`; SFT and ReFINE at each further seed and each ablation's
-    (their folders: the page reads outputs, with or without the checkpoints beside them)."""
+def _arms(cfg: PipelineConfig, seeds: bool = True, ablations: bool = True) -> list[Arm]:
+    """The base, SFT and ReFINE at `seed`; SFT and ReFINE at each further seed (`seeds`) and each
+    ablation's (`ablations`) (their folders: the page reads outputs, with or without the checkpoints
+    beside them)."""
     arms = [
         Arm(a, a if a == "base" else f"{a} seed {cfg.seed}", cfg.seed, cfg, a)
         for a in ("base", "sft", "refine")
     ]
-    for seed in experiment_seeds(cfg)[1:]:
+    for seed in experiment_seeds(cfg)[1:] if seeds else []:
         seed_cfg = seed_config(cfg, seed, import_base=False)
         arms += [Arm(a, f"{a} seed {seed}", seed, seed_cfg, a) for a in ("sft", "refine")]
-    for name in cfg.lifecycle.ablations:
+    for name in cfg.lifecycle.ablations if ablations else []:
         settings = ablation_settings(cfg, name)
         ablation_cfg = ablation_config(cfg, name, import_base=False)
         for a in ("sft", "refine"):
@@ -209,13 +210,13 @@ def _arms(cfg: PipelineConfig) -> list[Arm]:
     return arms
 
 
-def _cells(cfg: PipelineConfig):
+def _cells(cfg: PipelineConfig, arms: list[Arm] | None = None):
     import pandas as pd
 
     from refine_tasks.evaluate.report import results_from_scores
 
     frames = []
-    for a in _arms(cfg):
+    for a in _arms(cfg) if arms is None else arms:
         root = Path(a.cfg.lifecycle.eval_dir)
         files = [root / f / a.arm / SCORES_FILE for f in EVAL_STAGES.values()]
         files = [f for f in files if f.is_file() and json.loads(f.read_text())["cells"]]
@@ -230,11 +231,11 @@ def ablation_label(name: str, arm: str) -> str:
     return f"ablation {name}" + (" sft" if arm == "sft" else "")
 
 
-def _runs(cfg: PipelineConfig) -> dict[str, dict]:
+def _runs(cfg: PipelineConfig, arms: list[Arm] | None = None) -> dict[str, dict]:
     """label -> the training run's summary, protocol and metric lines (an ablation's: its settings and
     no curves), for every run there is."""
     runs: dict[str, dict] = {}
-    for a in _arms(cfg):
+    for a in _arms(cfg) if arms is None else arms:
         folder = run_dir(a.cfg, a.arm)
         if not (folder / SUMMARY_FILE).is_file():
             continue
@@ -249,11 +250,56 @@ def _runs(cfg: PipelineConfig) -> dict[str, dict]:
     return runs
 
 
-def write_experiment_results(cfg: PipelineConfig, command: str | None = None) -> tuple[Path, Path]:
-    """results.md and results.json in lifecycle.results_dir, from every seed's outputs."""
+def rebased(cfg: PipelineConfig, root: Path) -> PipelineConfig:
+    """cfg with the lifecycle's folders (runs, positions, evaluations, the experiment's) under `root`,
+    where another run's outputs were copied (a device run's progress/ folder: data/runs, ...)."""
+    lc = cfg.lifecycle
+    folders = {
+        "runs_dir": lc.runs_dir,
+        "positions_dir": lc.positions_dir,
+        "eval_dir": lc.eval_dir,
+        "experiment_dir": lc.experiment_dir,
+    }
+    return config_with(
+        cfg,
+        [f"lifecycle.{k}={v if Path(v).is_absolute() else Path(root) / v}" for k, v in folders.items()],
+        f"--ablations-from {root}",
+    )
+
+
+def write_experiment_results(
+    cfg: PipelineConfig, command: str | None = None, ablations_from: Path | None = None
+) -> tuple[Path, Path]:
+    """results.md and results.json in lifecycle.results_dir, from every seed's outputs.
+
+    ablations_from: the ablations are read from another lifecycle run's outputs under that folder
+    (`rebased`), beside its own base, SFT and ReFINE at `seed`, which they are compared with: a run
+    of the ablations from a base of their own, when the seeds' run and theirs do not fit one lease
+    of a GPU machine. Without it, the ablations are this lifecycle's."""
     from refine_tasks.evaluate.experiment import write_results
 
-    runs = _runs(cfg)
+    if ablations_from is None:
+        runs, cells, ablation_cells, source = _runs(cfg), _cells(cfg), None, None
+    else:
+        if not Path(ablations_from).is_dir():
+            raise ConfigError(f"--ablations-from {ablations_from}: no such folder")
+        other = rebased(cfg, Path(ablations_from))
+        mine = _arms(cfg, ablations=False)
+        theirs = _arms(other, seeds=False)
+        runs, cells, ablation_cells = _runs(cfg, mine), _cells(cfg, mine), _cells(other, theirs)
+        ablation_runs = {a.run for a in theirs if a.settings is not None}
+        if ablation_cells.empty or not ablation_runs & set(ablation_cells.run):
+            raise ConfigError(
+                f"--ablations-from {ablations_from}: no ablation has evaluation scores under "
+                f"{other.lifecycle.experiment_dir}"
+            )
+        for label, entry in _runs(other, theirs).items():  # the reference runs: no curves of theirs
+            runs[label if entry.get("settings") else f"ablations' {label}"] = {**entry, "metrics": []}
+        base = runs.get("ablations' base", {}).get("summary", {})
+        loss = base.get("last_loss")
+        source = f"{ablations_from} (its base: {base.get('steps', '?')} steps, last loss " + (
+            f"{loss:.4f})" if isinstance(loss, int | float) else "unknown)"
+        )
     devices = sorted({str(r["summary"].get("device")) for r in runs.values() if r["summary"].get("device")})
     meta = {
         "command": command or shlex.join(["refine", *sys.argv[1:]]),
@@ -267,4 +313,6 @@ def write_experiment_results(cfg: PipelineConfig, command: str | None = None) ->
         "train_wall_s": round(sum(r["summary"].get("seconds", 0.0) for r in runs.values()), 1),
     }
     ablations = {name: ablation_settings(cfg, name) for name in cfg.lifecycle.ablations}
-    return write_results(_cells(cfg), runs, Path(cfg.lifecycle.results_dir), meta, ablations)
+    return write_results(
+        cells, runs, Path(cfg.lifecycle.results_dir), meta, ablations, ablation_cells, source
+    )

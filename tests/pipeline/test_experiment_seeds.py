@@ -295,3 +295,40 @@ def test_the_page_has_the_ablations_table_against_the_right_sft(tmp_path):
     assert "## Ablations" in text and "| coef-0p4 | refine.coef=0.4 | sft | 26.0 (+6.0) |" in text
     row = next(r for r in json.loads(js.read_text())["headline"] if r["metric"] == "RULER QA: squad")
     assert row["seeds"] == [0, 1, 2]  # the ablations stay out of the headline's pairs
+
+
+def test_the_ablations_can_come_from_another_lifecycle_run_against_its_own_sft(tmp_path, monkeypatch):
+    """`refine report --experiment --ablations-from DIR`: the seeds from this run, the ablations (and the
+    SFT and ReFINE they are compared with) from DIR's, a run with a base of its own."""
+    here, there = tmp_path / "here", tmp_path / "there"
+    relative = ["lifecycle.runs_dir=runs", "lifecycle.eval_dir=eval", "lifecycle.positions_dir=positions",
+                "lifecycle.experiment_dir=exp", f"lifecycle.results_dir={tmp_path / 'docs'}",
+                "lifecycle.seeds=[1, 2]", "lifecycle.ablations={coef-0p4: [refine.coef=0.4]}"]  # fmt: skip
+    cfg = load_config(None, relative)
+    _arms_at_seeds(here, gain=[3.0, -1.0, -2.0])  # seed 0 here: SFT 20, ReFINE 23
+    _scores(
+        here / "exp" / "ablation-coef-0p4" / "eval" / "ruler_qa" / "refine", "refine", 0, "ruler_qa", 99.0
+    )
+    _run(there / "runs" / "base", 0)
+    for arm, score in (("base", 5.0), ("sft", 10.0), ("refine", 12.0)):
+        _scores(there / "eval" / "ruler_qa" / arm, arm, 0, "ruler_qa", score)
+        _run(there / "runs" / arm, 0)
+    ablation = there / "exp" / "ablation-coef-0p4"
+    _scores(ablation / "eval" / "ruler_qa" / "refine", "refine", 0, "ruler_qa", 15.0)
+    _run(ablation / "runs" / "refine", 0)
+    monkeypatch.chdir(here)
+    md, js = write_experiment_results(cfg, command="refine report --experiment", ablations_from=there)
+    data = json.loads(js.read_text())
+    coef = data["ablations"][0]["metrics"]["RULER QA: squad"]
+    assert coef == {"score": 15.0, "minus_sft": 5.0, "minus_refine": 3.0}  # there's SFT and ReFINE
+    assert data["ablation_reference"]["sft"]["RULER QA: squad"] == 10.0
+    assert str(there) in data["ablations_source"]
+    row = next(r for r in data["headline"] if r["metric"] == "RULER QA: squad")
+    assert row["seeds"] == [0, 1, 2] and row["sft"]["mean"] == pytest.approx(30.0)  # here's seeds only
+    text = md.read_text()
+    assert "another lifecycle run" in text and "| coef-0p4 | refine.coef=0.4 | sft | 15.0 (+5.0) |" in text
+    assert "ablations' sft seed 0" in data["runs"] and "99.0" not in text  # here's own ablation left out
+    with pytest.raises(ConfigError, match="no ablation has evaluation scores"):
+        write_experiment_results(cfg, ablations_from=here / "runs")
+    with pytest.raises(ConfigError, match="no such folder"):
+        write_experiment_results(cfg, ablations_from=tmp_path / "nowhere")
