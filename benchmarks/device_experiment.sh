@@ -68,6 +68,13 @@
 # back during the seeds: the second `wait` call came more than idle_release_s after the first (its WAIT
 # was being worked out). Every wait call alike now: WAIT=530, limit 595 s, issued at once; device_bg.sh
 # writes its archive every minute, so a call the budget cuts short still brings back what came out.
+# Next (2026-12-04 20:20): the seeds' run and the ablations' do not fit one lease together (573 + 356 +
+# ~1,000 s against ~1,620 s of command time), so the ablations run from a base of their own:
+#   ... run-midtrain --set 'lifecycle.seeds=[]' --set lifecycle.ablate=always      (about 1,400 s)
+# then here, with that run's outputs (mid/progress) and the seeds' (.device_results/h200-20261204-1400):
+#   copy the seeds' data/ into a checkout, then  refine report --experiment -p params-gpu-small.yaml \
+#       --ablations-from <that run's progress folder>
+# The doors (`run`: the Prefect flow run, `dvc repro`) are a lease of their own (about 1,250 s).
 set -u
 case "${1:-}" in
 prepare)
