@@ -465,6 +465,19 @@ class LifecycleConfig(Section):
         description="sequences a step of the base model trained from scratch; null: train.batch_size "
         "(a small model's step on one GPU costs about the same at 2 and at 8 sequences)",
     )
+    base_val_every: int | None = Field(
+        None,
+        ge=0,
+        description="validation cadence of the base trained from scratch; null: train.val_every (a base of "
+        "thousands of steps needs a point every hundred, not every ten: each is a forward pass over "
+        "train.val_sequences)",
+    )
+    base_checkpoint_every: int | None = Field(
+        None,
+        ge=1,
+        description="checkpoint cadence of the base trained from scratch; null: train.checkpoint_every "
+        "(each checkpoint holds the weights and the optimizer's state)",
+    )
     runs_dir: Path = Field(Path("data/runs"), description="one training run per model: base, sft, refine")
     positions_dir: Path = Field(Path("data/positions"), description="summary of the positions stage")
     eval_dir: Path = Field(Path("data/eval"), description="evaluation outputs per family and model")

@@ -134,6 +134,10 @@ def _base_config(cfg: PipelineConfig, model: str | None) -> PipelineConfig:
     }
     if cfg.lifecycle.base_batch_size is not None:
         train["batch_size"] = cfg.lifecycle.base_batch_size
+    if cfg.lifecycle.base_val_every is not None:
+        train["val_every"] = cfg.lifecycle.base_val_every
+    if cfg.lifecycle.base_checkpoint_every is not None:
+        train["checkpoint_every"] = cfg.lifecycle.base_checkpoint_every
     # The generated retrieval documents (corpus.retrieval_ratio) are base pretraining's alone.
     train["synthetic_docs"] = True
     return _with(cfg, train=train, refine={"coef": 0.0}, model={"init_from": None})

@@ -67,6 +67,11 @@ def test_stage_configs(make_config, tmp_path: Path) -> None:
         "base", cfg.model_copy(update={"lifecycle": cfg.lifecycle.model_copy(update={"base_batch_size": 8})})
     )
     assert wide.train.batch_size == 8 and wide.train.max_steps == 9
+    assert (base.train.val_every, base.train.checkpoint_every) == (
+        cfg.train.val_every, cfg.train.checkpoint_every)  # fmt: skip
+    paced = stage_config("base", make_config(f"lifecycle.runs_dir={runs}", "lifecycle.base_val_every=4",
+                                             "lifecycle.base_checkpoint_every=6", "train.val_every=2"))  # fmt: skip
+    assert (paced.train.val_every, paced.train.checkpoint_every) == (4, 6)
     with pytest.raises(LifecycleError, match="no checkpoint of model 'base'; run the `base` stage first"):
         stage_config("midtrain_sft", cfg)
     ckpt = fake_checkpoint(runs, "base")
