@@ -77,32 +77,24 @@ def build_records(cfg: EvalConfig, tokenizer: Tokenizer, seed: int = 0) -> list[
                 f"evaluate.niah_lengths {too_long}: prompts would exceed evaluate.max_prompt_tokens="
                 f"{cfg.max_prompt_tokens} and lose the middle of the haystack; raise max_prompt_tokens"
             )
-        args = (
-            tuple(cfg.niah_variants),
-            tuple(cfg.niah_lengths),
-            tuple(cfg.niah_depths),
-            cfg.niah_samples,
-            seed,
-            cfg.niah_max_new_tokens,
-            cfg.haystack,
-        )
-        key = _tokenizer_key(tokenizer)
-        grid = _NIAH_GRIDS.get((key, args)) if key is not None else None
+        tokenizer_key = _tokenizer_key(tokenizer)
+        key = (tokenizer_key, *map(tuple, (cfg.niah_variants, cfg.niah_lengths, cfg.niah_depths)))
+        key += (cfg.niah_samples, seed, cfg.niah_max_new_tokens, cfg.haystack)
+        grid = _NIAH_GRIDS.get(key) if tokenizer_key is not None else None
         if grid is None:
-            variants, lengths, depths, samples, seed_, max_new, haystack = args
             grid = niah_records(
-                list(variants),
+                cfg.niah_variants,
                 tokenizer,
-                list(lengths),
-                list(depths),
-                samples=samples,
-                seed=seed_,
-                max_new_tokens=max_new,
-                haystack=haystack,
+                cfg.niah_lengths,
+                cfg.niah_depths,
+                samples=cfg.niah_samples,
+                seed=seed,
+                max_new_tokens=cfg.niah_max_new_tokens,
+                haystack=cfg.haystack,
             )
-            if key is not None:
+            if tokenizer_key is not None:
                 _NIAH_GRIDS.clear()  # one grid kept: a seed's or an ablation's stages share it
-                _NIAH_GRIDS[(key, args)] = grid
+                _NIAH_GRIDS[key] = grid
         records += [replace(r, meta=dict(r.meta)) for r in grid]
     if "ruler_qa" in cfg.families:
         records += read_ruler_qa_files(
