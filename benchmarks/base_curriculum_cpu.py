@@ -69,9 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     # short paragraphs, so that a generated document of --short-chars holds several of them
     small = [short_paragraphs(t, most=args.short_chars // 4) for t in natural]
     short_gen = generated_texts(retrieval_docs, small, args.ratio, args.short_chars, args.short_facts)
-    nat_long, gen_long = windows(natural, tokenizer, args.seq_len), windows(long_gen, tokenizer, args.seq_len)
+    nat_long, gen_long = (
+        windows(natural, tokenizer, args.seq_len),
+        windows(long_gen, tokenizer, args.seq_len, aligned=True),
+    )
     nat_short = windows(natural, tokenizer, args.short_len)
-    gen_short = windows(short_gen, tokenizer, args.short_len)
+    gen_short = windows(short_gen, tokenizer, args.short_len, aligned=True)
     wide = args.batch * args.seq_len // args.short_len
     first = round(args.steps * args.short_share)
     arms = {

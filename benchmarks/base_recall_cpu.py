@@ -80,11 +80,19 @@ def short_paragraphs(text: str, most: int = 800) -> str:
     return "\n\n".join(out)
 
 
-def windows(texts: list[str], tokenizer, seq_len: int) -> torch.Tensor:
-    """The texts tokenised, joined with EOS and cut into [N, seq_len] windows."""
+def windows(texts: list[str], tokenizer, seq_len: int, aligned: bool = False) -> torch.Tensor:
+    """The texts tokenised, joined with EOS and cut into [N, seq_len] windows; `aligned` (generated
+    documents, as train.synthetic_windows=aligned): one window from each text's first token on, so a
+    record's statement and uses share it. The figures recorded before 2026-12-04 22:50 cut generated
+    documents like natural ones: a 3,500-character document of 16 records, ~3,900 tokens of the
+    512-piece tokenizer, spread over four 1,024-token windows, each of which begins anew."""
     stream: list[int] = []
+    starts: list[int] = []
     for text in texts:
+        starts.append(len(stream))
         stream += tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+    if aligned:
+        return torch.tensor([stream[s : s + seq_len] for s in starts if s + seq_len <= len(stream)])
     n = len(stream) // seq_len
     return torch.tensor(stream[: n * seq_len]).view(n, seq_len)
 
@@ -212,7 +220,10 @@ def train_and_score(arm: str, module, natural, args, tokenizer, unseen) -> tuple
     """NIAH's margin and exact share, and the recall probe (refine_tasks.train.recall_probe: the
     working tree's generated documents, from addresses neither arm read)."""
     generated = generated_texts(module, natural, args.ratio, args.chars, args.facts)
-    nat, gen = windows(natural, tokenizer, args.seq_len), windows(generated, tokenizer, args.seq_len)
+    nat, gen = (
+        windows(natural, tokenizer, args.seq_len),
+        windows(generated, tokenizer, args.seq_len, aligned=True),
+    )
     model = train_tiny(arm, nat, gen, args, len(tokenizer))
     # 4 records in seq_len / 2 characters of text: the whole document (~1.7 characters a token of the
     # 512-piece tokenizer) in the window the probe reads; at --chars 3500 and 16 records most uses fell

@@ -261,6 +261,14 @@ class TrainConfig(Section):
         "lifecycle's base stage sets it, mid-training reads natural documents only (with "
         "corpus.midtrain_share, the base the others' natural documents, mid-training those kept for it)",
     )
+    synthetic_windows: Literal["aligned", "stream"] = Field(
+        "aligned",
+        description="packing 'pack', the generated retrieval documents: aligned: every one begins a window, so "
+        "a record's uses share its statement's sequence (a window's rest is the next document's head, "
+        "which begins the next window; a document longer than seq_len gives its first seq_len tokens); "
+        "stream: concatenated and cut as natural ones (a use then falls in another window than its "
+        "statement about distance / seq_len of the time)",
+    )
     phase_timing: bool = Field(
         False,
         description="log each step's phases (data, positions, prefill, rollouts, rewards, loss_forward, "

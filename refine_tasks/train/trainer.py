@@ -219,6 +219,7 @@ class MidTrainer:
             held_out=held_out,
             synthetic=t.synthetic_docs,
             midtrain_share=cfg.corpus.midtrain_share,
+            synthetic_windows=t.synthetic_windows,
         )
         self.val_batches = self.loader.held_out_batches()
         self.total = t.max_steps or max(1, self.loader.batches_per_epoch() // t.grad_accum)

@@ -141,3 +141,48 @@ def _tensorboard_tags(folder) -> set[str]:
     acc = EventAccumulator(str(folder))
     acc.Reload()
     return set(acc.Tags()["scalars"])
+
+
+# generated documents of 30-95 tokens beside natural ones, for the windows of synthetic_windows
+MIXED = [[120, 40, 130, 95, 140, 30], [160, 60, 170, 75, 180, 55], [200, 90, 210, 35, 220, 200]]
+
+
+def _every_other_generated(name: str) -> str:
+    return "synthetic:retrieval" if int(name.rsplit("-", 1)[1]) % 2 else "test"
+
+
+def _windows(loader: LongDocumentLoader, docs: dict[str, list[int]]) -> list[list[int]]:
+    generated = [i for i in range(len(loader.sequences)) if loader.sequence_id(i).split("@")[0] in docs]
+    return [loader.tokens(i).tolist() for i in generated]
+
+
+def test_aligned_windows_begin_at_generated_documents_and_hold_each_whole(tmp_path):
+    """synthetic_windows=aligned: every window of generated documents begins at one's first token, and
+    each document lies whole (or its first seq_len tokens) inside one window, so a record's statement
+    and its uses share a sequence; a window's rest is the next document's head, and that document
+    begins the next window. stream: the documents concatenated and cut as natural ones are."""
+    corpus = write_corpus(tmp_path / "c", MIXED, source=_every_other_generated)
+    generated = {d: ids for d, ids in corpus.items() if _every_other_generated(d).startswith("synthetic")}
+    stream = [t for ids in generated.values() for t in ids]
+    offsets, at = [], 0
+    for ids in generated.values():  # manifest order
+        offsets.append((at, at + len(ids)))
+        at += len(ids)
+    want, i = [], 0
+    while i < len(offsets) and offsets[i][0] + 64 <= len(stream):
+        begin = offsets[i][0]
+        want.append(stream[begin : begin + 64])
+        cut = next(k for k in range(i, len(offsets)) if offsets[k][1] > begin + 64 or k == len(offsets) - 1)
+        i = cut if cut > i and offsets[cut][1] > begin + 64 else cut + 1
+    assert len(want) >= 5
+    aligned = LongDocumentLoader(tmp_path / "c", 64, 1, "pack", 0, synthetic=True)
+    assert _windows(aligned, generated) == want
+    for begin, end in offsets[:-1]:  # each document whole (or its head) in one window
+        n = min(end - begin, 64)
+        assert any(stream[begin : begin + n] == w[k : k + n] for w in want for k in range(65 - n))
+    stream_loader = LongDocumentLoader(
+        tmp_path / "c", 64, 1, "pack", 0, synthetic=True, synthetic_windows="stream"
+    )
+    assert _windows(stream_loader, generated) == [stream[k : k + 64] for k in range(0, len(stream) - 63, 64)]
+    with pytest.raises(ValueError, match="synthetic_windows"):
+        LongDocumentLoader(tmp_path / "c", 64, 1, "pack", 0, synthetic=True, synthetic_windows="zip")
