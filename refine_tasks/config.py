@@ -255,6 +255,13 @@ class TrainConfig(Section):
         description="val_every > 0: natural sequences held out for validation (chosen by id hash, the same for "
         "every seed and stage; never trained on)",
     )
+    val_recall_docs: int = Field(
+        0,
+        ge=0,
+        description="val_every > 0: also the recall probe (refine_tasks.train.recall_probe) on generated documents "
+        "from this many natural ones the run never read (corpus.midtrain_share): val/recall_use and "
+        "val/retrieval_gain; the lifecycle's base sets 16; 0: off",
+    )
     synthetic_docs: bool = Field(
         False,
         description="also train on the corpus's generated retrieval documents (corpus.retrieval_ratio); the "

@@ -299,7 +299,7 @@ def write_results(
     mid = {k: v["metrics"] for k, v in runs.items() if k != "base"}
     plots = [(mid, keys, name, f"curves_{name}.png") for name, keys in CURVES.items()]
     base = {k: v["metrics"] for k, v in runs.items() if k == "base"}
-    plots.append((base, ("loss", "val/loss"), "base", "curves_base.png"))
+    plots.append((base, ("loss", "val/loss", "val/retrieval_gain"), "base", "curves_base.png"))
     for curves, keys, name, file in plots:
         path = curve_plot(curves, keys, name, out_dir / file)
         if path is not None:
@@ -326,7 +326,14 @@ def write_results(
         md.append(
             f"The base's recall probe (generated documents from text it never read; values copied whole, "
             f"x 100): {shares[0]} at later uses ({probe['uses']} values), {shares[1]} where first stated "
-            f"({probe['statements']}, not retrievable).\n"
+            f"({probe['statements']}, not retrievable)."
+            + (
+                f" Its value tokens' log-probability is {probe['gain']:+.3f} nats/token where used over where "
+                "stated (above 0 only for a model that reads a value back from its statement)."
+                if probe.get("gain") is not None
+                else ""
+            )
+            + "\n"
         )
     overfit = held_out_turn(runs.get("base", {}).get("metrics", []))
     if overfit:

@@ -140,6 +140,8 @@ def _base_config(cfg: PipelineConfig, model: str | None) -> PipelineConfig:
         train["checkpoint_every"] = cfg.lifecycle.base_checkpoint_every
     # The generated retrieval documents (corpus.retrieval_ratio) are base pretraining's alone.
     train["synthetic_docs"] = True
+    # Whether it learns to retrieve, and when: the recall probe at every validation point.
+    train["val_recall_docs"] = PROBE_DOCS
     return _with(cfg, train=train, refine={"coef": 0.0}, model={"init_from": None})
 
 
@@ -323,6 +325,7 @@ def train_stage(name: str, cfg: PipelineConfig, on_step: OnStep | None = None) -
     if result is None:  # a torchrun rank other than 0: rank 0 writes the run's files
         return StageResult(name, [])
     curve_keys = ("step", "loss", "ntp", "policy", "lr", "grad_norm", "val/loss", "val/accuracy")
+    curve_keys += ("val/recall_use", "val/retrieval_gain")
     curve = [{k: h[k] for k in curve_keys if k in h} for h in result.history]
     (out / CURVE_FILE).write_text(json.dumps(curve, indent=1) + "\n")
     validated = [h for h in result.history if "val/loss" in h]
@@ -365,26 +368,16 @@ def base_recall(cfg: PipelineConfig, checkpoint: Path) -> dict | None:
     """The recall probe of the base at `checkpoint` (see refine_tasks.train.recall_probe) on
     train.device at train.dtype, as its validation runs; None without text the base has not read
     (corpus.midtrain_share 0). Every setting it reads is one of the base stage's own parameters."""
-    from refine_tasks.corpus.tokenizer import load_tokenizer
-    from refine_tasks.train.recall_probe import recall_probe, unseen_texts
+    from refine_tasks.train.recall_probe import base_probe
     from refine_tasks.train.starting_model import make_model, mixed_precision, resolve_device
 
-    tokenizer = load_tokenizer(cfg.paths.tokenizer_dir)
-    texts = unseen_texts(cfg.paths.corpus_dir, tokenizer, cfg.corpus.midtrain_share, PROBE_DOCS)
-    if not texts:
+    probe = base_probe(cfg, PROBE_DOCS)
+    if probe is None:
         return None
     device = resolve_device(cfg.train.device)
     model = make_model(_with(cfg, model={"init_from": str(checkpoint)}), device)
-    c = cfg.corpus
     with mixed_precision(device, cfg.train.dtype):
-        return recall_probe(
-            model,
-            tokenizer,
-            texts,
-            facts=c.retrieval_facts,
-            chars=c.retrieval_chars,
-            seq_len=cfg.train.seq_len,
-        )
+        return probe(model)
 
 
 def device_name(device: str) -> str:

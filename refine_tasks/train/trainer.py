@@ -41,6 +41,7 @@ from refine_tasks.store.position_cache import PositionCache, weights_fingerprint
 from refine_tasks.store.runs import register_run, update_run
 from refine_tasks.train.checkpoint import load_checkpoint, remove_temporaries, save_checkpoint
 from refine_tasks.train.positions import PositionSelector
+from refine_tasks.train.recall_probe import base_probe
 from refine_tasks.train.starting_model import make_model, mixed_precision, resolve_device
 from refine_tasks.train.step import (
     PhaseTimer,
@@ -222,6 +223,7 @@ class MidTrainer:
             synthetic_windows=t.synthetic_windows,
         )
         self.val_batches = self.loader.held_out_batches()
+        self.recall = base_probe(cfg, t.val_recall_docs) if t.val_every and t.val_recall_docs else None
         self.total = t.max_steps or max(1, self.loader.batches_per_epoch() // t.grad_accum)
         remove_temporaries(self.out_dir / "checkpoints")  # killed writes, fresh run or resume alike
         with writing_to(self.out_dir, "train.out_dir", "run `refine train` again"):
@@ -375,6 +377,14 @@ class MidTrainer:
         if self.t.val_every and (step % self.t.val_every == 0 or step == self.total):
             with self.autocast():
                 line.update(validate(self.model, self.val_batches, self.device))
+                if self.recall is not None:
+                    probe = self.recall(self.model)
+                    for key, value in (
+                        ("val/recall_use", probe["use_exact"]),
+                        ("val/retrieval_gain", probe["gain"]),
+                    ):
+                        if value is not None:
+                            line[key] = value
         return line
 
     def checkpoint(self, step: int) -> None:

@@ -121,7 +121,14 @@ def test_the_page_pairs_sft_and_refine_by_seed(tmp_path):
     (tmp_path / "runs" / "base" / "summary.json").write_text(json.dumps(summary))
     md, _ = write_experiment_results(cfg, command="refine report --experiment")
     assert (
-        "x 100): 25.0 at later uses (40 values), 0.0 where first stated (16, not retrievable)"
+        "x 100): 25.0 at later uses (40 values), 0.0 where first stated (16, not retrievable)."
+        in md.read_text()
+    ) and "log-probability" not in md.read_text()  # a summary from before the probe had a gain
+    summary["recall_probe"]["gain"] = 0.4321
+    (tmp_path / "runs" / "base" / "summary.json").write_text(json.dumps(summary))
+    md, _ = write_experiment_results(cfg, command="refine report --experiment")
+    assert (
+        "Its value tokens' log-probability is +0.432 nats/token where used over where stated"
         in md.read_text()
     )
     # a run cut short: seed 2's ReFINE never evaluated; the page says whose pairs its intervals are over

@@ -236,17 +236,23 @@ def test_the_kernels_stage_keeps_what_the_cache_holds(make_config, tmp_path: Pat
 
 
 def test_the_base_stage_records_its_recall_probe(make_config, tmp_path: Path) -> None:
-    """With a mid-training share, the base's summary holds the recall probe on documents it never read."""
+    """With a mid-training share, the base's summary holds the recall probe on documents it never read,
+    and each of its validation points the probe's share and log-prob gain (the last: the summary's)."""
     runs = tmp_path / "runs"
     cfg = make_config(
         f"lifecycle.runs_dir={runs}", "corpus.limit=8", "corpus.midtrain_share=0.5", "corpus.retrieval_ratio=1",
         "corpus.retrieval_chars=2000", "corpus.retrieval_facts=4", "train.seq_len=1024", "train.batch_size=1",
         "lifecycle.base_steps=2", "model.preset=tiny", "train.device=cpu", "evaluate.device=cpu",
+        "train.val_every=1", "train.val_sequences=1",
     )  # fmt: skip
     run_stage("corpus", cfg)
     result = run_stage("base", cfg)
     probe = json.loads((runs / "base" / "summary.json").read_text())["recall_probe"]
     assert probe["uses"] > 0 and probe["statements"] > 0
+    curve = json.loads((runs / "base" / "curve.json").read_text())
+    assert [c["step"] for c in curve if "val/retrieval_gain" in c and "val/recall_use" in c] == [1, 2]
+    assert curve[-1]["val/retrieval_gain"] == pytest.approx(probe["gain"], abs=1e-4)
+    assert curve[-1]["val/recall_use"] == probe["use_exact"]
     assert 0.0 <= probe["use_exact"] <= 1.0 and 0.0 <= probe["statement_exact"] <= 1.0
     assert dict(result.rows)["recall probe: uses / statements"].endswith(
         f"exact ({probe['uses']} / {probe['statements']} values)"

@@ -62,13 +62,17 @@ def test_the_probe_reads_copies_from_the_models_predictions(tokenizer) -> None:
     knows_all = recall_probe(Predicts(vocab, lambda r, t: r[min(t + 1, len(r) - 1)]), tokenizer, TEXTS,
                              facts=4, chars=1500, seq_len=2048)  # fmt: skip
     assert knows_all["use_exact"] == knows_all["statement_exact"] == 1.0 and knows_all["uses"] >= 12
+    assert abs(knows_all["gain"]) < 1e-6  # as sure of every value token wherever it stands
     knows_none = recall_probe(
         Predicts(vocab, lambda r, t: 0), tokenizer, TEXTS, facts=4, chars=1500, seq_len=2048
     )
     assert knows_none["use_exact"] == knows_none["statement_exact"] == 0.0
+    assert abs(knows_none["gain"]) < 1e-6
 
     retriever = recall_probe(Predicts(vocab, seen), tokenizer, TEXTS, facts=4, chars=1500, seq_len=2048)
     assert retriever["use_exact"] == 1.0 and retriever["statement_exact"] < 1.0  # only uses are retrievable
+    # a sure token has log-prob 1 - log(vocab - 1 + e), another -log(vocab - 1 + e): the gain is at most 1
+    assert 0.3 < retriever["gain"] <= 1.0
     short = recall_probe(Predicts(vocab, lambda r, t: 0), tokenizer, TEXTS, facts=4, chars=1500, seq_len=64)
     assert short["uses"] + short["statements"] < knows_none["uses"] + knows_none["statements"]
 
