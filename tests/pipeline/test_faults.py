@@ -32,6 +32,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 import pytest
+import torch
 from tiny_project import make_project
 
 # Imported here, before any fork, so that a child starts working at once (and its timing is the work's).
@@ -63,6 +64,9 @@ def _child(project: Path, argv: list[str], log: Path) -> None:
         # Ctrl-C as in a terminal: a shell's background job (`make test &`) starts with SIGINT
         # ignored, and this fork would inherit that and finish every command it was meant to stop.
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        # One intra-op thread: a fork does not copy the parent's OpenMP workers. Under the whole suite
+        # at OMP_NUM_THREADS=2 (make test sets 1) the first child hung in its base stage for 300 s.
+        torch.set_num_threads(1)
         try:
             cli.app(args=argv, prog_name="refine")
             code = 0
