@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from refine_tasks.config import PipelineConfig
 from refine_tasks.corpus import shard_paths
 from refine_tasks.corpus.loader import reads
 from refine_tasks.corpus.retrieval_docs import STATEMENTS, USES, retrieval_document, sentence_pattern
@@ -139,7 +140,7 @@ def recall_probe(
     }
 
 
-def base_probe(cfg, n: int) -> Callable[..., dict] | None:
+def base_probe(cfg: PipelineConfig, n: int) -> Callable[..., dict] | None:
     """recall_probe(model) at a run's settings (corpus.retrieval_facts and retrieval_chars, train.seq_len)
     on n unseen texts (`unseen_texts`, read once); None without text the run has not read
     (corpus.midtrain_share 0). The base's validation runs it at every point, and its stage at the end."""
