@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         results[arm] = probe
     if args.no_record:
         return
-    log = cpu_figures(f"python benchmarks/base_windows_cpu.py --steps {args.steps}")
+    seed = f" --seed {args.seed}" if args.seed else ""
+    log = cpu_figures(f"python benchmarks/base_windows_cpu.py --steps {args.steps}{seed}")
     note = (
         f"tiny DeltaNet {args.hidden}x{args.layers}, {args.steps} steps of {args.batch}x{args.seq_len} "
         f"(half generated: {len(generated)} documents of {args.chars} characters of paragraphs and "
