@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     short_gen = generated_texts(retrieval_docs, small, args.ratio, args.short_chars, args.short_facts)
     nat_long, gen_long = (
         windows(natural, tokenizer, args.seq_len),
-        windows(long_gen, tokenizer, args.seq_len, aligned=True),
+        windows(long_gen, tokenizer, args.seq_len),
     )
     nat_short = windows(natural, tokenizer, args.short_len)
-    gen_short = windows(short_gen, tokenizer, args.short_len, aligned=True)
+    gen_short = windows(short_gen, tokenizer, args.short_len)
     wide = args.batch * args.seq_len // args.short_len
     first = round(args.steps * args.short_share)
     arms = {

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for arm, ratio in (("repeated", args.ratio_repeated), ("fresh", args.ratio_fresh)):
         generated = generated_texts(retrieval_docs, natural, ratio, args.chars, args.facts)
-        gen = windows(generated, tokenizer, args.seq_len, aligned=True)
+        gen = windows(generated, tokenizer, args.seq_len)
         passes = args.steps * (args.batch // 2) / len(gen)
         print(
             f"[{arm}] {len(generated)} generated documents, {len(gen)} windows, {passes:.1f} passes",

@@ -82,10 +82,8 @@ def short_paragraphs(text: str, most: int = 800) -> str:
 
 def windows(texts: list[str], tokenizer, seq_len: int, aligned: bool = False) -> torch.Tensor:
     """The texts tokenised, joined with EOS and cut into [N, seq_len] windows; `aligned` (generated
-    documents, as train.synthetic_windows=aligned): one window from each text's first token on, so a
-    record's statement and uses share it. The figures recorded before 2026-12-04 22:50 cut generated
-    documents like natural ones: a 3,500-character document of 16 records, ~3,900 tokens of the
-    512-piece tokenizer, spread over four 1,024-token windows, each of which begins anew."""
+    documents, as train.synthetic_windows=aligned): one window from each text's first token on
+    (benchmarks/base_windows_cpu.py compares the two)."""
     stream: list[int] = []
     starts: list[int] = []
     for text in texts:
@@ -222,7 +220,7 @@ def train_and_score(arm: str, module, natural, args, tokenizer, unseen) -> tuple
     generated = generated_texts(module, natural, args.ratio, args.chars, args.facts)
     nat, gen = (
         windows(natural, tokenizer, args.seq_len),
-        windows(generated, tokenizer, args.seq_len, aligned=True),
+        windows(generated, tokenizer, args.seq_len),
     )
     model = train_tiny(arm, nat, gen, args, len(tokenizer))
     # 4 records in seq_len / 2 characters of text: the whole document (~1.7 characters a token of the

@@ -75,12 +75,11 @@
 #   copy the seeds' data/ into a checkout, then  refine report --experiment -p params-gpu-small.yaml \
 #       --ablations-from <that run's progress folder>
 # The doors (`run`: the Prefect flow run, `dvc repro`) are a lease of their own (about 1,250 s).
-# 2026-12-04 23:00: the base's generated documents now each begin a window (train.synthetic_windows;
-# streamed, 32.6% of the uses it read had lost their statement to an earlier window), and the base logs
-# the recall probe at every validation (val/recall_use, val/retrieval_gain). That is a new base: the
-# 14:00 seeds are the old one's. First lease now: `run-midtrain --set lifecycle.ablate=never` (the new
-# base and its 3 seeds, ~930 s; the page's curves_base.png shows whether retrieval began); then the
-# ablations' lease above, then the doors'.
+# 2026-12-04 23:50: the base now logs the recall probe at every validation (val/recall_use,
+# val/retrieval_gain; the same weights as before), so any lease that trains a base shows whether and when
+# retrieval began (curves_base.png). 32.6% of the uses it reads have their statement in an earlier
+# window; --set train.synthetic_windows=aligned removes that, but tiny CPU bases learnt less retrieval
+# so (benchmarks/base_windows_cpu.py): a GPU base with it is a lease's question of its own.
 set -u
 case "${1:-}" in
 prepare)

@@ -268,13 +268,13 @@ class TrainConfig(Section):
         "lifecycle's base stage sets it, mid-training reads natural documents only (with "
         "corpus.midtrain_share, the base the others' natural documents, mid-training those kept for it)",
     )
-    synthetic_windows: Literal["aligned", "stream"] = Field(
-        "aligned",
-        description="packing 'pack', the generated retrieval documents: aligned: every one begins a window, so "
-        "a record's uses share its statement's sequence (a window's rest is the next document's head, "
-        "which begins the next window; a document longer than seq_len gives its first seq_len tokens); "
-        "stream: concatenated and cut as natural ones (a use then falls in another window than its "
-        "statement about distance / seq_len of the time)",
+    synthetic_windows: Literal["stream", "aligned"] = Field(
+        "stream",
+        description="packing 'pack', the generated retrieval documents: stream: concatenated and cut as natural "
+        "ones (a use falls in another window than its statement about distance / seq_len of the time); "
+        "aligned: every one begins a window (a window's rest is the next document's head, which begins "
+        "the next window; a document longer than seq_len gives its first seq_len tokens); tiny CPU bases "
+        "learnt less retrieval aligned (benchmarks/base_windows_cpu.py)",
     )
     phase_timing: bool = Field(
         False,

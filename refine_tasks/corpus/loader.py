@@ -7,16 +7,18 @@ Sequences of exactly `seq_len` tokens:
             windows (a window may span documents; the last partial one is dropped). The
             sequence id is '<doc_id>@<offset>' of the document and token where it starts.
             Generated retrieval documents (`synthetic`) are packed apart, by `synthetic_windows`:
-            aligned  every one begins a window, so a record's statement and its later uses share
-                     one sequence. A window holds whole documents while they fit, then the head of
-                     the next one, which begins the next window again; a document longer than a
-                     window gives its first seq_len tokens only (its statements come in its first
-                     half). Cut as `stream`, a use lands in another window than its statement
-                     about (distance / seq_len) of the time, where the state starts anew and only
-                     the value's prior can be learnt: 32.6% of the uses read at the GPU profile
-                     (~3,200-token documents in 4,096-token windows; benchmarks/retrieval_windows.py).
-                     Aligned, an epoch has ~1.3x the windows there (0.999 a document, not 0.775).
-            stream   concatenated and cut as natural documents are.
+            stream   concatenated and cut as natural documents are. A use then lands in another
+                     window than its statement about (distance / seq_len) of the time, where the
+                     state starts anew: 32.6% of the uses read at the GPU profile (~3,200-token
+                     documents in 4,096-token windows; benchmarks/retrieval_windows.py).
+            aligned  every one begins a window, so a record's statement and its uses share one
+                     sequence. A window holds whole documents while they fit, then the head of the
+                     next one, which begins the next window again (read twice); a document longer
+                     than a window gives its first seq_len tokens only. At the GPU profile an epoch
+                     has ~1.3x the windows (0.999 a document, not 0.775). Not the default: tiny
+                     DeltaNets on the CPU learnt less retrieval so, not more (the recall probe's
+                     gain 0.029 / 0.038 against 0.074 / 0.073 nats/token streamed, seeds 0 / 1;
+                     benchmarks/base_windows_cpu.py).
 Order: a seeded permutation per epoch. The cursor (epoch, index) is all the state there is,
 so a resumed run reads exactly the batches an uninterrupted one would have read.
 
@@ -91,7 +93,7 @@ class LongDocumentLoader:
         held_out: int = 0,
         synthetic: bool = False,
         midtrain_share: float = 0.0,
-        synthetic_windows: str = "aligned",
+        synthetic_windows: str = "stream",
     ) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not one of world size {world}'s ranks 0..{world - 1}")

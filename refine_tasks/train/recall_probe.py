@@ -88,9 +88,10 @@ def unseen_texts(corpus_dir: Path, tokenizer, midtrain_share: float, n: int) -> 
 def recall_probe(
     model, tokenizer, texts: list[str], *, facts: int, chars: int, seq_len: int, seed: int = 0
 ) -> dict[str, float | int | None]:
-    """{"use_exact", "statement_exact", "uses", "statements", "gain"} over one generated document per
-    text (the first seq_len tokens of each; values cut by that end are left out; a share, or the
-    gain, is None when there was no value of its kind)."""
+    """{"use_exact", "statement_exact", "uses", "statements", "use_logprob", "statement_logprob", "gain"}
+    over one generated document per text (the first seq_len tokens of each; values cut by that end are
+    left out; a share, a mean log-prob per value token, or the gain, is None when there was no value
+    of its kind)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -126,17 +127,15 @@ def recall_probe(
     finally:
         model.train(was_training)
     share = {k: (sum(v) / len(v) if v else None) for k, v in hits.items()}
+    mean = {k: (sum(v) / len(v) if v else None) for k, v in logprobs.items()}
     return {
         "use_exact": share["use"],
         "statement_exact": share["statement"],
         "uses": len(hits["use"]),
         "statements": len(hits["statement"]),
-        "gain": (
-            sum(logprobs["use"]) / len(logprobs["use"])
-            - sum(logprobs["statement"]) / len(logprobs["statement"])
-            if logprobs["use"] and logprobs["statement"]
-            else None
-        ),
+        "use_logprob": mean["use"],
+        "statement_logprob": mean["statement"],
+        "gain": None if None in mean.values() else mean["use"] - mean["statement"],
     }
 
 

@@ -26,7 +26,7 @@ def test_a_use_counts_only_in_the_window_that_holds_its_statement(tmp_path):
     # windows doc0 + doc1[0:20), then doc1[20:60) + doc2[0:40): doc1's use at 30 lost its statement at 5,
     # doc2's use at 40 is past the end
     assert window_counts(stream, uses) == {"read": 4, "together": 3, "windows": 2, "covered": 3}
-    aligned = LongDocumentLoader(tmp_path / "c", 80, 1, "pack", synthetic=True)
+    aligned = LongDocumentLoader(tmp_path / "c", 80, 1, "pack", synthetic=True, synthetic_windows="aligned")
     # windows doc0 + doc1[0:20), doc1 + doc2[0:20); doc2 alone has no 80 tokens: dropped
     assert window_counts(aligned, uses) == {"read": 5, "together": 5, "windows": 2, "covered": 4}
 

@@ -73,6 +73,7 @@ def test_the_probe_reads_copies_from_the_models_predictions(tokenizer) -> None:
     assert retriever["use_exact"] == 1.0 and retriever["statement_exact"] < 1.0  # only uses are retrievable
     # a sure token has log-prob 1 - log(vocab - 1 + e), another -log(vocab - 1 + e): the gain is at most 1
     assert 0.3 < retriever["gain"] <= 1.0
+    assert retriever["gain"] == retriever["use_logprob"] - retriever["statement_logprob"]
     short = recall_probe(Predicts(vocab, lambda r, t: 0), tokenizer, TEXTS, facts=4, chars=1500, seq_len=64)
     assert short["uses"] + short["statements"] < knows_none["uses"] + knows_none["statements"]
 

@@ -160,7 +160,7 @@ def test_aligned_windows_begin_at_generated_documents_and_hold_each_whole(tmp_pa
     """synthetic_windows=aligned: every window of generated documents begins at one's first token, and
     each document lies whole (or its first seq_len tokens) inside one window, so a record's statement
     and its uses share a sequence; a window's rest is the next document's head, and that document
-    begins the next window. stream: the documents concatenated and cut as natural ones are."""
+    begins the next window. stream (the default): the documents concatenated and cut as natural ones."""
     corpus = write_corpus(tmp_path / "c", MIXED, source=_every_other_generated)
     generated = {d: ids for d, ids in corpus.items() if _every_other_generated(d).startswith("synthetic")}
     stream = [t for ids in generated.values() for t in ids]
@@ -175,14 +175,14 @@ def test_aligned_windows_begin_at_generated_documents_and_hold_each_whole(tmp_pa
         cut = next(k for k in range(i, len(offsets)) if offsets[k][1] > begin + 64 or k == len(offsets) - 1)
         i = cut if cut > i and offsets[cut][1] > begin + 64 else cut + 1
     assert len(want) >= 5
-    aligned = LongDocumentLoader(tmp_path / "c", 64, 1, "pack", 0, synthetic=True)
+    aligned = LongDocumentLoader(
+        tmp_path / "c", 64, 1, "pack", 0, synthetic=True, synthetic_windows="aligned"
+    )
     assert _windows(aligned, generated) == want
     for begin, end in offsets[:-1]:  # each document whole (or its head) in one window
         n = min(end - begin, 64)
         assert any(stream[begin : begin + n] == w[k : k + n] for w in want for k in range(65 - n))
-    stream_loader = LongDocumentLoader(
-        tmp_path / "c", 64, 1, "pack", 0, synthetic=True, synthetic_windows="stream"
-    )
+    stream_loader = LongDocumentLoader(tmp_path / "c", 64, 1, "pack", 0, synthetic=True)  # the default
     assert _windows(stream_loader, generated) == [stream[k : k + 64] for k in range(0, len(stream) - 63, 64)]
     with pytest.raises(ValueError, match="synthetic_windows"):
         LongDocumentLoader(tmp_path / "c", 64, 1, "pack", 0, synthetic=True, synthetic_windows="zip")
