@@ -14,7 +14,8 @@ Both are scored on generated documents of addresses neither saw (--held-out of t
 
   retrieval gain: mean log-probability of a record's value tokens where it is used, minus where it
                   is stated (nats/token): the value is random, so only reading it back from the
-                  statement raises the first above the second;
+                  statement raises the first above the second (the recall probe's gain,
+                  refine_tasks.train.recall_probe.probe_documents);
   margin, exact:  as in benchmarks/base_recall_cpu.py (NIAH single_1/2 at --length tokens).
 
     python benchmarks/base_memorise_cpu.py [--steps 1000]
@@ -31,8 +32,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.base_recall_cpu import (  # noqa: E402
@@ -46,45 +45,7 @@ from benchmarks.base_recall_cpu import (  # noqa: E402
     windows,
 )
 from refine_tasks.corpus import retrieval_docs  # noqa: E402
-
-STATED = [retrieval_docs.sentence_pattern(t) for t in retrieval_docs.STATEMENTS]
-USED = [retrieval_docs.sentence_pattern(t) for t in retrieval_docs.USES]
-
-
-def value_spans(text: str) -> list[tuple[str, int, int]]:
-    """("stated" | "used", start, end) of each record value in a generated document, by character;
-    a use counts only after its record's statement."""
-    spans, stated, offset = [], set(), 0
-    for paragraph in text.split("\n\n"):
-        for kind, patterns in (("stated", STATED), ("used", USED)):
-            m = next((m for p in patterns if (m := p.match(paragraph))), None)
-            if m is None:
-                continue
-            record = (m["subject"], m["value"])
-            if kind == "stated":
-                stated.add(record)
-            if kind == "stated" or record in stated:
-                spans.append((kind, offset + m.start("value"), offset + m.end("value")))
-            break
-        offset += len(paragraph) + 2
-    return spans
-
-
-def retrieval_gain(model, tokenizer, texts: list[str], seq_len: int) -> tuple[float, int]:
-    """Mean log-prob of value tokens at uses minus at statements, over the first seq_len tokens of
-    each text; and how many uses it rests on."""
-    logp = {"stated": [], "used": []}
-    with torch.no_grad():
-        for text in texts:
-            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            ids, offsets = enc["input_ids"][:seq_len], enc["offset_mapping"][:seq_len]
-            scores = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
-            for kind, start, end in value_spans(text):
-                tokens = [i for i, (a, b) in enumerate(offsets) if a < end and b > start and i > 0]
-                if tokens and tokens[-1] < len(ids) and offsets[tokens[-1]][1] >= end:
-                    logp[kind] += [scores[i - 1, ids[i]].item() for i in tokens]
-    mean = {k: sum(v) / len(v) for k, v in logp.items()}
-    return mean["used"] - mean["stated"], len(logp["used"])
+from refine_tasks.train.recall_probe import probe_documents  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,8 +73,9 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         model = train_tiny(arm, nat, gen, args, len(tokenizer))
-        gain, uses = retrieval_gain(model, tokenizer, held_out, args.seq_len)
-        print(f"[{arm}] retrieval gain {gain:+.4f} nats/token over {uses} value tokens at uses", flush=True)
+        probe = probe_documents(model, tokenizer, held_out, args.seq_len)
+        gain = probe["gain"]
+        print(f"[{arm}] retrieval gain {gain:+.4f} nats/token over {probe['uses']} uses", flush=True)
         margin, _ = score_niah(arm, model, tokenizer, args)
         results[arm] = (passes, gain, margin)
     if args.no_record:

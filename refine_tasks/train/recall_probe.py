@@ -84,25 +84,32 @@ def unseen_texts(corpus_dir: Path, tokenizer, midtrain_share: float, n: int) -> 
     ]
 
 
-@torch.no_grad()
 def recall_probe(
     model, tokenizer, texts: list[str], *, facts: int, chars: int, seq_len: int, seed: int = 0
 ) -> dict[str, float | int | None]:
+    """`probe_documents` over one generated document per text (retrieval_document with `facts`
+    records in `chars` characters of its paragraphs)."""
+    documents = []
+    for i, text in enumerate(texts):
+        paragraphs = [p for p in text.split("\n\n") if p.strip()]
+        if paragraphs:
+            documents.append(retrieval_document(random.Random(f"probe:{seed}:{i}"), paragraphs, facts, chars))
+    return probe_documents(model, tokenizer, documents, seq_len)
+
+
+@torch.no_grad()
+def probe_documents(model, tokenizer, documents: list[str], seq_len: int) -> dict[str, float | int | None]:
     """{"use_exact", "statement_exact", "uses", "statements", "use_logprob", "statement_logprob", "gain"}
-    over one generated document per text (the first seq_len tokens of each; values cut by that end are
-    left out; a share, a mean log-prob per value token, or the gain, is None when there was no value
-    of its kind)."""
+    over generated documents (the first seq_len tokens of each; values cut by that end are left out;
+    a share, a mean log-prob per value token, or the gain, is None when there was no value of its
+    kind)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     hits: dict[str, list[bool]] = {"use": [], "statement": []}
     logprobs: dict[str, list[float]] = {"use": [], "statement": []}
     try:
-        for i, text in enumerate(texts):
-            paragraphs = [p for p in text.split("\n\n") if p.strip()]
-            if not paragraphs:
-                continue
-            document = retrieval_document(random.Random(f"probe:{seed}:{i}"), paragraphs, facts, chars)
+        for document in documents:
             encoded = tokenizer(document, return_offsets_mapping=True, add_special_tokens=False)
             ids, offsets = encoded["input_ids"][:seq_len], encoded["offset_mapping"][:seq_len]
             # padded at the end to seq_len, the shape training compiled its kernels for (a causal
